@@ -1,0 +1,3 @@
+from linewatch.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,165 @@
+"""api: the web app — touchscreen HMI, REST API, live events (SSE) and Prometheus /metrics.
+
+It only reads: results through read-only SQLite connections, live events from record's PUB
+socket, metrics from the multiprocess directory every process writes to.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+import zmq
+import zmq.asyncio
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import FileResponse, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+
+from linewatch.config import PACKAGE_ROOT, LineConfig
+from linewatch.images import IMAGES_DIR, live_path
+from linewatch.messages import Endpoints
+from linewatch.process import mark_ready, ready_dir
+from linewatch.store import open_reader, row_to_api
+
+log = logging.getLogger("api")
+STATIC = PACKAGE_ROOT / "static"
+
+
+def _workers(run_dir: Path) -> list[dict[str, Any]]:
+    out = []
+    for f in sorted(ready_dir(run_dir).glob("infer*")):
+        try:
+            out.append(json.loads(f.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def create_app(cfg: LineConfig) -> FastAPI:
+    app = FastAPI(title="linewatch", version="0.1.0", docs_url="/api/docs", openapi_url="/api/openapi.json")
+    data_dir, run_dir = cfg.data_dir, cfg.run_dir
+    endpoints = Endpoints(run_dir)
+    zctx = zmq.asyncio.Context()
+    (data_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+
+    def query(sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        try:
+            conn = open_reader(data_dir)
+        except sqlite3.OperationalError:
+            return []  # no store yet: the line has not recorded anything
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return []
+            raise
+        finally:
+            conn.close()
+
+    @app.get("/", include_in_schema=False)
+    def hmi() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/api/status")
+    def status() -> dict[str, Any]:
+        counts = {"PASS": 0, "FAIL": 0, "REVIEW": 0}
+        for r in query("SELECT final, count(*) AS n FROM inspections GROUP BY final"):
+            counts[r["final"]] = r["n"]
+        total = sum(counts.values())
+        last = query("SELECT * FROM inspections ORDER BY id DESC LIMIT 1")
+        active = query("SELECT count(*) AS n FROM alarms WHERE acknowledged_by IS NULL")
+        workers = _workers(run_dir)
+        model = ({"hash": workers[0].get("sha256"), "name": workers[0].get("model"),
+                  "providers": workers[0].get("providers", [])} if workers else None)
+        return {
+            "line": cfg.line, "recipe": cfg.recipe, "cameras": [c.name for c in cfg.cameras], "model": model,
+            "workers": workers, "counts": {**counts, "total": total},
+            "yield": counts["PASS"] / total if total else None,
+            "alarms_active": active[0]["n"] if active else 0, "last": row_to_api(last[0]) if last else None,
+        }
+
+    @app.get("/api/inspections")
+    def inspections(limit: int = Query(50, ge=1, le=1000), camera: str | None = None,
+                    final: str | None = Query(None, pattern="^(PASS|FAIL|REVIEW)$")) -> list[dict[str, Any]]:
+        sql, params = "SELECT * FROM inspections WHERE 1=1", []
+        if camera:
+            sql += " AND camera = ?"
+            params.append(camera)
+        if final:
+            sql += " AND final = ?"
+            params.append(final)
+        sql += " ORDER BY id DESC LIMIT ?"
+        return [row_to_api(r) for r in query(sql, (*params, limit))]
+
+    @app.get("/api/alarms")
+    def alarms(active: bool = False, limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
+        where = "WHERE acknowledged_by IS NULL" if active else ""
+        return [dict(r) for r in query(f"SELECT * FROM alarms {where} ORDER BY id DESC LIMIT ?", (limit,))]
+
+    @app.get("/api/cameras/{camera}/live.jpg")
+    def live(camera: str) -> FileResponse:
+        if camera not in {c.name for c in cfg.cameras}:
+            raise HTTPException(404, f"unknown camera {camera!r}")
+        path = live_path(data_dir, camera)
+        if not path.is_file():
+            raise HTTPException(404, f"no image from camera {camera!r} yet")
+        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/events", response_class=EventSourceResponse)
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        sub = zctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 1000)
+        sub.subscribe(b"")
+        sub.connect(endpoints.events)
+        try:
+            yield ServerSentEvent(event="hello", data={"line": cfg.line})
+            while True:
+                kind, payload = await sub.recv_multipart()
+                yield ServerSentEvent(event=kind.decode(), raw_data=payload.decode())
+        finally:
+            sub.close()
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics_endpoint() -> Response:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/images", StaticFiles(directory=data_dir / IMAGES_DIR, check_dir=False), name="images")
+    return app
+
+
+class Api:
+    def __init__(self, cfg: LineConfig, index: int, stop: threading.Event):
+        self.cfg, self.stop = cfg, stop
+
+    def run(self) -> None:
+        app = create_app(self.cfg)
+        config = uvicorn.Config(app, host=self.cfg.api.host, port=self.cfg.api.port, log_level="warning",
+                                timeout_graceful_shutdown=1, access_log=False)
+        server = uvicorn.Server(config)
+
+        def _watch() -> None:
+            while not server.started and not self.stop.wait(0.05):
+                pass
+            if server.started:
+                mark_ready(self.cfg.run_dir, "api", url=f"http://{self.cfg.api.host}:{self.cfg.api.port}")
+            self.stop.wait()
+            server.should_exit = True
+
+        threading.Thread(target=_watch, daemon=True).start()
+        server.run()

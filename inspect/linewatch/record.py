@@ -1,0 +1,191 @@
+"""record: the single writer of the store and the image archive, and the deadline watch.
+
+Every announced frame ends as exactly one row: its verdict, or a FAIL decided by `timeout` when no
+verdict arrives within the deadline. Rows are committed in small groups, then published as events.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from linewatch import metrics
+from linewatch.config import LineConfig
+from linewatch.images import image_relpath, save_kept, save_live
+from linewatch.messages import (
+    KIND_ALARM, KIND_ANNOUNCE, KIND_VERDICT, Alarm, Endpoints, FrameHeader, MessageError, Verdict, decode_frame,
+    now_ns,
+)
+from linewatch.process import mark_ready
+from linewatch.store import insert_alarm, insert_verdicts, open_writer, register_model, row_to_api, verdict_row
+
+log = logging.getLogger("record")
+_RECENT_KEYS = 200_000
+
+Key = tuple[str, str, int]
+
+
+class Record:
+    def __init__(self, cfg: LineConfig, index: int, stop: threading.Event):
+        self.cfg, self.stop = cfg, stop
+        self.endpoints = Endpoints(cfg.run_dir)
+        self.pending: dict[Key, FrameHeader] = {}
+        self.recorded: dict[Key, None] = {}  # recently recorded keys, oldest first
+        self.buffer: list[dict[str, Any]] = []
+        self.buffer_since = 0.0
+        self._last_live: dict[str, float] = {}
+        self.models_seen: set[str] = set()
+
+    def run(self) -> None:
+        self.db = open_writer(self.cfg.data_dir)
+        ctx: zmq.Context[Any] = zmq.Context()
+        inbound = ctx.socket(zmq.PULL)
+        inbound.setsockopt(zmq.RCVHWM, 100_000)
+        inbound.setsockopt(zmq.LINGER, 0)
+        inbound.bind(self.endpoints.record)
+        self.events = ctx.socket(zmq.PUB)
+        self.events.setsockopt(zmq.SNDHWM, 10_000)
+        self.events.setsockopt(zmq.LINGER, 0)
+        self.events.bind(self.endpoints.events)
+        mark_ready(self.cfg.run_dir, "record")
+        try:
+            while not self.stop.is_set():
+                self._pump(inbound, timeout_ms=self._wait_ms())
+            self._drain_on_stop(inbound)
+        finally:
+            self._flush()
+            inbound.close()
+            self.events.close()
+            ctx.term()
+            self.db.close()
+
+    def _wait_ms(self) -> int:
+        if not self.buffer:
+            return 50
+        left = self.cfg.record.commit_ms / 1e3 - (time.monotonic() - self.buffer_since)
+        return max(0, min(50, int(left * 1e3)))
+
+    def _pump(self, sock: zmq.Socket[Any], timeout_ms: int) -> bool:
+        """Handle what arrives within timeout_ms; check deadlines; commit when due. True if anything came."""
+        got = False
+        if sock.poll(timeout_ms):
+            for _ in range(1000):
+                try:
+                    parts = sock.recv_multipart(flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                got = True
+                self._handle(parts)
+        self._check_deadlines()
+        rc = self.cfg.record
+        if self.buffer and (len(self.buffer) >= rc.commit_rows
+                            or time.monotonic() - self.buffer_since >= rc.commit_ms / 1e3):
+            self._flush()
+        return got
+
+    def _drain_on_stop(self, sock: zmq.Socket[Any]) -> None:
+        """Take what is still in flight, then fail what will never be decided."""
+        quiet_since = time.monotonic()
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline and time.monotonic() - quiet_since < 0.3:
+            if self._pump(sock, 50):
+                quiet_since = time.monotonic()
+        for key in list(self.pending):
+            self._fail_pending(key, "not_inspected", "line stopped before a verdict arrived")
+
+    def _handle(self, parts: list[bytes]) -> None:
+        kind = parts[0] if parts else b""
+        try:
+            if kind == KIND_ANNOUNCE and len(parts) == 2:
+                self._on_announce(FrameHeader.from_bytes(parts[1]))
+            elif kind == KIND_VERDICT and len(parts) in (2, 4):
+                self._on_verdict(Verdict.from_bytes(parts[1]), parts[2:])
+            elif kind == KIND_ALARM and len(parts) == 2:
+                self._on_alarm(Alarm.from_bytes(parts[1]))
+            else:
+                raise MessageError(f"record message: unknown kind {kind[:20]!r} with {len(parts)} parts")
+        except MessageError as exc:
+            metrics.MESSAGES_REJECTED.labels("record", str(exc).split(":")[0]).inc()
+            log.error("rejected message: %s", exc)
+
+    def _on_announce(self, h: FrameHeader) -> None:
+        key = (h.camera, h.stream, h.seq)
+        if key not in self.recorded:
+            self.pending[key] = h
+
+    def _on_verdict(self, v: Verdict, image_parts: list[bytes]) -> None:
+        key = (v.camera, v.stream, v.seq)
+        if key in self.recorded:
+            metrics.LATE_VERDICTS.labels(v.camera).inc()
+            log.warning("late verdict for %s seq %d ignored: already recorded", v.camera, v.seq)
+            return
+        self.pending.pop(key, None)
+        if image_parts:
+            self._keep_image(v, image_parts)
+        self._buffer(v)
+
+    def _keep_image(self, v: Verdict, image_parts: list[bytes]) -> None:
+        try:
+            _, pixels = decode_frame(image_parts)
+        except MessageError as exc:
+            log.error("verdict image for %s seq %d unreadable: %s", v.camera, v.seq, exc)
+            return
+        every = self.cfg.record.pass_sample_every
+        if v.final != "PASS" or (every and v.seq % every == 0):
+            v.image = image_relpath(v.camera, v.stream, v.seq, v.final)
+            save_kept(self.cfg.data_dir, v.image, pixels)
+        hz = self.cfg.record.live_view_hz
+        now = time.monotonic()
+        if hz and now - self._last_live.get(v.camera, 0.0) >= 1.0 / hz:
+            self._last_live[v.camera] = now
+            save_live(self.cfg.data_dir, v.camera, pixels)
+
+    def _on_alarm(self, alarm: Alarm) -> None:
+        alarm_id = insert_alarm(self.db, alarm)
+        self.events.send_multipart([b"alarm", json.dumps({"id": alarm_id, **alarm.__dict__}).encode()])
+
+    def _check_deadlines(self) -> None:
+        limit = now_ns() - int(self.cfg.record.deadline_ms * 1e6)
+        for key, h in list(self.pending.items()):
+            if h.t_capture_ns > limit:
+                break  # pending is in announce order, so later ones are younger
+            self._fail_pending(key, "timeout", f"no verdict within {self.cfg.record.deadline_ms:.0f} ms of capture")
+
+    def _fail_pending(self, key: Key, decided_by: str, reason: str) -> None:
+        h = self.pending.pop(key)
+        v = Verdict.not_inspected(h, self.cfg.recipe, reason)
+        v.decided_by = decided_by
+        self._buffer(v)
+
+    def _buffer(self, v: Verdict) -> None:
+        key = (v.camera, v.stream, v.seq)
+        self.recorded[key] = None
+        if len(self.recorded) > _RECENT_KEYS:
+            del self.recorded[next(iter(self.recorded))]
+        if not self.buffer:
+            self.buffer_since = time.monotonic()
+        self.buffer.append(verdict_row(v, 0))
+
+    def _flush(self) -> None:
+        if not self.buffer:
+            return
+        rows, self.buffer = self.buffer, []
+        t = now_ns()
+        for r in rows:
+            r["t_recorded_ns"] = t
+            r["latency_ms"] = (t - r["t_capture_ns"]) / 1e6 if r["t_capture_ns"] else None
+        for r in rows:
+            if r["model_hash"] and r["model_hash"] not in self.models_seen:
+                self.models_seen.add(r["model_hash"])
+                register_model(self.db, r["model_hash"], r["model_name"] or "", str(self.cfg.model.path))
+        insert_verdicts(self.db, rows)
+        for r in rows:
+            metrics.VERDICTS.labels(r["camera"], r["final"], r["decided_by"]).inc()
+            if r["latency_ms"] is not None:
+                metrics.END_TO_END_SECONDS.labels(r["camera"]).observe(r["latency_ms"] / 1e3)
+            self.events.send_multipart([b"verdict", json.dumps(row_to_api(r)).encode()])

@@ -1,0 +1,89 @@
+"""The whole line as a real process tree: every frame ends as exactly one row, faults included."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, count_rows, db_rows, http_text, wait_for
+
+pytestmark = pytest.mark.slow
+
+FRAMES = 500
+ACCURACY_TOLERANCE = 0.03  # 500 parts: the sampling error alone is ~0.004 at 99 % accuracy
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def test_line_inspects_every_frame_exactly_once(line) -> None:
+    ln = line(cameras=[{"name": "cam0", "fps": 60, "max_frames": FRAMES}]).start()
+    wait_for(lambda: count_rows(ln.data_dir) >= 50, 60, "the first verdicts")
+    first = http_text(f"{ln.url}/metrics")
+    wait_for(lambda: count_rows(ln.data_dir) >= 300, 60, "more verdicts")
+    second = http_text(f"{ln.url}/metrics")
+    for name in ("linewatch_frames_acquired_total", "linewatch_frames_inspected_total", "linewatch_verdicts_total"):
+        assert _metric(second, name) > _metric(first, name) > 0, name
+    assert "linewatch_inference_seconds_bucket" in second
+    assert "linewatch_end_to_end_seconds_bucket" in second
+    wait_for(lambda: count_rows(ln.data_dir) >= FRAMES, 60, f"{FRAMES} verdicts")
+    assert ln.stop() < 5.0
+
+    rows = db_rows(ln.data_dir, "SELECT * FROM inspections ORDER BY seq")
+    assert [r["seq"] for r in rows] == list(range(FRAMES))
+    assert len({r["stream"] for r in rows}) == 1
+    card = json.loads((REPO / "models" / "reference" / "card.json").read_text())
+    for r in rows:
+        assert r["final"] in ("PASS", "FAIL", "REVIEW")
+        assert r["decided_by"] == "model" or r["decided_by"].startswith("rule:"), dict(r)
+        assert r["model_hash"] == card["sha256"]
+        assert r["ruleset_hash"] and len(r["ruleset_hash"]) == 64
+        for col in ("latency_ms", "inference_ms", "preprocess_ms", "queue_ms", "failsafe_ms"):
+            assert r[col] is not None and r[col] >= 0, col
+        assert r["t_capture_ns"] <= r["t_received_ns"] <= r["t_decided_ns"] <= r["t_recorded_ns"]
+    agree = sum((r["final"] == "PASS") == (r["truth_label"] == "good") and r["final"] != "REVIEW" for r in rows)
+    assert agree / FRAMES >= card["metrics"]["accuracy"] - ACCURACY_TOLERANCE
+    kept = [r for r in rows if r["final"] != "PASS"]
+    assert kept and all(r["image"] and (ln.data_dir / r["image"]).is_file() for r in kept)
+
+
+def test_killed_worker_is_restarted_and_no_frame_is_lost(line) -> None:
+    frames = 300
+    ln = line(cameras=[{"name": "cam0", "fps": 40, "max_frames": frames}],
+              record={"deadline_ms": 1000}).start()
+    wait_for(lambda: count_rows(ln.data_dir) >= 60, 60, "the first verdicts")
+    old_pid = ln.ready("infer")[0]["pid"]
+    os.kill(old_pid, signal.SIGKILL)
+    new = wait_for(lambda: [w for w in ln.ready("infer") if w["pid"] != old_pid], 30, "the worker's restart")
+    assert new[0]["sha256"]
+    wait_for(lambda: count_rows(ln.data_dir) >= frames, 60, f"{frames} rows")
+    ln.stop()
+
+    rows = db_rows(ln.data_dir, "SELECT seq, final, decided_by, reasons FROM inspections ORDER BY seq")
+    assert [r["seq"] for r in rows] == list(range(frames)), "a sequence number is missing or repeated"
+    lost = [r for r in rows if r["decided_by"] in ("timeout", "not_inspected")]
+    assert lost, "frames sent while the worker was dead must be recorded as not inspected"
+    assert all(r["final"] == "FAIL" and json.loads(r["reasons"]) for r in lost)
+    decided_after = [r for r in rows if r["decided_by"] == "model" and r["seq"] > max(x["seq"] for x in lost)]
+    assert decided_after, "the restarted worker decides parts again"
+    alarms = db_rows(ln.data_dir, "SELECT * FROM alarms WHERE kind = 'process_restart'")
+    assert any("infer[0]" in a["message"] and "SIGKILL" in a["message"] for a in alarms)
+
+
+def test_corrupt_model_refuses_to_start_with_a_clear_error(line, tmp_path: Path) -> None:
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\x08\x07garbage" * 100)
+    ln = line(model={"path": str(bad)})
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "linewatch", "run", "--config", str(ln.config)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert str(bad) in out.stderr and "cannot load" in out.stderr
