@@ -17,7 +17,15 @@ import zmq
 
 from linewatch import metrics
 from linewatch.config import LineConfig
-from linewatch.messages import KIND_ANNOUNCE, KIND_VERDICT, Endpoints, FrameHeader, Verdict, encode_frame, now_ns
+from linewatch.messages import (
+    KIND_ANNOUNCE,
+    KIND_VERDICT,
+    Endpoints,
+    FrameHeader,
+    Verdict,
+    encode_frame,
+    now_ns,
+)
 from linewatch.process import AlarmSender, mark_ready
 from linewatch.sources import open_source
 
@@ -36,6 +44,7 @@ class Acquire:
         frames.setsockopt(zmq.SNDHWM, self.cfg.infer.frame_queue)
         frames.setsockopt(zmq.LINGER, 0)
         frames.bind(self.endpoints.frames(self.cam.name))
+        self._wait_for_worker(frames, timeout_s=10.0)
         to_record = ctx.socket(zmq.PUSH)
         to_record.setsockopt(zmq.SNDHWM, 100_000)
         to_record.setsockopt(zmq.LINGER, 2000)
@@ -83,6 +92,17 @@ class Acquire:
             frames.close()
             to_record.close()
             ctx.term()
+
+    def _wait_for_worker(self, frames: zmq.Socket[Any], timeout_s: float) -> None:
+        """Start streaming once a worker is connected, so the first parts are not dropped for nothing."""
+        monitor = frames.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        try:
+            if not monitor.poll(int(timeout_s * 1000)):
+                log.warning("no inference worker connected after %.0f s; frames will be dropped until one is",
+                            timeout_s)
+        finally:
+            frames.disable_monitor()
+            monitor.close(linger=0)
 
     @staticmethod
     def _send(sock: zmq.Socket[Any], parts: list[bytes], alarms: AlarmSender) -> None:

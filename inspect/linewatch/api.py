@@ -43,7 +43,9 @@ def _workers(run_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def create_app(cfg: LineConfig) -> FastAPI:
+def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
+    """The app; `stop` ends open event streams so a shutdown never waits on a browser."""
+    stop = stop or threading.Event()
     app = FastAPI(title="linewatch", version="0.1.0", docs_url="/api/docs", openapi_url="/api/openapi.json")
     data_dir, run_dir = cfg.data_dir, cfg.run_dir
     endpoints = Endpoints(run_dir)
@@ -122,16 +124,17 @@ def create_app(cfg: LineConfig) -> FastAPI:
         sub.connect(endpoints.events)
         try:
             yield ServerSentEvent(event="hello", data={"line": cfg.line})
-            while True:
-                kind, payload = await sub.recv_multipart()
-                yield ServerSentEvent(event=kind.decode(), raw_data=payload.decode())
+            while not stop.is_set():
+                if await sub.poll(250):
+                    kind, payload = await sub.recv_multipart()
+                    yield ServerSentEvent(event=kind.decode(), raw_data=payload.decode())
         finally:
             sub.close()
 
     @app.get("/metrics", include_in_schema=False)
     def metrics_endpoint() -> Response:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", include_in_schema=False)
@@ -148,9 +151,9 @@ class Api:
         self.cfg, self.stop = cfg, stop
 
     def run(self) -> None:
-        app = create_app(self.cfg)
+        app = create_app(self.cfg, self.stop)
         config = uvicorn.Config(app, host=self.cfg.api.host, port=self.cfg.api.port, log_level="warning",
-                                timeout_graceful_shutdown=1, access_log=False)
+                                timeout_graceful_shutdown=2, access_log=False)
         server = uvicorn.Server(config)
 
         def _watch() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from linewatch.config import ConfigError, LineConfig, load_config
+from linewatch.config import REPO_ROOT, ConfigError, LineConfig, load_config
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -61,6 +61,8 @@ def config_reference() -> str:
             if isinstance(inner, type) and hasattr(inner, "model_fields"):
                 nested.append((inner, f"{prefix}.{name}" if prefix else name, ann is not inner))
             default = f.get_default(call_default_factory=True)
+            if isinstance(default, Path) and default.is_absolute():
+                default = Path("<checkout>") / default.relative_to(REPO_ROOT)
             shown = json.loads(json.dumps(default, default=str)) if not hasattr(default, "model_dump") else "(section)"
             if isinstance(default, list) and default and hasattr(default[0], "model_dump"):
                 shown = f"[{len(default)} item(s)]"

@@ -111,13 +111,14 @@ class LineConfig(_Strict):
     recipe: str = Field("default", description="Product recipe recorded with every verdict.")
     data_dir: Path = Field(Path("var"), description="SQLite store and images.")
     runtime_dir: Path | None = Field(None, description="Sockets and metrics files (default data_dir/run).")
-    cameras: list[CameraConfig] = Field(default_factory=lambda: [CameraConfig()], min_length=1, max_length=64)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    infer: InferConfig = Field(default_factory=InferConfig)
-    failsafe: FailsafeConfig = Field(default_factory=FailsafeConfig)
-    record: RecordConfig = Field(default_factory=RecordConfig)
-    api: ApiConfig = Field(default_factory=ApiConfig)
-    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+    cameras: list[CameraConfig] = Field(default_factory=lambda: [CameraConfig()], min_length=1, max_length=64,
+                                        description="Cameras; one acquire process each.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The model the workers run.")
+    infer: InferConfig = Field(default_factory=InferConfig, description="Inference workers.")
+    failsafe: FailsafeConfig = Field(default_factory=FailsafeConfig, description="Rules over the model.")
+    record: RecordConfig = Field(default_factory=RecordConfig, description="Store, deadline and images.")
+    api: ApiConfig = Field(default_factory=ApiConfig, description="Web app: HMI, REST, metrics.")
+    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig, description="Restarts and stopping.")
 
     @model_validator(mode="after")
     def _camera_names_unique(self) -> LineConfig:
@@ -182,7 +183,7 @@ def parse_config(data: Any, source: str = "<config>") -> LineConfig:
 def load_config(path: Path | str | None) -> LineConfig:
     """The embedded default when path is None, else the validated YAML file."""
     if path is None:
-        return LineConfig()
+        return LineConfig.model_validate({})
     path = Path(path)
     try:
         text = path.read_text()

@@ -35,7 +35,7 @@ class PartEmulator:
         rng = np.random.default_rng([self.seed, seq])
         w, h = self.width, self.height
         scale = min(w, h)
-        img = np.empty((h, w), np.float32)
+        img: np.ndarray[Any, Any] = np.empty((h, w), np.float32)
         img[:] = 45 + rng.normal(0, 1.0)
         # Belt texture: low-frequency blotches plus sensor noise.
         blot = cv2.resize(rng.normal(0, 6, (8, 8)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
@@ -59,7 +59,7 @@ class PartEmulator:
             ang, dist = rng.uniform(0, 2 * np.pi), rng.uniform(0.45, 0.85) * r
             dx, dy = cx + dist * np.cos(ang), cy + dist * np.sin(ang)
             size = scale * rng.uniform(0.035, 0.06)
-            mask = np.zeros((h, w), np.float32)
+            mask: np.ndarray[Any, Any] = np.zeros((h, w), np.float32)
             if kind == "dent":
                 cv2.circle(mask, (round(dx), round(dy)), max(2, round(size / 2)), 1.0, -1, cv2.LINE_AA)
                 img -= mask * rng.uniform(70, 110)

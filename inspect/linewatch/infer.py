@@ -19,8 +19,16 @@ import zmq
 from linewatch import metrics
 from linewatch.config import LineConfig
 from linewatch.failsafe import Decision, FailSafe
-from linewatch.messages import KIND_VERDICT, Endpoints, FrameHeader, MessageError, Verdict, decode_frame, \
-    now_ns, peek_identity
+from linewatch.messages import (
+    KIND_VERDICT,
+    Endpoints,
+    FrameHeader,
+    MessageError,
+    Verdict,
+    decode_frame,
+    now_ns,
+    peek_identity,
+)
 from linewatch.model import Model, ModelError
 from linewatch.process import AlarmSender, mark_ready
 
@@ -167,7 +175,7 @@ class Infer:
         )
         pixels: list[Any] = []
         if self._wants_image(verdict):
-            pixels = [h.to_bytes(), memoryview(np.ascontiguousarray(j.pixels)).cast("B")]
+            pixels = [h.to_bytes(), np.ascontiguousarray(j.pixels).data.cast("B")]
         return [KIND_VERDICT, verdict.to_bytes()], pixels
 
     def _wants_image(self, v: Verdict) -> bool:

@@ -131,7 +131,7 @@ class FrameHeader:
 
 def encode_frame(header: FrameHeader, pixels: np.ndarray) -> list[Any]:
     """Multipart `[header, pixels]`; the pixel buffer goes out without a copy."""
-    return [header.to_bytes(), memoryview(np.ascontiguousarray(pixels)).cast("B")]
+    return [header.to_bytes(), np.ascontiguousarray(pixels).data.cast("B")]
 
 
 def decode_frame(parts: list[Any]) -> tuple[FrameHeader, np.ndarray]:

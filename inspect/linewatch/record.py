@@ -18,11 +18,26 @@ from linewatch import metrics
 from linewatch.config import LineConfig
 from linewatch.images import image_relpath, save_kept, save_live
 from linewatch.messages import (
-    KIND_ALARM, KIND_ANNOUNCE, KIND_VERDICT, Alarm, Endpoints, FrameHeader, MessageError, Verdict, decode_frame,
+    KIND_ALARM,
+    KIND_ANNOUNCE,
+    KIND_VERDICT,
+    Alarm,
+    Endpoints,
+    FrameHeader,
+    MessageError,
+    Verdict,
+    decode_frame,
     now_ns,
 )
 from linewatch.process import mark_ready
-from linewatch.store import insert_alarm, insert_verdicts, open_writer, register_model, row_to_api, verdict_row
+from linewatch.store import (
+    insert_alarm,
+    insert_verdicts,
+    open_writer,
+    register_model,
+    row_to_api,
+    verdict_row,
+)
 
 log = logging.getLogger("record")
 _RECENT_KEYS = 200_000

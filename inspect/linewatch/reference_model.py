@@ -129,7 +129,7 @@ def build_reference(out_dir: Path, size: int = 256, train_count: int = 3000, hol
                 xb = torch.flip(xb, dims=[3])
             loss = torch.nn.functional.cross_entropy(net(xb), yt[idx])
             opt.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             total += float(loss.detach()) * len(idx)
         print(f"epoch {epoch + 1}/{epochs}  loss {total / len(xt):.4f}", flush=True)
@@ -160,7 +160,7 @@ def build_reference(out_dir: Path, size: int = 256, train_count: int = 3000, hol
     tp = int(((pred == 1) & (y_ho == 1)).sum())
     fn = int(((pred == 0) & (y_ho == 1)).sum())
     fp = int(((pred == 1) & (y_ho == 0)).sum())
-    card = {
+    card: dict[str, Any] = {
         "name": "reference", "sha256": model.info.sha256, "file": out.name, "kind": "classifier",
         "labels": LABELS, "input": {"layout": "NHW", "height": size, "width": size, "dtype": "uint8"},
         "training": {"source": "linewatch emulator", "seed": 1000 + seed, "count": train_count,

@@ -29,16 +29,17 @@ INSPECTION_COLUMNS: dict[str, type] = {
 
 
 def _migration_1(db: sqlite_utils.Database) -> None:
-    db["inspections"].create(INSPECTION_COLUMNS, pk="id", not_null={"camera", "stream", "seq", "final", "decided_by"})
-    db["inspections"].create_index(["camera", "stream", "seq"], unique=True)
-    db["inspections"].create_index(["t_capture_ns"])
-    db["inspections"].create_index(["final"])
-    db["alarms"].create(
+    inspections = db.table("inspections")
+    inspections.create(INSPECTION_COLUMNS, pk="id", not_null={"camera", "stream", "seq", "final", "decided_by"})
+    inspections.create_index(["camera", "stream", "seq"], unique=True)
+    inspections.create_index(["t_capture_ns"])
+    inspections.create_index(["final"])
+    db.table("alarms").create(
         {"id": int, "t_ns": int, "source": str, "kind": str, "severity": str, "message": str,
          "acknowledged_by": str, "t_ack_ns": int},
         pk="id",
     )
-    db["models"].create({"sha256": str, "name": str, "path": str, "first_seen_ns": int}, pk="sha256")
+    db.table("models").create({"sha256": str, "name": str, "path": str, "first_seen_ns": int}, pk="sha256")
 
 
 MIGRATIONS = [_migration_1]
@@ -58,14 +59,14 @@ def open_writer(data_dir: Path) -> sqlite_utils.Database:
 
 def _migrate(db: sqlite_utils.Database) -> None:
     if "schema_migrations" not in db.table_names():
-        db["schema_migrations"].create({"version": int, "applied_ns": int}, pk="version")
-    done = {r["version"] for r in db["schema_migrations"].rows}
+        db.table("schema_migrations").create({"version": int, "applied_ns": int}, pk="version")
+    done = {r["version"] for r in db.table("schema_migrations").rows}
     for version, migration in enumerate(MIGRATIONS, start=1):
         if version in done:
             continue
         with db.atomic():
             migration(db)
-            db["schema_migrations"].insert({"version": version, "applied_ns": now_ns()})
+            db.table("schema_migrations").insert({"version": version, "applied_ns": now_ns()})
 
 
 def open_reader(data_dir: Path) -> sqlite3.Connection:
@@ -98,21 +99,21 @@ def insert_verdicts(db: sqlite_utils.Database, rows: Iterable[dict[str, Any]]) -
     rows = list(rows)
     with db.atomic():
         before = db.execute("SELECT total_changes()").fetchone()[0]
-        db["inspections"].insert_all(rows, ignore=True, batch_size=500)
+        db.table("inspections").insert_all(rows, ignore=True, batch_size=500)
         after = db.execute("SELECT total_changes()").fetchone()[0]
     return int(after - before)
 
 
 def insert_alarm(db: sqlite_utils.Database, alarm: Alarm) -> int:
     with db.atomic():
-        table = db["alarms"].insert({"t_ns": alarm.t_ns, "source": alarm.source, "kind": alarm.kind,
+        table = db.table("alarms").insert({"t_ns": alarm.t_ns, "source": alarm.source, "kind": alarm.kind,
                                      "severity": alarm.severity, "message": alarm.message})
-    return int(table.last_pk)  # type: ignore[attr-defined]
+    return int(table.last_pk or 0)
 
 
 def register_model(db: sqlite_utils.Database, sha256: str, name: str, path: str) -> None:
     with db.atomic():
-        db["models"].insert({"sha256": sha256, "name": name, "path": path, "first_seen_ns": now_ns()},
+        db.table("models").insert({"sha256": sha256, "name": name, "path": path, "first_seen_ns": now_ns()},
                             ignore=True)
 
 

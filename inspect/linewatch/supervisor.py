@@ -92,11 +92,11 @@ class Supervisor:
     def run(self) -> int:
         prepare_run_dir(self.cfg)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.cfg.run_dir / "metrics")
+        import zmq
+
         from linewatch import metrics
         from linewatch.messages import Endpoints
         from linewatch.process import AlarmSender
-
-        import zmq
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda s, f: self.stop.set())
@@ -133,7 +133,7 @@ class Supervisor:
             if child.proc is None or child.proc.poll() is None:
                 continue
             code = child.proc.returncode
-            multiprocess.mark_process_dead(child.proc.pid)
+            multiprocess.mark_process_dead(child.proc.pid)  # type: ignore[no-untyped-call]
             (ready_dir(self.cfg.run_dir) / child.name).unlink(missing_ok=True)
             child.failures = 1 if now - child.started_at > 60 else child.failures + 1
             delay = min(high, low * 2 ** (child.failures - 1))

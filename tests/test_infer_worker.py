@@ -1,0 +1,141 @@
+"""A real inference worker process between real ZeroMQ sockets: good, malformed and unmodelled input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+
+from linewatch.config import LineConfig, parse_config
+from linewatch.emulator import PartEmulator
+from linewatch.messages import KIND_ALARM, KIND_VERDICT, Endpoints, FrameHeader, Verdict, encode_frame, now_ns
+from linewatch.model import file_sha256
+from linewatch.process import config_path
+from linewatch.supervisor import prepare_run_dir, resolve_paths
+from tests.conftest import REFERENCE_MODEL, wait_for
+
+
+class Rig:
+    """One infer child; the test plays acquire (frames) and record (verdicts, alarms)."""
+
+    def __init__(self, tmp: Path, model: Path):
+        cfg = resolve_paths(parse_config({"data_dir": str(tmp), "model": {"path": str(model)}}))
+        prepare_run_dir(cfg)
+        self.cfg: LineConfig = cfg
+        ep = Endpoints(cfg.run_dir)
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.frames = self.ctx.socket(zmq.PUSH)
+        self.frames.bind(ep.frames("cam0"))
+        self.record = self.ctx.socket(zmq.PULL)
+        self.record.bind(ep.record)
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(cfg.run_dir / "metrics")}
+        self.proc = subprocess.Popen([sys.executable, "-m", "linewatch", "child", "infer", "0",
+                                      "--run-dir", str(cfg.run_dir)], env=env)
+        wait_for(lambda: (cfg.run_dir / "ready" / "infer[0]").exists(), 30, "the worker")
+        self.emu = PartEmulator(seed=3, defect_rate=0.5)
+
+    def header(self, seq: int, **kw: Any) -> FrameHeader:
+        fields = dict(camera="cam0", stream="test", seq=seq, part_id=f"p{seq}", t_capture_ns=now_ns(),
+                      t_sent_ns=now_ns(), width=256, height=256, channels=1, dtype="uint8", pixel_format="Mono8")
+        return FrameHeader(**{**fields, **kw})
+
+    def send_part(self, seq: int) -> None:
+        self.frames.send_multipart(encode_frame(self.header(seq), self.emu.render(seq).pixels))
+
+    def receive(self, timeout_ms: int = 10_000) -> tuple[bytes, Any]:
+        assert self.record.poll(timeout_ms), "no message from the worker"
+        parts = self.record.recv_multipart()
+        if parts[0] == KIND_VERDICT:
+            return KIND_VERDICT, Verdict.from_bytes(parts[1])
+        return parts[0], json.loads(parts[1])
+
+    def next_verdict(self) -> Verdict:
+        while True:
+            kind, msg = self.receive()
+            if kind == KIND_VERDICT:
+                return msg  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.frames.close(linger=0)
+        self.record.close(linger=0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    r = Rig(tmp_path, REFERENCE_MODEL)
+    yield r
+    r.close()
+
+
+def test_good_frame_gets_a_model_verdict_with_hash_and_timings(rig: Rig) -> None:
+    rig.send_part(0)
+    v = rig.next_verdict()
+    assert (v.camera, v.stream, v.seq) == ("cam0", "test", 0)
+    assert v.decided_by in ("model", "rule:confidence_band")
+    assert v.model_hash == file_sha256(REFERENCE_MODEL)
+    assert v.probs is not None and abs(sum(v.probs.values()) - 1) < 1e-4
+    assert set(v.timings_ms) >= {"queue", "preprocess", "inference", "failsafe"}
+
+
+@pytest.mark.parametrize(
+    ("parts", "expect_verdict", "reason"),
+    [
+        ([b"only-one-part"], False, "expected 2 parts"),
+        ([b"{not json", b"x"], False, "not valid JSON"),
+        ([b'{"v":1,"camera":"cam0","stream":"test","seq":7}', b"x"], True, "missing field"),
+        ([FrameHeader("cam0", "test", 8, "p8", 1, 1, 256, 256, 1, "uint8", "Mono8").to_bytes(), b"\0" * 100],
+         True, "pixel buffer has 100 bytes"),
+        ([FrameHeader("cam0", "test", 9, "p9", 1, 1, 256, 256, 1, "float64", "Mono8").to_bytes(), b"\0" * 8],
+         True, "dtype"),
+    ],
+)
+def test_malformed_frames_are_refused_and_the_worker_keeps_running(rig: Rig, parts: list[bytes],
+                                                                   expect_verdict: bool, reason: str) -> None:
+    rig.frames.send_multipart(parts)
+    kind, msg = rig.receive()
+    if expect_verdict:
+        assert kind == KIND_VERDICT
+        assert msg.final == "FAIL" and msg.decided_by == "not_inspected"
+        assert reason in msg.reasons[0]
+    else:
+        assert kind == KIND_ALARM and reason in msg["message"]
+    rig.send_part(100)
+    assert rig.next_verdict().seq == 100
+    assert rig.proc.poll() is None
+
+
+def test_wrong_sized_frame_fails_by_rule(rig: Rig) -> None:
+    rig.frames.send_multipart(encode_frame(rig.header(5, width=128, height=64), np.zeros((64, 128), np.uint8)))
+    v = rig.next_verdict()
+    assert (v.final, v.decided_by) == ("FAIL", "rule:frame_shape")
+    assert "(64, 128)" in v.reasons[0] and "(256, 256)" in v.reasons[0]
+
+
+def test_corrupt_model_gives_safe_verdicts_and_an_alarm(tmp_path: Path) -> None:
+    bad = tmp_path / "corrupt.onnx"
+    bad.write_bytes(REFERENCE_MODEL.read_bytes()[:5000])  # truncated: a copy interrupted mid-write
+    rig = Rig(tmp_path, bad)
+    try:
+        kind, alarm = rig.receive()
+        assert kind == KIND_ALARM and alarm["kind"] == "model_unavailable" and str(bad) in alarm["message"]
+        ready = json.loads((rig.cfg.run_dir / "ready" / "infer[0]").read_text())
+        assert ready["model_error"] and "cannot load" in ready["model_error"]
+        for seq in range(3):
+            rig.send_part(seq)
+            v = rig.next_verdict()
+            assert (v.seq, v.final, v.decided_by) == (seq, "FAIL", "rule:model_unavailable")
+            assert str(bad) in v.reasons[0]
+    finally:
+        rig.close()
+    assert config_path(rig.cfg.run_dir).exists()

@@ -1,0 +1,74 @@
+"""The frame and verdict contracts: round trips, and a narrow error naming the field for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from linewatch.messages import FrameHeader, MessageError, Verdict, decode_frame, encode_frame, peek_identity
+
+
+def _header(**kw: object) -> FrameHeader:
+    base = dict(camera="cam0", stream="s", seq=3, part_id="p3", t_capture_ns=1, t_sent_ns=2, width=6, height=4,
+                channels=1, dtype="uint8", pixel_format="Mono8", truth={"label": "good"})
+    return FrameHeader(**{**base, **kw})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("channels", "dtype"), [(1, "uint8"), (3, "uint8"), (1, "uint16")])
+def test_frame_round_trip_without_copy(channels: int, dtype: str) -> None:
+    h = _header(channels=channels, dtype=dtype)
+    px = (np.arange(h.nbytes // np.dtype(dtype).itemsize) % 250).astype(dtype).reshape(h.shape)
+    parts = encode_frame(h, px)
+    assert isinstance(parts[1], memoryview)
+    got_h, got_px = decode_frame([parts[0], bytes(parts[1])])
+    assert got_h == h
+    np.testing.assert_array_equal(got_px, px)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"\xff\xfe", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (json.dumps({**json.loads(_header().to_bytes()), "v": 9}).encode(), "unsupported version 9"),
+        (json.dumps({k: v for k, v in json.loads(_header().to_bytes()).items() if k != "seq"}).encode(),
+         "missing field 'seq'"),
+        (json.dumps({**json.loads(_header().to_bytes()), "width": "6"}).encode(), "field 'width' has wrong type str"),
+        (json.dumps({**json.loads(_header().to_bytes()), "seq": True}).encode(), "field 'seq' has wrong type bool"),
+        (json.dumps({**json.loads(_header().to_bytes()), "height": 0}).encode(), "field 'height' must be > 0"),
+        (json.dumps({**json.loads(_header().to_bytes()), "dtype": "float32"}).encode(), "field 'dtype' must be one of"),
+    ],
+)
+def test_bad_header_names_the_problem(raw: bytes, message: str) -> None:
+    with pytest.raises(MessageError, match=message.replace("(", r"\(")):
+        FrameHeader.from_bytes(raw)
+
+
+def test_frame_part_count_and_size_checked() -> None:
+    h = _header()
+    with pytest.raises(MessageError, match="expected 2 parts"):
+        decode_frame([h.to_bytes()])
+    with pytest.raises(MessageError, match="pixel buffer has 5 bytes, header 6x4x1 uint8 needs 24"):
+        decode_frame([h.to_bytes(), b"12345"])
+
+
+def test_peek_identity_traces_a_broken_frame_to_its_part() -> None:
+    assert peek_identity(b'{"camera": "c", "stream": "s", "seq": 4, "width": -1}') == ("c", "s", 4)
+    assert peek_identity(b'{"camera": "c"}') is None
+    assert peek_identity(b"\x00") is None
+
+
+def test_verdict_round_trip_and_validation() -> None:
+    v = Verdict("cam0", "s", 1, "p1", "REVIEW", "rule:confidence_band", ["why"], probs={"good": 0.5, "defect": 0.5})
+    assert Verdict.from_bytes(v.to_bytes()) == v
+    with pytest.raises(MessageError, match="field 'final' must be one of"):
+        Verdict.from_bytes(json.dumps({**json.loads(v.to_bytes()), "final": "MAYBE"}).encode())
+    with pytest.raises(MessageError, match="unknown field"):
+        Verdict.from_bytes(json.dumps({**json.loads(v.to_bytes()), "extra": 1}).encode())
+
+
+def test_not_inspected_is_a_fail_with_its_reason() -> None:
+    v = Verdict.not_inspected(_header(), "default", "frame queue full")
+    assert (v.final, v.decided_by, v.reasons, v.seq) == ("FAIL", "not_inspected", ["frame queue full"], 3)
