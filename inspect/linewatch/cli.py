@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -10,6 +11,10 @@ from pathlib import Path
 import yaml
 
 from linewatch.config import REPO_ROOT, ConfigError, LineConfig, load_config
+
+
+#: Modules that add their own subcommands: each has `add_commands(subparsers)`.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -126,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     build = models_sub.add_parser("build-reference", help="train and export the bundled reference model")
     build.add_argument("--out", default="models/reference", help="output folder")
     build.set_defaults(func=_cmd_build_reference)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_commands(sub)
 
     child = sub.add_parser("child")  # internal: one process of the line, started by `run`
     child.add_argument("role", choices=["record", "infer", "acquire", "api"])
