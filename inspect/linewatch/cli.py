@@ -12,7 +12,6 @@ import yaml
 
 from linewatch.config import REPO_ROOT, ConfigError, LineConfig, load_config
 
-
 #: Modules that add their own subcommands: each has `add_commands(subparsers)`.
 COMMAND_MODULES: tuple[str, ...] = ()
 
