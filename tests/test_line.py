@@ -87,3 +87,23 @@ def test_corrupt_model_refuses_to_start_with_a_clear_error(line, tmp_path: Path)
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert str(bad) in out.stderr and "cannot load" in out.stderr
+
+
+def test_killed_record_is_restarted_and_every_frame_still_ends_as_one_row(line) -> None:
+    frames = 300
+    ln = line(cameras=[{"name": "cam0", "fps": 40, "max_frames": frames}],
+              record={"deadline_ms": 1000}).start()
+    wait_for(lambda: count_rows(ln.data_dir) >= 60, 60, "the first verdicts")
+    old_pid = ln.ready("record")[0]["pid"]
+    os.kill(old_pid, signal.SIGKILL)  # loses whatever it held in memory: pending frames, uncommitted rows
+    wait_for(lambda: [r for r in ln.ready("record") if r["pid"] != old_pid], 30, "record's restart")
+    wait_for(lambda: count_rows(ln.data_dir) >= frames, 60, f"{frames} rows")
+    ln.stop()
+
+    rows = db_rows(ln.data_dir, "SELECT seq, final, decided_by FROM inspections ORDER BY seq")
+    assert [r["seq"] for r in rows] == list(range(frames)), "a sequence number is missing or repeated"
+    assert all(r["final"] == "FAIL" for r in rows if r["decided_by"] in ("timeout", "not_inspected"))
+    alarms = db_rows(ln.data_dir, "SELECT message FROM alarms WHERE kind = 'process_restart'")
+    assert any("record died (signal SIGKILL)" in a["message"] for a in alarms)
+    check = db_rows(ln.data_dir, "PRAGMA integrity_check")
+    assert check[0][0] == "ok"

@@ -49,7 +49,8 @@ class Record:
     def __init__(self, cfg: LineConfig, index: int, stop: threading.Event):
         self.cfg, self.stop = cfg, stop
         self.endpoints = Endpoints(cfg.run_dir)
-        self.pending: dict[Key, FrameHeader] = {}
+        self.pending: dict[Key, tuple[FrameHeader, int]] = {}  # announced, not yet decided: (header, deadline_ns)
+        self.last_seq: dict[tuple[str, str], int] = {}  # highest seq seen per (camera, stream)
         self.recorded: dict[Key, None] = {}  # recently recorded keys, oldest first
         self.buffer: list[dict[str, Any]] = []
         self.buffer_since = 0.0
@@ -58,6 +59,8 @@ class Record:
 
     def run(self) -> None:
         self.db = open_writer(self.cfg.data_dir)
+        self.last_seq = {(c, s): int(m) for c, s, m in self.db.execute(
+            "SELECT camera, stream, max(seq) FROM inspections GROUP BY camera, stream").fetchall()}
         ctx: zmq.Context[Any] = zmq.Context()
         inbound = ctx.socket(zmq.PULL)
         inbound.setsockopt(zmq.RCVHWM, 100_000)
@@ -130,11 +133,27 @@ class Record:
 
     def _on_announce(self, h: FrameHeader) -> None:
         key = (h.camera, h.stream, h.seq)
+        self._track_gaps(*key)
         if key not in self.recorded:
-            self.pending[key] = h
+            self.pending[key] = (h, h.t_capture_ns + int(self.cfg.record.deadline_ms * 1e6))
+
+    def _track_gaps(self, camera: str, stream: str, seq: int) -> None:
+        """Sequence numbers skipped in a stream become pending too, so a frame whose messages were lost
+        (e.g. in record's own crash) still ends as a row: its verdict if it arrives, else a FAIL."""
+        last = self.last_seq.get((camera, stream), -1)
+        if seq <= last:
+            return
+        self.last_seq[(camera, stream)] = seq
+        deadline = now_ns() + int(self.cfg.record.deadline_ms * 1e6)
+        for missing in range(last + 1, seq):
+            key = (camera, stream, missing)
+            if key not in self.recorded and key not in self.pending:
+                h = FrameHeader(camera, stream, missing, f"{camera}-{stream}-{missing}", 0, 0, 1, 1, 1, "uint8", "")
+                self.pending[key] = (h, deadline)
 
     def _on_verdict(self, v: Verdict, image_parts: list[bytes]) -> None:
         key = (v.camera, v.stream, v.seq)
+        self._track_gaps(*key)
         if key in self.recorded:
             metrics.LATE_VERDICTS.labels(v.camera).inc()
             log.warning("late verdict for %s seq %d ignored: already recorded", v.camera, v.seq)
@@ -165,14 +184,17 @@ class Record:
         self.events.send_multipart([b"alarm", json.dumps({"id": alarm_id, **alarm.__dict__}).encode()])
 
     def _check_deadlines(self) -> None:
-        limit = now_ns() - int(self.cfg.record.deadline_ms * 1e6)
-        for key, h in list(self.pending.items()):
-            if h.t_capture_ns > limit:
-                break  # pending is in announce order, so later ones are younger
-            self._fail_pending(key, "timeout", f"no verdict within {self.cfg.record.deadline_ms:.0f} ms of capture")
+        now = now_ns()
+        for key, (h, deadline) in list(self.pending.items()):
+            if deadline > now:
+                break  # pending is in arrival order, so later ones are due later
+            if h.t_capture_ns:
+                self._fail_pending(key, "timeout", f"no verdict within {self.cfg.record.deadline_ms:.0f} ms of capture")
+            else:
+                self._fail_pending(key, "not_inspected", "sequence gap: its messages were lost (record restart?)")
 
     def _fail_pending(self, key: Key, decided_by: str, reason: str) -> None:
-        h = self.pending.pop(key)
+        h, _ = self.pending.pop(key)
         v = Verdict.not_inspected(h, self.cfg.recipe, reason)
         v.decided_by = decided_by
         self._buffer(v)
