@@ -23,11 +23,14 @@ $(VENV)/.dev: $(BIN)/linewatch
 
 setup-dev: $(VENV)/.dev system-deps
 
-# Debian packages the tests use: chromium (HMI in a real browser).
+# Debian packages the tests use: chromium (HMI in a real browser), prometheus (promtool checks
+# /metrics), poppler-utils (PDF reports to PNG and text).
+SYSTEM_TOOLS := chromium:chromium promtool:prometheus pdftoppm:poppler-utils
 system-deps:
-	@command -v chromium >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "install Debian's chromium (sudo apt-get install chromium) for the HMI tests" >&2; exit 1; fi; }
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "install these Debian packages for the tests:$$missing" >&2; exit 1; fi; fi
 
 test: setup-dev lint
 	$(BIN)/python -m pytest -q

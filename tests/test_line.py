@@ -6,6 +6,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,8 @@ def test_line_inspects_every_frame_exactly_once(line) -> None:
         assert _metric(second, name) > _metric(first, name) > 0, name
     assert "linewatch_inference_seconds_bucket" in second
     assert "linewatch_end_to_end_seconds_bucket" in second
+    lint = subprocess.run(["promtool", "check", "metrics"], input=second, capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
     wait_for(lambda: count_rows(ln.data_dir) >= FRAMES, 60, f"{FRAMES} verdicts")
     assert ln.stop() < 5.0
 
@@ -80,9 +84,6 @@ def test_corrupt_model_refuses_to_start_with_a_clear_error(line, tmp_path: Path)
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"\x08\x07garbage" * 100)
     ln = line(model={"path": str(bad)})
-    import subprocess
-    import sys
-
     out = subprocess.run([sys.executable, "-m", "linewatch", "run", "--config", str(ln.config)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
