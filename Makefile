@@ -18,7 +18,7 @@ run: setup
 	$(BIN)/linewatch run
 
 $(VENV)/.dev: $(BIN)/linewatch
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,train]'
 	touch $@
 
 setup-dev: $(VENV)/.dev system-deps
@@ -36,7 +36,7 @@ test: setup-dev lint
 	$(BIN)/python -m pytest -q
 
 lint:
-	$(BIN)/ruff check inspect tests
+	$(BIN)/ruff check inspect tests benchmarks
 	$(BIN)/mypy
 
 clean:

@@ -9,6 +9,7 @@ Prints parts decided, drops, and capture-to-record latency percentiles, read bac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sqlite3
@@ -42,11 +43,9 @@ def main() -> int:
         while time.monotonic() < t_end and n < args.frames:
             time.sleep(0.5)
             if db.exists():
-                try:
+                with contextlib.suppress(sqlite3.OperationalError):  # not created yet
                     n = sqlite3.connect(f"file:{db}?mode=ro", uri=True).execute(
                         "SELECT count(*) FROM inspections").fetchone()[0]
-                except sqlite3.OperationalError:
-                    pass
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         conn = sqlite3.connect(db)

@@ -63,7 +63,8 @@ def test_config_check_cli(tmp_path: Path) -> None:
     bad.write_text("cameras:\n  - exposure_us: -5\n    bogus: 1\n")
     out = _cli("config", "check", str(bad))
     assert out.returncode == 2
-    assert "cameras[0].exposure_us: must be > 0" in out.stderr and "cameras[0].bogus: unknown field" in out.stderr
+    assert "cameras[0].exposure_us: must be > 0.0 (got -5) [line 2]" in out.stderr
+    assert "cameras[0].bogus: unknown field (got 1) [line 3]" in out.stderr
     broken = tmp_path / "broken.yaml"
     broken.write_text("cameras: [\n")
     out = _cli("config", "check", str(broken))

@@ -26,8 +26,8 @@ from tests.conftest import REFERENCE_MODEL, wait_for
 class Rig:
     """One infer child; the test plays acquire (frames) and record (verdicts, alarms)."""
 
-    def __init__(self, tmp: Path, model: Path):
-        cfg = resolve_paths(parse_config({"data_dir": str(tmp), "model": {"path": str(model)}}))
+    def __init__(self, tmp: Path, model: Path, **overrides: Any):
+        cfg = resolve_paths(parse_config({"data_dir": str(tmp), "model": {"path": str(model)}, **overrides}))
         prepare_run_dir(cfg)
         self.cfg: LineConfig = cfg
         ep = Endpoints(cfg.run_dir)

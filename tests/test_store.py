@@ -7,10 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from linewatch.messages import Alarm, Verdict
+from linewatch.messages import Alarm, OperatorAction, Verdict
 from linewatch.store import (
+    ActionError,
+    apply_action,
+    clear_alarms,
+    current_lot,
     insert_alarm,
     insert_verdicts,
+    mark_pruned,
     open_reader,
     open_writer,
     register_model,
@@ -31,11 +36,13 @@ def _rows(n: int, stream: str = "s") -> list[dict]:
 def test_schema_wal_and_migrations_recorded(tmp_path: Path) -> None:
     db = open_writer(tmp_path)
     assert db.journal_mode == "wal"
-    assert {"inspections", "alarms", "models", "schema_migrations"} <= set(db.table_names())
-    assert [r["version"] for r in db["schema_migrations"].rows] == [1]
+    assert {"inspections", "alarms", "models", "schema_migrations", "operator_actions", "review_decisions",
+            "hook_outbox"} <= set(db.table_names())
+    assert [r["version"] for r in db["schema_migrations"].rows] == [1, 2]
     db.close()
-    db = open_writer(tmp_path)  # reopening does not re-run migrations
-    assert db["schema_migrations"].count == 1
+    db = open_writer(tmp_path)  # reopening does not re-run migrations (nor back up)
+    assert db["schema_migrations"].count == 2
+    assert not list(tmp_path.glob("*.bak"))
 
 
 def test_grouped_insert_keeps_one_row_per_frame(tmp_path: Path) -> None:
@@ -60,3 +67,72 @@ def test_reader_is_read_only_and_sees_commits(tmp_path: Path) -> None:
     assert reader.execute("SELECT count(*) FROM models").fetchone()[0] == 1
     with pytest.raises(sqlite3.OperationalError, match="readonly"):
         reader.execute("DELETE FROM alarms")
+
+
+def test_upgrading_a_v1_database_keeps_its_data_and_backs_it_up(tmp_path: Path) -> None:
+    db = open_writer(tmp_path, schema_version=1)
+    assert "lot" not in db["inspections"].columns_dict
+    v1_rows = [{k: v for k, v in r.items() if k not in ("lot", "shift")} for r in _rows(3000)]
+    db["inspections"].insert_all(v1_rows)
+    insert_alarm(db, Alarm("supervisor", "process_restart", "infer[0] died"))
+    register_model(db, "ab" * 32, "reference", "/m.onnx")
+    before = [tuple(r) for r in db.execute("SELECT * FROM inspections ORDER BY id").fetchall()]
+    db.close()
+
+    db = open_writer(tmp_path)  # migrates 1 -> 2
+    assert [r["version"] for r in db["schema_migrations"].rows] == [1, 2]
+    after = db.execute("SELECT * FROM inspections ORDER BY id").fetchall()
+    n_v1 = len(before[0])
+    assert [tuple(r[:n_v1]) for r in after] == before  # every old value where it was
+    assert {"lot", "shift", "image_pruned_ns"} <= set(db["inspections"].columns_dict)
+    assert all(r[n_v1:] == (None, None, None) for r in after)
+    assert db["alarms"].count == 1 and db["models"].count == 1
+    assert insert_verdicts(db, [verdict_row(Verdict("cam0", "s", 5000, "p", "FAIL", "model"), 1, "L1", "late")]) == 1
+    backups = list(tmp_path.glob("linewatch.db.v1-*.bak"))
+    assert len(backups) == 1
+    old = sqlite3.connect(backups[0])
+    assert old.execute("SELECT count(*) FROM inspections").fetchone()[0] == 3000
+    assert old.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == 1
+    assert old.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    old.close()
+
+
+def test_operator_actions_are_audited_and_applied_once(tmp_path: Path) -> None:
+    db = open_writer(tmp_path)
+    insert_verdicts(db, _rows(5))
+    assert current_lot(db) is None
+    assert apply_action(db, OperatorAction("set_lot", "anna", "r1", {"lot": "LOT-1"})) > 0
+    assert apply_action(db, OperatorAction("set_lot", "anna", "r1", {"lot": "LOT-1"})) == 0  # resent: once
+    apply_action(db, OperatorAction("set_lot", "ben", "r2", {"lot": "LOT-2"}))
+    assert current_lot(db) == "LOT-2"
+    apply_action(db, OperatorAction("review", "cleo", "r3", {"inspection_id": 2, "decision": "FAIL",
+                                                             "label": "scratch", "note": "deep"}))
+    review = next(iter(db["review_decisions"].rows))
+    review = {k: review[k] for k in ("inspection_id", "camera", "seq", "decision", "label", "reviewer", "note")}
+    assert review == {"inspection_id": 2, "camera": "cam0", "seq": 1, "decision": "FAIL", "label": "scratch",
+                      "reviewer": "cleo", "note": "deep"}
+    with pytest.raises(ActionError, match="no inspection with id 99"):
+        apply_action(db, OperatorAction("review", "cleo", "r4", {"inspection_id": 99, "decision": "PASS"}))
+    with pytest.raises(ActionError, match="decision must be PASS or FAIL"):
+        apply_action(db, OperatorAction("review", "cleo", "r5", {"inspection_id": 1, "decision": "MAYBE"}))
+    with pytest.raises(ActionError, match="lot must be"):
+        apply_action(db, OperatorAction("set_lot", "cleo", "r6", {"lot": "  "}))
+    alarm_id = insert_alarm(db, Alarm("record", "disk_low", "low"))
+    apply_action(db, OperatorAction("ack_alarm", "dan", "r7", {"alarm_id": alarm_id}))
+    assert db["alarms"].get(alarm_id)["acknowledged_by"] == "dan"
+    with pytest.raises(ActionError, match="no unacknowledged alarm"):
+        apply_action(db, OperatorAction("ack_alarm", "eve", "r8", {"alarm_id": alarm_id}))
+    audit = [(r["actor"], r["action"]) for r in db["operator_actions"].rows]
+    assert audit == [("anna", "set_lot"), ("ben", "set_lot"), ("cleo", "review"), ("dan", "ack_alarm")]
+
+
+def test_pruned_images_and_cleared_alarms_are_marked(tmp_path: Path) -> None:
+    db = open_writer(tmp_path)
+    insert_verdicts(db, _rows(4))
+    mark_pruned(db, [1, 3], 123)
+    assert [r["image_pruned_ns"] for r in db["inspections"].rows] == [123, None, 123, None]
+    insert_alarm(db, Alarm("record", "disk_low", "low"))
+    insert_alarm(db, Alarm("record", "other", "x"))
+    assert clear_alarms(db, "disk_low", "record", 456) == 1
+    assert clear_alarms(db, "disk_low", "record", 789) == 0  # already cleared
+    assert [(r["kind"], r["t_cleared_ns"]) for r in db["alarms"].rows] == [("disk_low", 456), ("other", None)]

@@ -23,10 +23,12 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
+from linewatch.camera_api import camera_router
 from linewatch.config import PACKAGE_ROOT, LineConfig
 from linewatch.images import IMAGES_DIR, live_path
 from linewatch.messages import Endpoints
 from linewatch.process import mark_ready, ready_dir
+from linewatch.qa_api import qa_router
 from linewatch.store import open_reader, row_to_api
 
 log = logging.getLogger("api")
@@ -86,6 +88,7 @@ def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
             "workers": workers, "counts": {**counts, "total": total},
             "yield": counts["PASS"] / total if total else None,
             "alarms_active": active[0]["n"] if active else 0, "last": row_to_api(last[0]) if last else None,
+            "rules_only": any(w.get("rules_only") for w in workers),  # a worker decides on rules alone
         }
 
     @app.get("/api/inspections")
@@ -141,6 +144,8 @@ def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    app.include_router(qa_router(cfg))
+    app.include_router(camera_router(cfg))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount("/images", StaticFiles(directory=data_dir / IMAGES_DIR, check_dir=False), name="images")
     return app

@@ -13,7 +13,8 @@ import yaml
 from linewatch.config import REPO_ROOT, ConfigError, LineConfig, load_config
 
 #: Modules that add their own subcommands: each has `add_commands(subparsers)`.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("linewatch.report_cli", "linewatch.train_cli", "linewatch.camera_commands",
+                                       "linewatch.failsafe.cli", "linewatch.models_cli",)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -27,9 +28,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         cfg = cfg.model_copy(update={"data_dir": Path(args.data_dir)})
     if args.port is not None:
         cfg = cfg.model_copy(update={"api": cfg.api.model_copy(update={"port": args.port})})
+    from linewatch.failsafe import FailSafe, RulesetError
+
     try:
-        Model(cfg.model.path, cfg.model.providers, cfg.model.intra_op_threads)
-    except ModelError as exc:
+        model = Model(cfg.model.path, cfg.model.providers, cfg.model.intra_op_threads)
+        FailSafe(cfg.failsafe, model.frame_shape, model.info)  # a rule set that cannot be built: refuse too
+    except (ModelError, RulesetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
@@ -76,25 +80,16 @@ def config_reference() -> str:
             walk(inner, f"{path}[]" if is_list else path)
 
     walk(LineConfig, "")
-    from linewatch.config import EmulatorSource
+    from linewatch.config import EmulatorSource, GenicamSource, ReplaySource
 
     walk(EmulatorSource, "cameras[].source (type: emulator)")
+    walk(GenicamSource, "cameras[].source (type: genicam)")
+    walk(ReplaySource, "cameras[].source (type: replay)")
     return "\n".join(lines)
 
 
 def _cmd_config_docs(args: argparse.Namespace) -> int:
     print(config_reference())
-    return 0
-
-
-def _cmd_build_reference(args: argparse.Namespace) -> int:
-    try:
-        from linewatch.reference_model import build_reference
-    except ImportError as exc:
-        print(f"error: needs the train extra (pip install -e '.[train]'): {exc}", file=sys.stderr)
-        return 2
-    card = build_reference(Path(args.out))
-    print(json.dumps(card["metrics"], indent=2))
     return 0
 
 
@@ -124,12 +119,6 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=_cmd_config_show)
     docs = cfg_sub.add_parser("docs", help="print the config reference (docs/config.md)")
     docs.set_defaults(func=_cmd_config_docs)
-
-    models = sub.add_parser("models", help="model tools")
-    models_sub = models.add_subparsers(dest="models_command", required=True)
-    build = models_sub.add_parser("build-reference", help="train and export the bundled reference model")
-    build.add_argument("--out", default="models/reference", help="output folder")
-    build.set_defaults(func=_cmd_build_reference)
 
     for module in COMMAND_MODULES:
         importlib.import_module(module).add_commands(sub)

@@ -1,8 +1,10 @@
-"""A simple, seedable generator of synthetic parts with ground truth.
+"""Seedable generators of synthetic parts with ground truth.
 
-Each frame is a machined round part on a conveyor belt, seen by a Mono8 camera; a share of parts
-carries a defect (dent, scratch or stain). Frame `seq` of seed `s` is always the same image, so
-training data, tests and the live line agree. (The full camera/line emulator is its own issue.)
+`PartEmulator` is the default: a machined round part on a conveyor belt, seen by a Mono8 camera; a
+share of parts carries a defect (dent, scratch or stain). The reference model was trained on its
+pixels, so they never change. `SceneEmulator` renders what a scene file describes (products,
+defects, camera effects, scenarios). Frame `seq` of seed `s` is always the same image, so training
+data, tests and the live line agree.
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+from linewatch.optics import CameraModel
+from linewatch.products import inject_defect, render_product
+from linewatch.scene import Scene, conditions_at
 
 DEFECT_TYPES = ("dent", "scratch", "stain")
 
@@ -80,3 +86,43 @@ class PartEmulator:
                      "region": [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]}
         img = img * self.gain + rng.normal(0, 2.0, (h, w)).astype(np.float32)
         return RenderedPart(np.clip(img, 0, 255).astype(np.uint8), truth)
+
+
+@dataclass(frozen=True)
+class SceneFrame:
+    pixels: np.ndarray | None  # sensor output in `pixel_format`; None when the camera dropped the frame
+    pixel_format: str
+    truth: dict[str, Any]
+    incomplete: bool = False  # the camera delivered a torn buffer (the part is not inspectable)
+
+
+class SceneEmulator:
+    """Renders frame `seq` of a scene at scene time seq / fps (the encoder's part period when moving)."""
+
+    def __init__(self, scene: Scene, width: int = 256, height: int = 256, seed: int = 0, fps: float = 20.0,
+                 exposure_us: float = 5000.0):
+        self.scene, self.width, self.height, self.seed = scene, width, height, seed
+        self.period = scene.encoder_period_s or 1.0 / fps
+        self.camera = CameraModel(scene.camera, scene.line, width, height, seed, exposure_us)
+
+    def render(self, seq: int) -> SceneFrame:
+        rng = np.random.default_rng([self.seed, seq, 1])
+        t = seq * self.period
+        cond = conditions_at(self.scene, t)
+        fmt = self.scene.camera.pixel_format
+        part = render_product(self.scene.product, self.width, self.height, rng, cond.shift)
+        truth: dict[str, Any] = {"label": "good", "type": None, "severity": None, "region": None,
+                                  "t_scene_s": round(t, 6)}
+        if rng.random() < cond.defect_rate:
+            kind = cond.defect_types[int(rng.integers(len(cond.defect_types)))]
+            low, high = self.scene.defects.severity
+            severity = float(rng.uniform(low, high))
+            region = inject_defect(part, kind, severity, rng)
+            if region is not None:
+                truth = {**truth, "label": "defect", "type": kind, "severity": round(severity, 3), "region": region}
+        fx = self.scene.camera
+        fate = rng.random()
+        if fate < fx.drop_rate:
+            return SceneFrame(None, fmt, truth)
+        pixels = self.camera.expose(part.image, part.tint, cond.lighting, t, rng)
+        return SceneFrame(pixels, fmt, truth, incomplete=fate < fx.drop_rate + fx.incomplete_rate)

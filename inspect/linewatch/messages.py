@@ -23,6 +23,7 @@ Final = Literal["PASS", "FAIL", "REVIEW"]
 KIND_ANNOUNCE = b"announce"
 KIND_VERDICT = b"verdict"
 KIND_ALARM = b"alarm"
+KIND_ACTION = b"action"  # an operator's action (api -> record, the single writer)
 
 
 class MessageError(ValueError):
@@ -37,6 +38,10 @@ class Endpoints:
 
     def frames(self, camera: str) -> str:
         return f"ipc://{self.run_dir / f'frames-{camera}.sock'}"
+
+    def control(self, camera: str) -> str:
+        """REP socket acquire binds for commands to its camera (software trigger from api, PLC, tools)."""
+        return f"ipc://{self.run_dir / f'control-{camera}.sock'}"
 
     @property
     def record(self) -> str:
@@ -87,6 +92,8 @@ class FrameHeader:
     pixel_format: str
     truth: dict[str, Any] | None = None
     v: int = FRAME_VERSION
+    device_frame_id: int | None = None  # the camera's own frame counter (GenTL frame id), when it has one
+    device_timestamp_ns: int | None = None  # the camera's clock at exposure, when it reports one
 
     @property
     def nbytes(self) -> int:
@@ -118,6 +125,10 @@ class FrameHeader:
             dtype=_get(d, "dtype", str, "frame header"),
             pixel_format=_get(d, "pixel_format", str, "frame header"),
             truth=d.get("truth") if isinstance(d.get("truth"), dict) else None,
+            device_frame_id=_get(d, "device_frame_id", int, "frame header") if d.get("device_frame_id") is not None
+            else None,
+            device_timestamp_ns=_get(d, "device_timestamp_ns", int, "frame header")
+            if d.get("device_timestamp_ns") is not None else None,
         )
         for name in ("width", "height", "channels"):
             if getattr(hdr, name) <= 0:
@@ -250,3 +261,84 @@ class Alarm:
             severity=sev,
             t_ns=_get(d, "t_ns", int, "alarm"),
         )
+
+
+OPERATOR_ACTIONS = ("set_lot", "review", "ack_alarm")
+
+
+@dataclass(frozen=True)
+class OperatorAction:
+    """An operator's change sent by the api to record, which applies it and writes the audit log.
+
+    `set_lot`: detail `{"lot": str}`; `review`: detail `{"inspection_id": int, "decision": PASS|FAIL,
+    "label": str, "note": str}`; `ack_alarm`: detail `{"alarm_id": int}`. `request_id` lets the sender
+    find its committed audit row.
+    """
+
+    action: Literal["set_lot", "review", "ack_alarm"]
+    actor: str
+    request_id: str
+    detail: dict[str, Any]
+    t_ns: int = field(default_factory=now_ns)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> OperatorAction:
+        d = _load_json(raw, "action")
+        action = d.get("action")
+        if action not in OPERATOR_ACTIONS:
+            raise MessageError(f"action: field 'action' must be one of {', '.join(OPERATOR_ACTIONS)}, got {action!r}")
+        detail = d.get("detail")
+        if not isinstance(detail, dict):
+            raise MessageError("action: field 'detail' must be an object")
+        return cls(action=action, actor=_get(d, "actor", str, "action"),
+                   request_id=_get(d, "request_id", str, "action"), detail=detail, t_ns=_get(d, "t_ns", int, "action"))
+
+
+CONTROL_COMMANDS = ("trigger",)
+
+
+@dataclass(frozen=True)
+class CameraCommand:
+    """A request on a camera's control socket; `trigger` takes one frame now (software trigger)."""
+
+    cmd: Literal["trigger"]
+    part_id: str | None = None  # from the PLC or the caller; generated when absent
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> CameraCommand:
+        d = _load_json(raw, "camera command")
+        if d.get("cmd") not in CONTROL_COMMANDS:
+            raise MessageError(f"camera command: field 'cmd' must be one of {CONTROL_COMMANDS}, got {d.get('cmd')!r}")
+        part_id = d.get("part_id")
+        if part_id is not None and (not isinstance(part_id, str) or not 0 < len(part_id) <= 128):
+            raise MessageError("camera command: field 'part_id' must be a string of 1-128 characters")
+        return cls(cmd=d["cmd"], part_id=part_id)
+
+
+@dataclass(frozen=True)
+class CameraReply:
+    """acquire's answer on the control socket: the frame a trigger produced, or why it could not."""
+
+    ok: bool
+    seq: int | None = None
+    part_id: str | None = None
+    error: str | None = None
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> CameraReply:
+        d = _load_json(raw, "camera reply")
+        if not isinstance(d.get("ok"), bool):
+            raise MessageError("camera reply: field 'ok' must be true or false")
+        seq, part_id, error = d.get("seq"), d.get("part_id"), d.get("error")
+        return cls(ok=d["ok"], seq=seq if isinstance(seq, int) else None,
+                   part_id=part_id if isinstance(part_id, str) else None,
+                   error=error if isinstance(error, str) else None)

@@ -42,6 +42,19 @@ MODEL_UP = Gauge(
     "linewatch_model_up", "1 when the worker's model is loaded and healthy, 0 when it runs on rules alone.",
     ["worker"], multiprocess_mode="liveall",
 )
+RULES_ONLY = Gauge(
+    "linewatch_rules_only", "1 while the worker runs on rules alone (model down, faulty or too slow).",
+    ["worker"], multiprocess_mode="liveall",
+)
+FAILSAFE_OVERRIDES = Counter(
+    "linewatch_failsafe_overrides", "Verdicts decided by a fail-safe rule instead of the model.", ["rule", "final"]
+)
+IMAGES_DROPPED = Counter(
+    "linewatch_images_dropped", "Kept images skipped because the image writer was behind (row kept).",
+    ["camera", "final"],
+)
+IMAGES_PRUNED = Counter("linewatch_images_pruned", "Kept images removed by retention (quota or age).")
 
 ALL = (FRAMES_ACQUIRED, FRAMES_DROPPED, FRAMES_INSPECTED, VERDICTS, MESSAGES_REJECTED, LATE_VERDICTS, ALARMS,
-       RESTARTS, INFERENCE_SECONDS, END_TO_END_SECONDS, MODEL_INFO, MODEL_UP)
+       RESTARTS, INFERENCE_SECONDS, END_TO_END_SECONDS, MODEL_INFO, MODEL_UP, IMAGES_DROPPED, IMAGES_PRUNED,
+       RULES_ONLY, FAILSAFE_OVERRIDES)

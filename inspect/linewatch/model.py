@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from linewatch.adapters import AdapterError, choose_adapter
 
-REQUIRED_METADATA = ("linewatch.labels", "linewatch.defect_labels", "linewatch.input_layout",
-                     "linewatch.input_height", "linewatch.input_width", "linewatch.input_channels")
-LAYOUTS = {"NHW": 3, "NHWC": 4}
+log = logging.getLogger(__name__)
 
 
 class ModelError(Exception):
@@ -44,6 +40,7 @@ class ModelInfo:
     width: int
     channels: int
     metadata: dict[str, str] = field(default_factory=dict)
+    adapter: str = "native"
 
 
 def file_sha256(path: Path) -> str:
@@ -78,25 +75,6 @@ def choose_providers(request: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def _parse_metadata(path: Path, meta: dict[str, str]) -> dict[str, Any]:
-    missing = [k for k in REQUIRED_METADATA if k not in meta]
-    if missing:
-        raise ModelError(f"model {path}: metadata lacks {', '.join(missing)} (is it a linewatch model?)")
-    try:
-        labels = json.loads(meta["linewatch.labels"])
-        defect_labels = json.loads(meta["linewatch.defect_labels"])
-        dims = {k: int(meta[f"linewatch.input_{k}"]) for k in ("height", "width", "channels")}
-    except (ValueError, TypeError) as exc:
-        raise ModelError(f"model {path}: unreadable metadata ({exc})") from None
-    if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(x, str) for x in labels)):
-        raise ModelError(f"model {path}: linewatch.labels must be a JSON list of >= 2 names")
-    if not set(defect_labels) <= set(labels):
-        raise ModelError(f"model {path}: defect_labels {defect_labels} are not all in labels {labels}")
-    if meta["linewatch.input_layout"] not in LAYOUTS:
-        raise ModelError(f"model {path}: input_layout must be one of {sorted(LAYOUTS)}")
-    return {"labels": tuple(labels), "defect_labels": frozenset(defect_labels), **dims}
-
-
 class Model:
     """An ONNX Runtime session plus the contract it was exported with."""
 
@@ -106,7 +84,11 @@ class Model:
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"model {path}: file not found")
-        sha = file_sha256(path)
+        try:  # read once: the hash and the session come from the same bytes, even if the file changes
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ModelError(f"model {path}: cannot read it ({exc.strerror})") from None
+        sha = hashlib.sha256(data).hexdigest()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = 1
@@ -114,45 +96,47 @@ class Model:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         wanted = choose_providers(providers)
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
+            self.session = ort.InferenceSession(data, sess_options=opts, providers=wanted)
         except Exception as exc:  # onnxruntime raises its own untyped errors: translate at the boundary
             raise ModelError(f"model {path}: ONNX Runtime cannot load it ({str(exc).strip()[:300]})") from None
         self.providers: list[str] = self.session.get_providers()
         if providers == "cuda" and "CUDAExecutionProvider" not in self.providers:
             raise ModelError(f"model {path}: cuda requested but the CUDA libraries did not load")
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
-        parsed = _parse_metadata(path, meta)
-        self.info = ModelInfo(
-            path=path, sha256=sha, name=meta.get("linewatch.name", path.stem), labels=parsed["labels"],
-            defect_labels=parsed["defect_labels"], layout=meta["linewatch.input_layout"],
-            height=parsed["height"], width=parsed["width"], channels=parsed["channels"], metadata=meta,
-        )
-        self._check_signature()
-        self.input_name = self.session.get_inputs()[0].name
-        log.info("model %s (%s) loaded on %s", self.info.name, sha[:12], ", ".join(self.providers))
-
-    def _check_signature(self) -> None:
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        where = f"model {self.info.path}"
-        if len(inputs) != 1 or inputs[0].type != "tensor(uint8)":
-            raise ModelError(f"{where}: expects one uint8 image input, has {[(i.name, i.type) for i in inputs]}")
-        if len(inputs[0].shape) != LAYOUTS[self.info.layout]:
-            raise ModelError(f"{where}: input rank {len(inputs[0].shape)} does not match layout {self.info.layout}")
+        outputs = self.session.get_outputs()
         if not outputs or outputs[0].type != "tensor(float)":
-            raise ModelError(f"{where}: first output must be float class probabilities")
+            raise ModelError(f"model {path}: first output must be a float tensor")
+        try:
+            self.adapter = choose_adapter(path, meta, self.session.get_inputs(), outputs)
+        except AdapterError as exc:
+            raise ModelError(str(exc)) from None
+        a = self.adapter
+        self.info = ModelInfo(
+            path=path, sha256=sha, name=meta.get("linewatch.name", path.stem), labels=a.labels,
+            defect_labels=a.defect_labels, layout=a.layout, height=a.height, width=a.width, channels=a.channels,
+            metadata=meta, adapter=a.kind,
+        )
+        self._output_names = [o.name for o in outputs]
+        log.info("model %s (%s, %s) loaded on %s", self.info.name, sha[:12], a.kind, ", ".join(self.providers))
 
     def warm_up(self) -> None:
-        self.run(np.zeros((1, *self.frame_shape), np.uint8))
+        i = self.info
+        self.run(np.zeros((1, i.height, i.width) if i.layout == "NHW" else (1, i.height, i.width, i.channels),
+                          np.uint8))
 
     @property
-    def frame_shape(self) -> tuple[int, ...]:
+    def frame_shape(self) -> tuple[int, ...] | None:
+        """The frame the model requires, or None when its adapter resizes any frame."""
         i = self.info
+        if not self.adapter.fixed_frame:
+            return None
         return (i.height, i.width) if i.layout == "NHW" else (i.height, i.width, i.channels)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, labels) for a uint8 batch shaped (N, *frame_shape)."""
+        """Class probabilities (N, labels), good class first, for a uint8 batch of frames."""
         try:
-            (probs, *_) = self.session.run(None, {self.input_name: batch})
+            raw = self.session.run(None, self.adapter.feed(batch))
+            probs = self.adapter.probabilities(dict(zip(self._output_names, raw, strict=True)))
         except Exception as exc:  # onnxruntime's errors are untyped
             raise ModelError(f"model {self.info.name}: inference failed ({str(exc).strip()[:300]})") from None
         probs = np.asarray(probs)

@@ -10,14 +10,17 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 import zmq
 
 from linewatch import metrics
 from linewatch.config import LineConfig
-from linewatch.images import image_relpath, save_kept, save_live
+from linewatch.images import ImageWriter, image_relpath
+from linewatch.lots import ShiftClock
 from linewatch.messages import (
+    KIND_ACTION,
     KIND_ALARM,
     KIND_ANNOUNCE,
     KIND_VERDICT,
@@ -25,19 +28,27 @@ from linewatch.messages import (
     Endpoints,
     FrameHeader,
     MessageError,
+    OperatorAction,
     Verdict,
     decode_frame,
     now_ns,
 )
 from linewatch.process import mark_ready
+from linewatch.retention import DiskLow, Retention
 from linewatch.store import (
+    ActionError,
+    apply_action,
+    clear_alarms,
+    current_lot,
     insert_alarm,
     insert_verdicts,
+    mark_pruned,
     open_writer,
     register_model,
-    row_to_api,
+    row_event,
     verdict_row,
 )
+from linewatch.streaks import StreakWatch
 
 log = logging.getLogger("record")
 _RECENT_KEYS = 200_000
@@ -55,12 +66,20 @@ class Record:
         self.buffer: list[dict[str, Any]] = []
         self.buffer_since = 0.0
         self._last_live: dict[str, float] = {}
+        self._image_alarm_at = -1e9
         self.models_seen: set[str] = set()
+        self.streaks = StreakWatch(cfg.failsafe.streak)  # over committed verdicts
 
     def run(self) -> None:
         self.db = open_writer(self.cfg.data_dir)
         self.last_seq = {(c, s): int(m) for c, s, m in self.db.execute(
             "SELECT camera, stream, max(seq) FROM inspections GROUP BY camera, stream").fetchall()}
+        self.lot = current_lot(self.db)
+        self.shifts = ShiftClock(self.cfg.shifts)
+        rc = self.cfg.record
+        self.images = ImageWriter(self.cfg.data_dir, rc.jpeg_quality, rc.image_queue)
+        self.retention = Retention(self.cfg.data_dir, rc, self.stop)
+        self.retention.start()
         ctx: zmq.Context[Any] = zmq.Context()
         inbound = ctx.socket(zmq.PULL)
         inbound.setsockopt(zmq.RCVHWM, 100_000)
@@ -77,6 +96,7 @@ class Record:
             self._drain_on_stop(inbound)
         finally:
             self._flush()
+            self.images.close()
             inbound.close()
             self.events.close()
             ctx.term()
@@ -100,6 +120,7 @@ class Record:
                 got = True
                 self._handle(parts)
         self._check_deadlines()
+        self._apply_retention()
         rc = self.cfg.record
         if self.buffer and (len(self.buffer) >= rc.commit_rows
                             or time.monotonic() - self.buffer_since >= rc.commit_ms / 1e3):
@@ -125,6 +146,8 @@ class Record:
                 self._on_verdict(Verdict.from_bytes(parts[1]), parts[2:])
             elif kind == KIND_ALARM and len(parts) == 2:
                 self._on_alarm(Alarm.from_bytes(parts[1]))
+            elif kind == KIND_ACTION and len(parts) == 2:
+                self._on_action(OperatorAction.from_bytes(parts[1]))
             else:
                 raise MessageError(f"record message: unknown kind {kind[:20]!r} with {len(parts)} parts")
         except MessageError as exc:
@@ -169,15 +192,50 @@ class Record:
         except MessageError as exc:
             log.error("verdict image for %s seq %d unreadable: %s", v.camera, v.seq, exc)
             return
-        every = self.cfg.record.pass_sample_every
-        if v.final != "PASS" or (every and v.seq % every == 0):
-            v.image = image_relpath(v.camera, v.stream, v.seq, v.final)
-            save_kept(self.cfg.data_dir, v.image, pixels)
-        hz = self.cfg.record.live_view_hz
+        rc = self.cfg.record
+        if v.final != "PASS" or (rc.pass_sample_every and v.seq % rc.pass_sample_every == 0):
+            relpath = image_relpath(v.camera, v.stream, v.seq, v.final, rc.image_format)
+            if self.images.submit(relpath, v.camera, pixels):
+                v.image = relpath
+            else:  # the writer is behind: the row is kept without its image
+                metrics.IMAGES_DROPPED.labels(v.camera, v.final).inc()
+                if v.final != "PASS" and time.monotonic() - self._image_alarm_at > 60:
+                    self._image_alarm_at = time.monotonic()
+                    metrics.ALARMS.labels("image_dropped").inc()
+                    self._on_alarm(Alarm("record", "image_dropped", f"{v.final} image of {v.camera} seq {v.seq} "
+                                         "not kept: the image writer is behind (disk too slow?)"))
         now = time.monotonic()
-        if hz and now - self._last_live.get(v.camera, 0.0) >= 1.0 / hz:
+        if rc.live_view_hz and now - self._last_live.get(v.camera, 0.0) >= 1.0 / rc.live_view_hz:
             self._last_live[v.camera] = now
-            save_live(self.cfg.data_dir, v.camera, pixels)
+            self.images.submit(None, v.camera, pixels)
+
+    def _on_action(self, action: OperatorAction) -> None:
+        """Apply an operator's action (lot change, review decision) and publish it once committed."""
+        try:
+            audit_id = apply_action(self.db, action)
+        except ActionError as exc:
+            metrics.MESSAGES_REJECTED.labels("record", "action").inc()
+            log.error("operator action refused: %s", exc)
+            return
+        if action.action == "set_lot":
+            self.lot = action.detail["lot"]
+            log.info("lot %s set by %s", self.lot, action.actor)
+        if audit_id:
+            self.events.send_multipart([b"action", json.dumps({"id": audit_id, **action.__dict__}).encode()])
+
+    def _apply_retention(self) -> None:
+        """Write down what retention removed and raise or clear the disk-low alarm (record is the writer)."""
+        while not self.retention.events.empty():
+            event = self.retention.events.get_nowait()
+            if isinstance(event, DiskLow):
+                if event.alarm is not None:
+                    metrics.ALARMS.labels(event.alarm.kind).inc()
+                    self._on_alarm(event.alarm)
+                else:
+                    clear_alarms(self.db, "disk_low", "record", now_ns())
+            else:
+                mark_pruned(self.db, event.ids, event.t_ns)
+                metrics.IMAGES_PRUNED.inc(len(event.ids))
 
     def _on_alarm(self, alarm: Alarm) -> None:
         alarm_id = insert_alarm(self.db, alarm)
@@ -206,7 +264,7 @@ class Record:
             del self.recorded[next(iter(self.recorded))]
         if not self.buffer:
             self.buffer_since = time.monotonic()
-        self.buffer.append(verdict_row(v, 0))
+        self.buffer.append(verdict_row(v, 0, self.lot, self.shifts.at(v.t_capture_ns or now_ns())))
 
     def _flush(self) -> None:
         if not self.buffer:
@@ -221,8 +279,12 @@ class Record:
                 self.models_seen.add(r["model_hash"])
                 register_model(self.db, r["model_hash"], r["model_name"] or "", str(self.cfg.model.path))
         insert_verdicts(self.db, rows)
+        for (camera, final, decided_by), n in Counter((r["camera"], r["final"], r["decided_by"]) for r in rows).items():
+            metrics.VERDICTS.labels(camera, final, decided_by).inc(n)
         for r in rows:
-            metrics.VERDICTS.labels(r["camera"], r["final"], r["decided_by"]).inc()
             if r["latency_ms"] is not None:
                 metrics.END_TO_END_SECONDS.labels(r["camera"]).observe(r["latency_ms"] / 1e3)
-            self.events.send_multipart([b"verdict", json.dumps(row_to_api(r)).encode()])
+            self.events.send_multipart([b"verdict", row_event(r)])
+        for alarm in self.streaks.observe(rows):
+            metrics.ALARMS.labels(alarm.kind).inc()
+            self._on_alarm(alarm)

@@ -45,7 +45,8 @@ def resolve_paths(cfg: LineConfig) -> LineConfig:
     """Absolute paths, so every child sees the same files whatever its working directory."""
     data_dir = cfg.data_dir.resolve()
     run_dir = (cfg.runtime_dir or data_dir / "run").resolve()
-    model = cfg.model.model_copy(update={"path": cfg.model.path.resolve()})
+    # absolute(), not resolve(): a registry link (models/active/<recipe>.onnx) must stay a link to watch
+    model = cfg.model.model_copy(update={"path": cfg.model.path.absolute()})
     return cfg.model_copy(update={"data_dir": data_dir, "runtime_dir": run_dir, "model": model})
 
 

@@ -100,6 +100,7 @@ async function refreshStatus() {
   setText('model-name', m.name);
   $('model-hash').textContent = m.hash ? String(m.hash).slice(0, 12) : '';
   $('providers').textContent = (m.providers || []).join(', ');
+  $('rules-only').hidden = !s.rules_only;
   document.title = `linewatch · ${s.line ?? ''}`;
   const c = s.counts || {};
   st.counts = { PASS: c.PASS || 0, FAIL: c.FAIL || 0, REVIEW: c.REVIEW || 0 };
@@ -186,7 +187,10 @@ function connect() {
     if (es.readyState === EventSource.CLOSED) { es.close(); setTimeout(connect, 3000); } // browser gave up
   };
   es.addEventListener('verdict', (e) => onVerdict(parse(e.data)));
-  es.addEventListener('alarm', (e) => showAlarm(parse(e.data), true));
+  es.addEventListener('alarm', (e) => {
+    showAlarm(parse(e.data), true);
+    refreshStatus().catch((err) => console.warn('status', err)); // e.g. rules-only mode began or ended
+  });
 }
 
 // ---- start ----------------------------------------------------------------

@@ -1,0 +1,79 @@
+"""The model card: JSON for machines (registry, gate), Markdown for people, written beside the model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import linewatch
+from linewatch.model import file_sha256
+
+
+def code_version() -> str:
+    """linewatch's version and, in a checkout, the commit: which code made a model."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        rev = ""
+    return f"linewatch {linewatch.__version__}" + (f" ({rev})" if rev else "")
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def write_card(card: dict[str, Any], onnx_path: Path) -> dict[str, Any]:
+    """Add the file's SHA-256 (its identity) and write card.json + CARD.md next to it."""
+    card = {"sha256": file_sha256(onnx_path), **card}
+    out = onnx_path.parent
+    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    m, d, t = card["metrics"], card["data"], card["training"]
+    lines = [
+        f"# Model card: {card['name']}", "",
+        f"SHA-256 `{card['sha256']}` — {card['kind']}, labels {', '.join(card['labels'])}.", "",
+        f"Input: uint8 {card['input']['layout']} frames {card['input']['width']}x{card['input']['height']}, "
+        f"resized to {card['input']['net_size']} px and normalised inside the graph.", "",
+        "## Data", "",
+        f"{d['count']} images from `{d['source']}` (SHA-256 `{d['dataset_sha256'][:16]}…`), classes "
+        + ", ".join(f"{k}: {v}" for k, v in d["class_counts"].items())
+        + f"; stratified split {d['split']['train']} train / {d['split']['validation']} validation, "
+          f"seed {d['split']['seed']}.", "",
+        "## Validation metrics", "",
+        "| metric | value |", "|---|---|",
+        f"| accuracy (PASS/FAIL) | {_pct(m['accuracy'])} |",
+        f"| F1 (defect) | {m['f1']:.3f} |",
+        f"| AUROC | {'n/a' if m['auroc'] is None else format(m['auroc'], '.4f')} |",
+        f"| REVIEW band on p(defect) | [{m['band'][0]:.3f}, {m['band'][1]:.3f}) |",
+        f"| escape rate with band | {_pct(m['escape_rate'])} (model alone {_pct(m['model_alone']['escape_rate'])}) |",
+        f"| false-reject rate with band | {_pct(m['false_reject_rate'])} "
+        f"(model alone {_pct(m['model_alone']['false_reject_rate'])}) |",
+        f"| REVIEW rate | {_pct(m['review_rate'])} |",
+        f"| ONNX vs PyTorch max difference | {m['onnx_torch_max_abs_diff']:.1e} |", "",
+        f"Confusion (rows true, columns predicted, {', '.join(m['confusion']['labels'])}): "
+        f"`{m['confusion']['matrix']}`", "",
+        "## Training", "",
+        f"{t['epochs_run']} epochs (best {t['best_epoch']}{', interrupted' if t['interrupted'] else ''}) in "
+        f"{t['seconds']} s on CPU, seed {t['seed']}, {t['code_version']}, torch {t['torch']}; "
+        "calibration " + ", ".join(f"{k} {v}" for k, v in card["calibration"].items() if k in ("temperature", "platt"))
+        + ".", "",
+    ]
+    if "real_defects" in m:
+        r = m["real_defects"]
+        lines += ["## Real defects (never trained on)", "",
+                  f"Validation good images plus {r['count'] - d['split']['validation']} real defect images: accuracy "
+                  f"{_pct(r['accuracy'])}, AUROC {r['auroc']}, escape rate {_pct(r['escape_rate'])}, false-reject "
+                  f"rate {_pct(r['false_reject_rate'])}, REVIEW rate {_pct(r['review_rate'])}.", ""]
+    if "evaluated_on" in m:
+        lines.insert(lines.index("## Validation metrics") + 2, f"Evaluated on {m['evaluated_on']}.")
+        lines.insert(lines.index("## Validation metrics") + 3, "")
+    for col, values in card.get("segments", {}).items():
+        lines += [f"## Per {col}", "", "| value | n | accuracy | escape | false reject | review |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {v} | {s['count']} | {_pct(s['accuracy'])} | {_pct(s['escape_rate'])} | "
+                  f"{_pct(s['false_reject_rate'])} | {_pct(s['review_rate'])} |" for v, s in values.items()]
+        lines.append("")
+    (out / "CARD.md").write_text("\n".join(lines))
+    return card

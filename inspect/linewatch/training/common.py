@@ -1,0 +1,70 @@
+"""What both model kinds share: early stopping with a checkpoint, and the ONNX metadata contract."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from linewatch.training.dataset import sharpness
+from linewatch.training.network import InputSpec
+
+
+class EarlyStopping:
+    """Keeps the best state by validation loss (saved as checkpoint.pt) and says when to stop."""
+
+    def __init__(self, torch: Any, net: Any, patience: int, checkpoint: Path, extra: dict[str, Any],
+                 log: Callable[[str], Any]):
+        self.torch, self.net, self.patience, self.checkpoint, self.extra, self.log = (
+            torch, net, patience, checkpoint, extra, log)
+        self.best, self.best_epoch, self.stale = math.inf, 0, 0
+        self.best_state = copy.deepcopy(net.state_dict())
+
+    def update(self, epoch: int, val_loss: float) -> bool:
+        """Record an epoch; True when training should stop."""
+        if val_loss < self.best - 1e-4:
+            self.best, self.best_epoch, self.stale = val_loss, epoch, 0
+            self.best_state = copy.deepcopy(self.net.state_dict())
+            self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            self.torch.save({"state": self.best_state, **self.extra}, self.checkpoint)
+            return False
+        self.stale += 1
+        if self.stale >= self.patience:
+            self.log(f"early stop: no validation improvement for {self.patience} epochs")
+            return True
+        return False
+
+    def restore(self) -> None:
+        self.net.load_state_dict(self.best_state)
+        self.net.eval()
+
+
+def contract_metadata(name: str, kind: str, spec: InputSpec, labels: list[str], defect_labels: list[str],
+                      band: tuple[float, float], train_images: np.ndarray, p_defect_good: np.ndarray,
+                      dataset_sha256: str) -> dict[str, str]:
+    """The `metadata_props` the worker and the fail-safe read (see README, "Training and the registry")."""
+    g = train_images.reshape(len(train_images), -1).astype(np.float32)
+    means, stds, sharp = g.mean(axis=1), g.std(axis=1), sharpness(train_images)
+    return {
+        "linewatch.name": name, "linewatch.kind": kind,
+        "linewatch.labels": json.dumps(labels), "linewatch.defect_labels": json.dumps(defect_labels),
+        "linewatch.input_layout": spec.layout, "linewatch.input_height": str(spec.height),
+        "linewatch.input_width": str(spec.width), "linewatch.input_channels": str(spec.channels),
+        "linewatch.threshold": "0.5",
+        # The band on the defect probability, written on p(good) = 1 - p(defect) so it fits any label set.
+        "linewatch.class_bands": json.dumps({labels[0]: [round(1 - band[1], 6), round(1 - band[0], 6)]}),
+        "linewatch.reference_stats": json.dumps({
+            "mean": [float(means.mean()), float(means.std()) or 1.0],
+            "std": [float(stds.mean()), float(stds.std()) or 1.0],
+            "sharpness": [float(sharp.mean()), float(sharp.std()) or 1.0],
+            "score_quantiles": [round(float(q), 4) for q in np.quantile(p_defect_good, [0.05, 0.25, 0.5, 0.75, 0.95])],
+        }),
+        "linewatch.dataset_sha256": dataset_sha256,
+        "linewatch.preprocess": f"in graph: uint8 -> float, {'avgpool ' + str(spec.pool) if spec.pool else 'bilinear'}"
+                                f" to {spec.net_size}px, (x - {spec.mean:.3f}) / {spec.std:.3f}",
+    }

@@ -1,0 +1,170 @@
+"""Bring your own model: ONNX graphs with exactly the anomalib, YOLO and generic signatures, adapted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+from onnx import TensorProto, helper
+
+from linewatch.model import Model, ModelError
+from tests.conftest import count_rows, db_rows, wait_for
+
+
+def _save(path: Path, nodes: list, inputs: list, outputs: list, inits: list | None = None,
+          meta: dict[str, str] | None = None) -> Path:
+    graph = helper.make_graph(nodes, "byo", inputs, outputs, initializer=inits or [])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    for k, v in (meta or {}).items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, str(path))
+    return path
+
+
+def _darkness(src: str, out: str) -> list:
+    """out = 1 - mean(src) over C, H, W: a dark frame scores high (keepdims=0 -> shape (B,))."""
+    return [helper.make_node("ReduceMean", [src], ["m"], axes=[1, 2, 3], keepdims=0),
+            helper.make_node("Sub", ["one", "m"], [out])]
+
+
+ONE = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
+
+
+def anomalib_model(tmp: Path, sidecar: dict | None = None) -> Path:
+    nodes = [*_darkness("input", "pred_score"), helper.make_node("Sub", ["one", "input"], ["anomaly_map"])]
+    path = _save(tmp / "model.onnx", nodes,
+                 [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["B", 3, 64, 64])],
+                 [helper.make_tensor_value_info("pred_score", TensorProto.FLOAT, ["B"]),
+                  helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["B", 3, 64, 64])], [ONE])
+    if sidecar is not None:
+        (tmp / "metadata.json").write_text(json.dumps(sidecar))
+    return path
+
+
+def yolo_cls_model(tmp: Path) -> Path:
+    # output0 = softmax([darkness, 1 - darkness] * 10) over classes {0: defect, 1: good}
+    nodes = [*_darkness("images", "d"), helper.make_node("Sub", ["one", "d"], ["g"]),
+             helper.make_node("Unsqueeze", ["d", "ax"], ["d1"]), helper.make_node("Unsqueeze", ["g", "ax"], ["g1"]),
+             helper.make_node("Concat", ["d1", "g1"], ["c"], axis=1), helper.make_node("Mul", ["c", "ten"], ["l"]),
+             helper.make_node("Softmax", ["l"], ["output0"], axis=1)]
+    inits = [ONE, helper.make_tensor("ax", TensorProto.INT64, [1], [1]),
+             helper.make_tensor("ten", TensorProto.FLOAT, [], [10.0])]
+    image = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", 3, 32, 32])
+    return _save(tmp / "cls.onnx", nodes, [image],
+                 [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["B", 2])], inits,
+                 {"names": "{0: 'defect', 1: 'good'}", "task": "classify", "imgsz": "[32, 32]"})
+
+
+def yolo_det_model(tmp: Path) -> Path:
+    # output0 (B, 4 + 2, 3 anchors): fixed boxes; class 'scratch' scores = darkness, 'label' scores = 0.9
+    nodes = [*_darkness("images", "d"), helper.make_node("Unsqueeze", ["d", "ax12"], ["d3"]),  # (B,1,1)
+             helper.make_node("Expand", ["d3", "shape_b13"], ["scr"]),                          # (B,1,3)
+             helper.make_node("Mul", ["d3", "zero"], ["z"]),
+             helper.make_node("Add", ["z", "boxes"], ["bx"]), helper.make_node("Add", ["z", "lab"], ["lb"]),
+             helper.make_node("Concat", ["bx", "scr", "lb"], ["output0"], axis=1)]
+    boxes = np.array([[10, 12, 40], [10, 10, 40], [8, 8, 8], [8, 8, 8]], np.float32).reshape(1, 4, 3)
+    inits = [ONE, helper.make_tensor("ax12", TensorProto.INT64, [2], [1, 2]),
+             helper.make_tensor("shape_b13", TensorProto.INT64, [3], [1, 1, 3]),
+             helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+             onnx.numpy_helper.from_array(boxes, "boxes"),
+             onnx.numpy_helper.from_array(np.full((1, 1, 3), 0.9, np.float32), "lab")]
+    image = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", 3, 64, 64])
+    (tmp / "det.yaml").write_text("defect_labels: [scratch]  # a printed label on the part is fine\n")
+    return _save(tmp / "det.onnx", nodes, [image],
+                 [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["B", 6, 3])], inits,
+                 {"names": "{0: 'scratch', 1: 'label'}", "task": "detect"})
+
+
+def generic_model(tmp: Path) -> Path:
+    # logits (B, 3) = [0, 8 * darkness, -8]: ok vs crack vs dent
+    nodes = [*_darkness("data", "d"), helper.make_node("Unsqueeze", ["d", "ax"], ["d1"]),
+             helper.make_node("Mul", ["d1", "w"], ["l1"]), helper.make_node("Add", ["l1", "b"], ["logits"])]
+    inits = [ONE, helper.make_tensor("ax", TensorProto.INT64, [1], [1]),
+             helper.make_tensor("w", TensorProto.FLOAT, [3], [0.0, 8.0, 0.0]),
+             helper.make_tensor("b", TensorProto.FLOAT, [3], [0.0, -4.0, -8.0])]
+    data = helper.make_tensor_value_info("data", TensorProto.FLOAT, ["B", 1, 32, 32])
+    path = _save(tmp / "generic.onnx", nodes, [data],
+                 [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", 3])], inits)
+    (tmp / "generic.yaml").write_text(yaml.safe_dump({
+        "labels": ["ok", "crack", "dent"], "input": {"layout": "NCHW", "channels": 1, "scale": 1 / 255},
+        "output": {"activation": "softmax"}}))
+    return path
+
+
+DARK, BRIGHT = np.full((2, 100, 120), 10, np.uint8), np.full((2, 100, 120), 245, np.uint8)
+
+
+def test_anomalib_score_and_normalisation(tmp_path: Path) -> None:
+    m = Model(anomalib_model(tmp_path))
+    assert (m.info.adapter, m.info.labels, m.frame_shape) == ("anomalib", ("good", "defect"), None)
+    assert m.run(DARK)[0, 1] > 0.9 > 0.1 > m.run(BRIGHT)[0, 1]
+    sidecar = tmp_path / "norm"
+    sidecar.mkdir()
+    m2 = Model(anomalib_model(sidecar, {"image_threshold": 0.5, "min": 0.0, "max": 2.0}))
+    np.testing.assert_allclose(m2.run(DARK)[0, 1], (1 - 10 / 255 - 0.5) / 2 + 0.5, atol=1e-5)
+
+
+def test_yolo_classifier_puts_good_first(tmp_path: Path) -> None:
+    m = Model(yolo_cls_model(tmp_path))
+    assert m.info.adapter == "yolo-classify" and m.info.labels == ("good", "defect")
+    assert m.info.defect_labels == {"defect"}
+    assert m.run(DARK)[0, 1] > 0.99 and m.run(BRIGHT)[0, 0] > 0.99
+
+
+def test_yolo_detector_nms_and_defect_classes(tmp_path: Path) -> None:
+    m = Model(yolo_det_model(tmp_path))
+    assert m.info.adapter == "yolo-detect"
+    dark = m.run(DARK)
+    assert dark[0, 1] == pytest.approx(1 - 10 / 255, abs=1e-4)  # 'scratch' makes it a defect, 'label' does not
+    dets = m.adapter.detections[0]
+    assert [d["label"] for d in dets] == ["scratch", "scratch"]  # three boxes, two overlapping: NMS keeps two
+    assert m.run(BRIGHT)[0, 1] < 0.05
+    assert {d["label"] for d in m.adapter.detections[0]} == {"label"}  # boxes found, none of a defect class
+
+
+def test_generic_sidecar(tmp_path: Path) -> None:
+    m = Model(generic_model(tmp_path))
+    assert m.info.adapter == "generic" and m.info.labels == ("ok", "crack", "dent")
+    assert m.info.defect_labels == {"crack", "dent"}
+    p = m.run(DARK)
+    assert p.shape == (2, 3) and p[0].argmax() == 1 and abs(p[0].sum() - 1) < 1e-5
+
+
+def test_unknown_format_is_refused_with_the_reason(tmp_path: Path) -> None:
+    path = _save(tmp_path / "x.onnx", _darkness("in", "out"),
+                 [helper.make_tensor_value_info("in", TensorProto.FLOAT, ["B", 3, 8, 8])],
+                 [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["B"])], [ONE])
+    with pytest.raises(ModelError, match="unknown model format"):
+        Model(path)
+    path = yolo_cls_model(tmp_path)
+    onnx_model = onnx.load(str(path))
+    onnx_model.metadata_props[0].value = "{0: 'scratch', 1: 'dent'}"
+    onnx.save(onnx_model, str(path))
+    with pytest.raises(ModelError, match="exactly one good class"):
+        Model(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("build", [anomalib_model, yolo_cls_model, yolo_det_model, generic_model],
+                         ids=["anomalib", "yolo-classify", "yolo-detect", "generic"])
+def test_byo_model_runs_on_the_line(line, tmp_path: Path, build) -> None:
+    from linewatch.model import file_sha256
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    model = build(folder)
+    frames = 60
+    ln = line(cameras=[{"name": "cam0", "fps": 40, "max_frames": frames}], model={"path": str(model)}).start()
+    wait_for(lambda: count_rows(ln.data_dir) >= frames, 60, f"{frames} rows")
+    ln.stop()
+    rows = db_rows(ln.data_dir, "SELECT seq, model_hash, decided_by, probs FROM inspections ORDER BY seq")
+    assert [r["seq"] for r in rows] == list(range(frames))
+    assert {r["model_hash"] for r in rows} == {file_sha256(model)}
+    assert not [r for r in rows if r["decided_by"] in ("timeout", "not_inspected") or "model_" in r["decided_by"]]
+    labels = Model(model).info.labels
+    assert all(list(json.loads(r["probs"])) == list(labels) for r in rows if r["probs"])

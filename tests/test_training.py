@@ -1,0 +1,171 @@
+"""`linewatch train` on real images: it learns, exports a model the worker accepts, and writes its card."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from linewatch.emulator import PartEmulator
+from linewatch.model import Model
+from linewatch.training.dataset import DatasetError, load_dataset, stratified_split
+from linewatch.training.evaluate import auroc, choose_band, evaluate
+from linewatch.training.trainer import TrainOptions, train
+
+FRAME = 128
+
+
+def write_parts(root: Path, count: int, seed: int, by_type: bool = False, manifest: bool = False) -> Path:
+    """Emulator parts as PNG files: class subfolders, or one folder plus manifest.csv with a segment column."""
+    emu = PartEmulator(FRAME, FRAME, seed=seed, defect_rate=0.5)
+    rows = []
+    for i in range(count):
+        part = emu.render(i)
+        label = "good" if part.truth["label"] == "good" else (part.truth["type"] if by_type else "defect")
+        rel = Path("images" if manifest else label) / f"{i:04d}.png"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / rel), part.pixels)
+        rows.append({"path": str(rel), "label": label, "lighting": "dim" if i % 3 == 0 else "normal"})
+    if manifest:
+        with (root / "manifest.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, ["path", "label", "lighting"])
+            writer.writeheader()
+            writer.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    data = write_parts(tmp_path_factory.mktemp("data"), 500, seed=21, manifest=True)
+    out = tmp_path_factory.mktemp("model")
+    card = train(data, out, TrainOptions(name="unit", net_size=64, epochs=20, seed=1), log=lambda s: None)
+    return {"card": card, "out": out, "data": data}
+
+
+def test_training_learns_and_exports_what_the_worker_accepts(trained: dict) -> None:
+    card, out = trained["card"], trained["out"]
+    m = card["metrics"]
+    assert m["accuracy"] >= 0.8, m  # a model that ignored its input would sit near 0.5
+    assert m["auroc"] >= 0.9
+    assert m["onnx_torch_max_abs_diff"] <= 1e-4
+    model = Model(out / "unit.onnx", providers="cpu")
+    assert model.info.sha256 == card["sha256"] == json.loads((out / "card.json").read_text())["sha256"]
+    assert model.frame_shape == (FRAME, FRAME) and model.info.labels == ("good", "defect")
+    meta = model.info.metadata
+    stats = json.loads(meta["linewatch.reference_stats"])
+    assert stats["mean"][0] > 0 and stats["std"][0] > 0 and stats["sharpness"][0] > 0
+    assert len(stats["score_quantiles"]) == 5
+    assert meta["linewatch.dataset_sha256"] == card["data"]["dataset_sha256"]
+    band = json.loads(meta["linewatch.class_bands"])["good"]
+    assert band == [round(1 - m["band"][1], 6), round(1 - m["band"][0], 6)]
+    emu = PartEmulator(FRAME, FRAME, seed=99, defect_rate=0.5)
+    parts = [emu.render(i) for i in range(60)]
+    probs = model.run(np.stack([p.pixels for p in parts]))
+    truth = np.array([p.truth["label"] == "defect" for p in parts])
+    assert ((probs[:, 1] >= 0.5) == truth).mean() >= 0.75, "fresh parts, not only the validation split"
+
+
+def test_card_has_split_confusion_and_segments(trained: dict) -> None:
+    card, out = trained["card"], trained["out"]
+    assert card["data"]["split"]["train"] + card["data"]["split"]["validation"] == 500
+    matrix = np.array(card["metrics"]["confusion"]["matrix"])
+    assert matrix.shape == (2, 2) and matrix.sum() == card["data"]["split"]["validation"]
+    assert set(card["segments"]["lighting"]) == {"dim", "normal"}
+    assert card["calibration"]["temperature"] > 0
+    md = (out / "CARD.md").read_text()
+    assert card["sha256"] in md and "## Per lighting" in md and "escape rate" in md
+
+
+def test_folder_of_defect_types(tmp_path: Path) -> None:
+    data = write_parts(tmp_path / "d", 80, seed=3, by_type=True)
+    ds = load_dataset(data)
+    assert ds.labels[0] == "good" and set(ds.labels[1:]) == {"dent", "scratch", "stain"}
+    card = train(data, tmp_path / "m", TrainOptions(name="types", net_size=32, epochs=1), log=lambda s: None)
+    assert Model(tmp_path / "m" / "types.onnx").info.defect_labels == {"dent", "scratch", "stain"}
+    assert len(card["metrics"]["confusion"]["matrix"]) == 4
+
+
+def test_ctrl_c_leaves_a_usable_model(tmp_path: Path) -> None:
+    data = write_parts(tmp_path / "d", 120, seed=4)
+    proc = subprocess.Popen([sys.executable, "-m", "linewatch", "train", str(data), "--out", str(tmp_path / "m"),
+                             "--epochs", "500", "--patience", "500", "--net-size", "32", "--name", "cc"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("epoch 2/"):
+            break
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, rest
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    assert card["training"]["interrupted"] is True
+    Model(tmp_path / "m" / "cc.onnx").warm_up()
+    assert (tmp_path / "m" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ({"good/a.png": True}, "no defect class"),
+        ({"defect/a.png": True, "scratch/b.png": True}, "need exactly one good class"),
+        ({"manifest.csv": "path,label\nmissing.png,good\n"}, "row 1: image missing.png not found"),
+        ({"manifest.csv": "file_name,cls\na.png,good\n"}, "row 1: needs 'path' and 'label'"),
+        ({"manifest.json": "{oops"}, "not valid JSON"),
+    ],
+)
+def test_dataset_errors_name_the_problem(tmp_path: Path, layout: dict, message: str) -> None:
+    for rel, content in layout.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        if content is True:
+            cv2.imwrite(str(tmp_path / rel), np.zeros((8, 8), np.uint8))
+        else:
+            (tmp_path / rel).write_text(content)
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(tmp_path)
+
+
+def test_split_is_stratified_and_seeded() -> None:
+    targets = np.array([0] * 90 + [1] * 10)
+    train_idx, hold = stratified_split(targets, 0.2, seed=5)
+    assert (targets[hold] == 1).sum() == 2 and (targets[hold] == 0).sum() == 18
+    assert not set(train_idx) & set(hold)
+    assert np.array_equal(hold, stratified_split(targets, 0.2, seed=5)[1])
+
+
+def test_metrics() -> None:
+    assert auroc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([False, False, True, True])) == 1.0
+    assert auroc(np.array([0.5, 0.5]), np.array([False, True])) == 0.5
+    p = np.array([0.02, 0.1, 0.45, 0.55, 0.9, 0.97])
+    is_defect = np.array([False, False, True, False, True, True])
+    low, high = choose_band(p, is_defect, max_review=0.5)
+    assert low <= 0.45 and high > 0.55
+    probs = np.stack([1 - p, p], axis=1)
+    m = evaluate(probs, is_defect.astype(np.int64), ["good", "defect"], (low, high))
+    assert m["escape_rate"] == 0.0 and m["false_reject_rate"] == 0.0
+    assert m["review_rate"] == pytest.approx(2 / 6, abs=1e-3)
+    assert m["model_alone"] == {"escape_rate": round(1 / 3, 4), "false_reject_rate": round(1 / 3, 4)}
+
+
+def test_anomaly_model_from_good_images_only(tmp_path: Path) -> None:
+    data = write_parts(tmp_path / "d", 240, seed=8)  # good/ is trained on; defect/ only evaluates
+    card = train(data, tmp_path / "m", TrainOptions(name="anom", kind="anomaly", net_size=64, epochs=8, seed=3),
+                 log=lambda s: None)
+    m = card["metrics"]
+    assert card["kind"] == "anomaly" and m["onnx_torch_max_abs_diff"] <= 1e-4
+    assert m["auroc"] >= 0.75, "it separates synthetic anomalies from good parts"
+    assert m["real_defects"]["count"] == card["data"]["split"]["validation"] + card["data"]["class_counts"][
+        "defect (evaluation only)"]
+    model = Model(tmp_path / "m" / "anom.onnx")
+    assert model.info.metadata["linewatch.kind"] == "anomaly"
+    outputs = {o.name: o.shape for o in model.session.get_outputs()}
+    assert list(outputs) == ["probs", "anomaly_map"] and outputs["anomaly_map"][1:] == [1, 16, 16]
+    probs = model.run(np.zeros((2, FRAME, FRAME), np.uint8))
+    assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert "Real defects (never trained on)" in (tmp_path / "m" / "CARD.md").read_text()
