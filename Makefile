@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test setup setup-dev system-deps lint typecheck clean
+.PHONY: run test setup setup-dev system-deps lint typecheck clean reference-model
 
 $(BIN)/linewatch: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,14 @@ system-deps:
 
 test: setup-dev lint
 	$(BIN)/python -m pytest -q
+
+# The bundled reference model, in one command: emulator parts -> linewatch train -> the registry.
+reference-model: $(VENV)/.dev
+	rm -rf var/reference-data models/reference
+	$(BIN)/linewatch emulate --count 3000 --seed 7 --out var/reference-data
+	$(BIN)/linewatch train var/reference-data --out models/reference --name reference --epochs 40 --seed 0
+	rm -f models/reference/checkpoint.pt models/index.json models/active/default.onnx
+	$(BIN)/linewatch models promote models/reference/reference.onnx --recipe default
 
 lint:
 	$(BIN)/ruff check inspect tests benchmarks

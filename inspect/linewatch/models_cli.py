@@ -1,4 +1,4 @@
-"""`linewatch models ...`: the registry's commands (list, show, validate, promote, rollback) and the reference build."""
+"""`linewatch models ...`: the registry's commands (list, show, validate, promote, rollback)."""
 
 from __future__ import annotations
 
@@ -60,17 +60,6 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_build_reference(args: argparse.Namespace) -> int:
-    try:
-        from linewatch.reference_model import build_reference
-    except ImportError as exc:
-        print(f"error: needs the train extra (pip install -e '.[train]'): {exc}", file=sys.stderr)
-        return 2
-    card = build_reference(Path(args.out))
-    print(json.dumps(card["metrics"], indent=2))
-    return 0
-
-
 def _guard(func: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
@@ -103,6 +92,3 @@ def add_commands(sub: Any) -> None:
     rb = msub.add_parser("rollback", help="make the previously active model active again")
     rb.add_argument("--recipe", default="default")
     rb.set_defaults(func=_guard(_cmd_rollback))
-    build = msub.add_parser("build-reference", help="train and export the bundled reference model")
-    build.add_argument("--out", default="models/reference", help="output folder")
-    build.set_defaults(func=_cmd_build_reference)

@@ -30,15 +30,17 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
 
 
 def choose_band(p_defect: np.ndarray, is_defect: np.ndarray, threshold: float = 0.5,
-                target_escape: float = 0.01, max_review: float = 0.05) -> tuple[float, float]:
-    """[low, high) around the threshold: as wide as needed to bring escapes down to `target_escape`
-    and false rejects down as far, while sending at most `max_review` of parts to REVIEW."""
-    low, high = threshold, threshold
+                target_escape: float = 0.01, max_review: float = 0.05,
+                min_band: tuple[float, float] = (0.2, 0.8)) -> tuple[float, float]:
+    """[low, high) around the threshold: at least `min_band` (a margin for parts unlike the validation
+    set), wider where needed to bring escapes down to `target_escape` and false rejects down as far,
+    narrowed only if more than `max_review` of the validation parts would go to REVIEW."""
+    low, high = min(threshold, min_band[0]), max(threshold, min_band[1])
     defects, goods = np.sort(p_defect[is_defect]), np.sort(p_defect[~is_defect])
     if len(defects):
-        low = min(threshold, float(np.quantile(defects, target_escape, method="lower")))
+        low = min(low, float(np.quantile(defects, target_escape, method="lower")))
     if len(goods):
-        high = max(threshold, float(np.quantile(goods, 1 - target_escape, method="higher")) + 1e-6)
+        high = max(high, float(np.quantile(goods, 1 - target_escape, method="higher")) + 1e-6)
     while low < high and np.mean((p_defect >= low) & (p_defect < high)) > max_review:
         low, high = low + (threshold - low) * 0.2, high - (high - threshold) * 0.2
         if threshold - low < 1e-3 and high - threshold < 1e-3:
