@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.conftest import count_rows, wait_for
+from tests.conftest import count_rows, db_rows, wait_for
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -49,4 +49,33 @@ def test_hmi_shows_live_verdicts_counts_and_image(line, tmp_path: Path) -> None:
             assert all(u.startswith(ln.url) for u in requests), "the HMI must work offline (no CDN)"
         finally:
             browser.close()
+    ln.stop()
+
+
+def test_operator_sets_the_lot_and_triggers_a_part_from_the_screen(line) -> None:
+    ln = line(cameras=[{"name": "cam0", "trigger": "software"}]).start()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(ln.url + "/")
+            page.wait_for_function("document.body.dataset.ready === '1'", timeout=15_000)
+            assert page.locator("#trigger-btn").is_visible()
+            page.fill("#lot-input", "LOT-42")
+            page.click("#lot-set")
+            page.wait_for_function("document.getElementById('lot').textContent === 'LOT-42'", timeout=15_000)
+            page.click("#trigger-btn")
+            page.wait_for_function("document.getElementById('control-msg').textContent.startsWith('triggered cam0-')",
+                                   timeout=15_000)
+            part = page.locator("#control-msg").text_content().removeprefix("triggered ")
+            rows = wait_for(lambda: db_rows(ln.data_dir, "SELECT part_id, lot, decided_by FROM inspections "
+                                                         "WHERE part_id = ?", (part,)), 15, "the triggered part")
+            assert rows[0]["lot"] == "LOT-42" and rows[0]["decided_by"] != "not_inspected"
+            page.fill("#lot-input", " ")
+            page.click("#lot-set")  # the browser refuses an empty lot before it reaches the server
+            assert page.locator("#lot").text_content() == "LOT-42"
+        finally:
+            browser.close()
+    actions = db_rows(ln.data_dir, "SELECT action, actor FROM operator_actions")
+    assert [(a["action"], a["actor"]) for a in actions] == [("set_lot", "hmi")]
     ln.stop()

@@ -85,6 +85,7 @@ def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
                   "providers": workers[0].get("providers", [])} if workers else None)
         return {
             "line": cfg.line, "recipe": cfg.recipe, "cameras": [c.name for c in cfg.cameras], "model": model,
+            "triggers": {c.name: c.trigger for c in cfg.cameras},
             "workers": workers, "counts": {**counts, "total": total},
             "yield": counts["PASS"] / total if total else None,
             "alarms_active": active[0]["n"] if active else 0, "last": row_to_api(last[0]) if last else None,

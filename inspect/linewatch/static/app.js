@@ -106,7 +106,9 @@ async function refreshStatus() {
   st.counts = { PASS: c.PASS || 0, FAIL: c.FAIL || 0, REVIEW: c.REVIEW || 0 };
   st.counts.total = c.total ?? st.counts.PASS + st.counts.FAIL + st.counts.REVIEW;
   renderCounts(s.yield);
+  st.triggers = s.triggers || {};
   setCameras(Array.isArray(s.cameras) ? s.cameras : []);
+  showTrigger();
   renderLast(s.last);
   document.body.dataset.ready = '1';
   if (s.alarms_active > 0) {
@@ -139,6 +141,7 @@ function selectCam(c) {
   st.cam = c;
   for (const b of $('cam-select').children) b.setAttribute('aria-pressed', String(b.textContent === c));
   if (changed) $('cam-msg').textContent = c ? `waiting for ${c}…` : 'no camera';
+  showTrigger();
   if (!st.imgBusy) nextFrame();
 }
 function nextFrame() {
@@ -193,10 +196,41 @@ function connect() {
   });
 }
 
+// ---- operator controls: lot and software trigger -------------------------
+const say = (msg) => { $('control-msg').textContent = msg; };
+function showTrigger() { $('trigger-btn').hidden = !(st.triggers && st.triggers[st.cam] === 'software'); }
+async function send(method, url, body) {
+  const r = await fetch(url, { method, headers: { 'Content-Type': 'application/json' },
+                               body: body ? JSON.stringify(body) : undefined });
+  const data = await r.json().catch(() => ({}));
+  if (!r.ok) throw new Error(typeof data.detail === 'string' ? data.detail : `${r.status} ${r.statusText}`);
+  return data;
+}
+async function refreshLot() {
+  try { setText('lot', (await getJSON('/api/lot')).lot); } catch (e) { console.warn('lot', e); }
+}
+$('lot-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const lot = $('lot-input').value.trim();
+  try {
+    await send('PUT', '/api/lot', { lot, actor: 'hmi' });
+    $('lot-input').value = '';
+    say(`lot ${lot} set`);
+    refreshLot();
+  } catch (err) { say(`lot not set: ${err.message}`); }
+});
+$('trigger-btn').addEventListener('click', async () => {
+  try {
+    const r = await send('POST', `/api/cameras/${encodeURIComponent(st.cam)}/trigger`);
+    say(`triggered ${r.part_id}`);
+  } catch (err) { say(`trigger failed: ${err.message}`); }
+});
+
 // ---- start ----------------------------------------------------------------
 setInterval(() => { $('clock').textContent = new Date().toLocaleTimeString(); }, 1000);
-setInterval(() => refreshStatus().catch((e) => console.warn('status', e)), RESYNC_MS);
+setInterval(() => { refreshStatus().catch((e) => console.warn('status', e)); refreshLot(); }, RESYNC_MS);
 (async function boot() {
   try { await resync(); } finally { if (!document.body.dataset.ready) setTimeout(boot, 2000); }
 })();
 connect();
+refreshLot();
