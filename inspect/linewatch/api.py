@@ -29,7 +29,7 @@ from linewatch.images import IMAGES_DIR, live_path
 from linewatch.messages import Endpoints
 from linewatch.process import mark_ready, ready_dir
 from linewatch.qa_api import qa_router
-from linewatch.store import open_reader, row_to_api
+from linewatch.store import read_rows, row_to_api
 
 log = logging.getLogger("api")
 STATIC = PACKAGE_ROOT / "static"
@@ -55,18 +55,7 @@ def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
     (data_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
 
     def query(sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        try:
-            conn = open_reader(data_dir)
-        except sqlite3.OperationalError:
-            return []  # no store yet: the line has not recorded anything
-        try:
-            return conn.execute(sql, params).fetchall()
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                return []
-            raise
-        finally:
-            conn.close()
+        return read_rows(data_dir, sql, params)
 
     @app.get("/", include_in_schema=False)
     def hmi() -> FileResponse:

@@ -41,6 +41,7 @@ log = logging.getLogger("infer")
 @dataclass
 class _Job:
     header: FrameHeader
+    raw_header: Any  # as received: sent back with a kept image, not serialised again
     pixels: np.ndarray
     t_received_ns: int
     view: FrameView | None = None
@@ -158,7 +159,7 @@ class Infer:
             except MessageError as exc:
                 results.extend(self._reject(msg, exc, alarms))
                 continue
-            job = _Job(header, pixels, t_recv)
+            job = _Job(header, msg[0], pixels, t_recv)
             t_rules = time.perf_counter()
             job.decision, job.view = self.failsafe.check_frame(header, pixels)
             job.rules_ms = (time.perf_counter() - t_rules) * 1e3
@@ -233,7 +234,7 @@ class Infer:
         )
         pixels: list[Any] = []
         if self._wants_image(verdict):
-            pixels = [h.to_bytes(), np.ascontiguousarray(j.pixels).data.cast("B")]
+            pixels = [j.raw_header, j.pixels.data.cast("B")]  # pixels: a view of the received buffer
         return [KIND_VERDICT, verdict.to_bytes()], pixels
 
     def _wants_image(self, v: Verdict) -> bool:

@@ -24,7 +24,7 @@ from linewatch.lots import shift_at
 from linewatch.messages import KIND_ACTION, Endpoints, OperatorAction, now_ns
 from linewatch.report import Query as ReportQuery
 from linewatch.report import ReportError, export, parse_time
-from linewatch.store import current_lot, open_reader
+from linewatch.store import current_lot, open_reader, read_rows
 
 CONFIRM_TIMEOUT_S = 3.0
 MEDIA = {"csv": "text/csv", "json": "application/json", "pdf": "application/pdf"}
@@ -86,18 +86,6 @@ def send_action(cfg: LineConfig, action: OperatorAction, timeout_s: float = CONF
 def qa_router(cfg: LineConfig) -> APIRouter:
     router = APIRouter(prefix="/api")
 
-    def _read(sql: str, params: list[Any]) -> list[sqlite3.Row]:
-        try:
-            conn = open_reader(cfg.data_dir)
-        except sqlite3.OperationalError:
-            return []
-        try:
-            return conn.execute(sql, params).fetchall()
-        except sqlite3.OperationalError:
-            return []
-        finally:
-            conn.close()
-
     def _confirm(action: OperatorAction) -> int:
         try:
             return send_action(cfg, action)
@@ -127,7 +115,7 @@ def qa_router(cfg: LineConfig) -> APIRouter:
     @router.post("/inspections/{inspection_id}/review")
     def review(inspection_id: int, decision: ReviewDecision) -> dict[str, Any]:
         """Record an operator's decision on a part (REVIEW or contested); the review export uses it."""
-        if not _read("SELECT 1 FROM inspections WHERE id = ?", [inspection_id]):
+        if not read_rows(cfg.data_dir, "SELECT 1 FROM inspections WHERE id = ?", [inspection_id]):
             raise HTTPException(404, f"no inspection with id {inspection_id}")
         detail = {"inspection_id": inspection_id, "decision": decision.decision, "label": decision.label,
                   "note": decision.note}
@@ -137,7 +125,7 @@ def qa_router(cfg: LineConfig) -> APIRouter:
     @router.post("/alarms/{alarm_id}/ack")
     def acknowledge(alarm_id: int, ack: Acknowledge) -> dict[str, Any]:
         """Acknowledge an alarm: who and when go on the alarm and into the audit log."""
-        if not _read("SELECT 1 FROM alarms WHERE id = ? AND acknowledged_by IS NULL", [alarm_id]):
+        if not read_rows(cfg.data_dir, "SELECT 1 FROM alarms WHERE id = ? AND acknowledged_by IS NULL", [alarm_id]):
             raise HTTPException(404, f"no unacknowledged alarm with id {alarm_id}")
         action = OperatorAction("ack_alarm", ack.actor, uuid.uuid4().hex, {"alarm_id": alarm_id})
         return {"alarm_id": alarm_id, "acknowledged_by": ack.actor, "audit_id": _confirm(action)}

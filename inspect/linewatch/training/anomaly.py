@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 
 from linewatch.training.card import code_version, write_card
-from linewatch.training.common import EarlyStopping, contract_metadata
+from linewatch.training.common import EarlyStopping, contract_metadata, input_spec, prepared
 from linewatch.training.dataset import load_dataset, stratified_split
 from linewatch.training.evaluate import choose_band, evaluate
-from linewatch.training.network import GraphBuilder, InputSpec, preprocess
+from linewatch.training.network import GraphBuilder, InputSpec
 
 MAP_STRIDE = 4
 WIDTHS = ((16, 2), (32, 2), (64, 1), (64, 1))
@@ -110,18 +110,11 @@ def train_anomaly(data: Path, out_dir: Path, opts: Any, log: Any = print) -> dic
     real_defects = np.flatnonzero(ds.targets != 0)
     train_idx, val_idx = stratified_split(np.zeros(len(good), np.int64), opts.val_fraction, opts.seed)
     train_idx, val_idx = good[train_idx], good[val_idx]
-    h, w = ds.images.shape[1:3]
-    sample = ds.images[train_idx].astype(np.float32)
-    spec = InputSpec(h, w, opts.channels, opts.net_size, float(sample.mean()), float(sample.std()) or 1.0)
+    spec = input_spec(ds.images, train_idx, opts.net_size, opts.channels)
+    h, w = spec.height, spec.width
     log(f"{len(good)} good images {w}x{h} (train {len(train_idx)} / validation {len(val_idx)}), "
         f"{len(real_defects)} real defect images kept for evaluation only")
-    images = ds.images
-
-    def prep(idx: np.ndarray) -> Any:
-        with torch.no_grad():
-            return preprocess(torch, torch.from_numpy(images[idx]), spec)
-
-    xt, xv = prep(train_idx), prep(val_idx)
+    xt, xv = prepared(torch, ds.images, train_idx, spec), prepared(torch, ds.images, val_idx, spec)
     gen = torch.Generator().manual_seed(opts.seed)
     xv_syn, mv, lv = synthesize(torch, xv.repeat(2, 1, 1, 1), torch.Generator().manual_seed(opts.seed + 1))
     net = build_anomaly_net(torch, opts.channels)
@@ -172,7 +165,8 @@ def train_anomaly(data: Path, out_dir: Path, opts: Any, log: Any = print) -> dic
     export_anomaly(net, spec, platt, meta, onnx_path)
     model = Model(onnx_path, providers="cpu")
     with torch.no_grad():
-        ref = torch.sigmoid(platt[0] * net(prep(val_idx[:32])).amax(dim=(1, 2, 3)) + platt[1]).numpy()
+        scores = net(prepared(torch, ds.images, val_idx[:32], spec)).amax(dim=(1, 2, 3))
+        ref = torch.sigmoid(platt[0] * scores + platt[1]).numpy()
     parity = float(np.abs(model.run(ds.images[val_idx[:32]])[:, 1] - ref).max())
     if parity > 1e-4:
         onnx_path.unlink()

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from linewatch.training.dataset import sharpness
-from linewatch.training.network import InputSpec
+from linewatch.training.network import InputSpec, preprocess
 
 
 class EarlyStopping:
@@ -68,3 +68,17 @@ def contract_metadata(name: str, kind: str, spec: InputSpec, labels: list[str], 
         "linewatch.preprocess": f"in graph: uint8 -> float, {'avgpool ' + str(spec.pool) if spec.pool else 'bilinear'}"
                                 f" to {spec.net_size}px, (x - {spec.mean:.3f}) / {spec.std:.3f}",
     }
+
+
+def input_spec(images: np.ndarray, train_idx: np.ndarray, net_size: int, channels: int) -> InputSpec:
+    """The frames the model takes, normalised with the training images' mean and std."""
+    sample = images[train_idx].astype(np.float32)
+    h, w = images.shape[1:3]
+    return InputSpec(h, w, channels, net_size, float(sample.mean()), float(sample.std()) or 1.0)
+
+
+def prepared(torch: Any, images: np.ndarray, idx: np.ndarray, spec: InputSpec) -> Any:
+    """Frames `idx` through the graph's own preprocessing, in slices to bound memory."""
+    with torch.no_grad():
+        return torch.cat([preprocess(torch, torch.from_numpy(images[idx[i:i + 256]]), spec)
+                          for i in range(0, len(idx), 256)])

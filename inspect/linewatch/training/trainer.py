@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from linewatch.training.card import code_version, write_card
-from linewatch.training.common import EarlyStopping, contract_metadata
+from linewatch.training.common import EarlyStopping, contract_metadata, input_spec, prepared
 from linewatch.training.dataset import Dataset, load_dataset, stratified_split
 from linewatch.training.evaluate import choose_band, evaluate
 from linewatch.training.network import InputSpec, build_net, export_onnx, preprocess
@@ -122,20 +122,11 @@ def train(data: Path, out_dir: Path, opts: TrainOptions, log: Any = print) -> di
     ds.load(opts.frame_size, opts.channels)
     assert ds.images is not None and ds.targets is not None
     train_idx, val_idx = stratified_split(ds.targets, opts.val_fraction, opts.seed)
-    h, w = ds.images.shape[1:3]
-    sample = ds.images[train_idx].astype(np.float32)
-    spec = InputSpec(h, w, opts.channels, opts.net_size, float(sample.mean()), float(sample.std()) or 1.0)
+    spec = input_spec(ds.images, train_idx, opts.net_size, opts.channels)
+    h, w = spec.height, spec.width
     log(f"{len(ds.items)} images {w}x{h}x{opts.channels}, labels {ds.labels}, "
         f"train {len(train_idx)} / validation {len(val_idx)}")
-
-    images = ds.images
-
-    def prep(idx: np.ndarray) -> Any:
-        with torch.no_grad():
-            return torch.cat([preprocess(torch, torch.from_numpy(images[idx[i:i + 256]]), spec)
-                              for i in range(0, len(idx), 256)])
-
-    xt, xv = prep(train_idx), prep(val_idx)
+    xt, xv = prepared(torch, ds.images, train_idx, spec), prepared(torch, ds.images, val_idx, spec)
     yt, yv = torch.from_numpy(ds.targets[train_idx]), torch.from_numpy(ds.targets[val_idx])
     counts = torch.bincount(yt, minlength=len(ds.labels)).float().clamp(min=1)
     weights = counts.sum() / (len(ds.labels) * counts)  # class imbalance: rare defects weigh more
