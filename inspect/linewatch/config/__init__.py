@@ -1,0 +1,38 @@
+"""The one typed configuration every process reads.
+
+Every field has a default, so `linewatch run` needs no file; a YAML file overrides any part of it.
+Errors are reported with their path in the YAML (`cameras[0].exposure_us: must be > 0 (got -5)`).
+One module per concern: base (paths, errors), cameras, failsafe, line (the top level), loading.
+"""
+
+from linewatch.config.base import DEFAULT_MODEL, PACKAGE_ROOT, REPO_ROOT, ConfigError, _Strict
+from linewatch.config.cameras import CameraConfig, EmulatorSource, GenicamSource, ReplaySource, SourceConfig
+from linewatch.config.failsafe import (
+    BlurRuleConfig,
+    DarkSpotRuleConfig,
+    ExposureRuleConfig,
+    FailsafeConfig,
+    ModelHealthConfig,
+    PresenceRuleConfig,
+    StatisticsRuleConfig,
+    StreakConfig,
+    TemplateRuleConfig,
+)
+from linewatch.config.line import (
+    ApiConfig,
+    InferConfig,
+    LineConfig,
+    ModelConfig,
+    RecordConfig,
+    ShiftConfig,
+    SupervisorConfig,
+)
+from linewatch.config.loading import _format_error, from_json, load_config, parse_config, to_json
+
+__all__ = [
+    "DEFAULT_MODEL", "PACKAGE_ROOT", "REPO_ROOT", "ApiConfig", "BlurRuleConfig", "CameraConfig", "ConfigError",
+    "DarkSpotRuleConfig", "EmulatorSource", "ExposureRuleConfig", "FailsafeConfig", "GenicamSource", "InferConfig",
+    "LineConfig", "ModelConfig", "ModelHealthConfig", "PresenceRuleConfig", "RecordConfig", "ReplaySource",
+    "ShiftConfig", "SourceConfig", "StatisticsRuleConfig", "StreakConfig", "SupervisorConfig", "TemplateRuleConfig",
+    "_Strict", "_format_error", "from_json", "load_config", "parse_config", "to_json",
+]

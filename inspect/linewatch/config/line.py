@@ -1,0 +1,111 @@
+"""A whole line: the top-level config and the sections of its processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from linewatch.config.base import DEFAULT_MODEL, _Strict
+from linewatch.config.cameras import CameraConfig
+from linewatch.config.failsafe import FailsafeConfig
+
+
+class ModelConfig(_Strict):
+    path: Path = Field(DEFAULT_MODEL, description="ONNX model file (its metadata carries labels and input).")
+    providers: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="ONNX Runtime providers: auto uses CUDA only when its libraries load."
+    )
+    intra_op_threads: int = Field(1, ge=0, le=64, description="ORT threads per worker (0 = ORT default).")
+
+
+class InferConfig(_Strict):
+    workers: int = Field(1, ge=1, le=32, description="Inference worker processes.")
+    max_batch: int = Field(4, ge=1, le=256, description="Frames run together when several are waiting.")
+    frame_queue: int = Field(2, ge=1, le=1000, description="Frames queued per worker before acquire drops.")
+
+
+class RecordConfig(_Strict):
+    deadline_ms: float = Field(2000.0, gt=0, le=600_000, description="Verdict deadline after capture.")
+    commit_ms: float = Field(10.0, gt=0, le=10_000, description="Longest wait before a group commit.")
+    commit_rows: int = Field(200, ge=1, le=100_000, description="Rows that force a group commit.")
+    pass_sample_every: int = Field(20, ge=0, description="Keep one PASS image in N (0 = none).")
+    live_view_hz: float = Field(4.0, ge=0, le=60, description="Live image refresh rate for the HMI.")
+    image_format: Literal["png", "jpeg"] = Field("png", description="Kept images: lossless PNG or JPEG.")
+    jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of kept images (image_format jpeg).")
+    image_queue: int = Field(
+        256, ge=1, le=100_000, description="Images waiting to be encoded; when full a PASS sample is skipped, "
+        "a FAIL/REVIEW image is dropped with an alarm (the verdict row is always kept)."
+    )
+    image_quota_mb: float = Field(
+        4096.0, ge=0, description="Disk quota of kept images; over it the oldest PASS samples go first (0 = none)."
+    )
+    pass_max_age_days: float = Field(30.0, ge=0, description="PASS samples older than this are pruned (0 = never).")
+    image_max_age_days: float = Field(
+        0.0, ge=0, description="Any kept image (FAIL/REVIEW too) older than this is pruned (0 = never)."
+    )
+    disk_low_free_mb: float = Field(
+        1024.0, ge=0, description="Free space on the data disk below this raises a disk_low alarm."
+    )
+    retention_interval_s: float = Field(30.0, gt=0, le=86_400, description="How often retention checks the archive.")
+
+
+class ShiftConfig(_Strict):
+    """One shift of the schedule; it runs from its start until the next shift's start (local time)."""
+
+    name: str = Field("day", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="Shift name stored on each row.")
+    start: str = Field("06:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="Local start time, HH:MM.")
+
+
+def _default_shifts() -> list[ShiftConfig]:
+    return [ShiftConfig(name="early", start="06:00"), ShiftConfig(name="late", start="14:00"),
+            ShiftConfig(name="night", start="22:00")]
+
+
+class ApiConfig(_Strict):
+    host: str = Field("127.0.0.1", description="Address the web app listens on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port of the web app (HMI, REST, /metrics).")
+
+
+class SupervisorConfig(_Strict):
+    restart_backoff_s: tuple[float, float] = Field((0.5, 30.0), description="First and longest restart delay.")
+    stop_timeout_s: float = Field(4.0, gt=0, le=60, description="Grace before a child is killed on stop.")
+
+
+class LineConfig(_Strict):
+    """A whole line: cameras, model, fail-safe, store and web app."""
+
+    line: str = Field("line1", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="Line name shown in the HMI.")
+    recipe: str = Field("default", description="Product recipe recorded with every verdict.")
+    data_dir: Path = Field(Path("var"), description="SQLite store and images.")
+    runtime_dir: Path | None = Field(None, description="Sockets and metrics files (default data_dir/run).")
+    cameras: list[CameraConfig] = Field(default_factory=lambda: [CameraConfig()], min_length=1, max_length=64,
+                                        description="Cameras; one acquire process each.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The model the workers run.")
+    infer: InferConfig = Field(default_factory=InferConfig, description="Inference workers.")
+    failsafe: FailsafeConfig = Field(default_factory=FailsafeConfig, description="Rules over the model.")
+    record: RecordConfig = Field(default_factory=RecordConfig, description="Store, deadline and images.")
+    api: ApiConfig = Field(default_factory=ApiConfig, description="Web app: HMI, REST, metrics.")
+    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig, description="Restarts and stopping.")
+    shifts: list[ShiftConfig] = Field(default_factory=_default_shifts, min_length=1, max_length=24,
+                                      description="Shift schedule; each row records the shift it was captured in.")
+
+    @model_validator(mode="after")
+    def _shift_starts_unique(self) -> LineConfig:
+        starts = [s.start for s in self.shifts]
+        if len(set(starts)) != len(starts):
+            raise ValueError(f"shift start times must be unique, got {', '.join(starts)}")
+        return self
+
+    @model_validator(mode="after")
+    def _camera_names_unique(self) -> LineConfig:
+        names = [c.name for c in self.cameras]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"camera names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return self.runtime_dir if self.runtime_dir is not None else self.data_dir / "run"
