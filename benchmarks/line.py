@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/line.py --fps 100 --frames 1000
 
 Prints parts decided, drops, and capture-to-record latency percentiles, read back from SQLite.
-(The full speed study — bare session vs pipeline, transport, scaling — is issue #7's.)
+(The full speed study — bare session vs pipeline, transport, scaling — is benchmarks/pipeline.py.)
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ def main() -> int:
     ap.add_argument("--fps", type=float, default=100)
     ap.add_argument("--frames", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--providers", default="auto", help="model.providers: auto, cpu, cuda or tensorrt")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         cfg = {"data_dir": str(data), "api": {"port": 0},
                "cameras": [{"name": "cam0", "fps": args.fps, "max_frames": args.frames}],
-               "infer": {"workers": args.workers}}
+               "infer": {"workers": args.workers}, "model": {"providers": args.providers}}
         (Path(tmp) / "line.yaml").write_text(yaml.safe_dump(cfg))
         proc = subprocess.Popen([sys.executable, "-m", "linewatch", "run", "--config", str(Path(tmp) / "line.yaml")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -46,6 +47,8 @@ def main() -> int:
                 with contextlib.suppress(sqlite3.OperationalError):  # not created yet
                     n = sqlite3.connect(f"file:{db}?mode=ro", uri=True).execute(
                         "SELECT count(*) FROM inspections").fetchone()[0]
+        ready = data / "run" / "ready" / "infer[0]"  # what the worker really runs on (process.mark_ready)
+        providers_running = json.loads(ready.read_text()).get("providers") if ready.exists() else None
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         conn = sqlite3.connect(db)
@@ -53,7 +56,8 @@ def main() -> int:
     lat = np.array([r[1] for r in rows if r[1] is not None])
     span_s = (max(r[3] for r in rows) - min(r[3] for r in rows)) / 1e9
     result = {
-        "fps_asked": args.fps, "frames": len(rows), "workers": args.workers,
+        "fps_asked": args.fps, "frames": len(rows), "workers": args.workers, "providers": args.providers,
+        "providers_running": providers_running,
         "parts_per_s": round((len(rows) - 1) / span_s, 1) if span_s else None,
         "not_inspected": sum(r[0] in ("not_inspected", "timeout") for r in rows),
         "latency_ms_p50": round(float(np.percentile(lat, 50)), 2),

@@ -2,12 +2,18 @@
 
     .venv/bin/python benchmarks/store_throughput.py --rows 200000
 
-Three figures, one run, same machine:
+Figures of one run, same machine:
   store    verdict_row + insert_verdicts in groups of record.commit_rows on a WAL file (record's commit path)
   +reader  the same while another process (like the api) exports the table over and over through its
            read-only connection: WAL readers never block the writer (on 2 cores they share the CPU)
-  record   a real record process fed over its ZeroMQ socket: decode, buffer, group commit, publish;
-           once without images, once with a 256x256 FAIL image on every 10th verdict (encoding off the loop)
+  record   the whole record process (real process, ZeroMQ socket, SQLite file in WAL, group commits,
+           deadline watch, one event per group commit) flooded by sender processes with pre-encoded verdicts;
+           rows/s = rows / (first send -> last event received), every row checked in the file afterwards.
+           `senders` gives the senders' own rate (they must not be the bottleneck) and `record_vs_store`
+           the ratio to the storage path alone measured in the same run
+  +announce the same with each verdict preceded by its announcement, as acquire sends them (the deadline
+           watch tracks every frame: two messages per row)
+  +images  with a 256x256 FAIL image on every 10th verdict (encoding off the loop)
   paced    record at a steady rate, capture-to-commit latency percentiles without and with a FAIL image
            on every 5th verdict: image encoding must not stall the commit loop
 """
@@ -27,18 +33,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
+import psutil
 import zmq
 
 from linewatch.config import parse_config
-from linewatch.messages import KIND_VERDICT, Endpoints, FrameHeader, Verdict, encode_frame, now_ns
+from linewatch.messages import (
+    KIND_ANNOUNCE,
+    KIND_VERDICT,
+    KIND_VERDICTS,
+    Endpoints,
+    FrameHeader,
+    Verdict,
+    encode_frame,
+    now_ns,
+)
 from linewatch.report import Query, load
 from linewatch.store import insert_verdicts, open_writer, verdict_row
 from linewatch.supervisor import prepare_run_dir, resolve_paths
 
 
-def _verdict(seq: int, final: str = "PASS") -> Verdict:
+def _verdict(seq: int, final: str = "PASS", camera: str = "cam0") -> Verdict:
     t = now_ns()
-    return Verdict("cam0", "s1", seq, f"p{seq}", final, "model", reasons=[], recipe="default",  # type: ignore[arg-type]
+    return Verdict(camera, "s1", seq, f"p{seq}", final, "model", reasons=[], recipe="default",  # type: ignore[arg-type]
                    model_hash="ab" * 32, model_name="reference", ruleset_hash="cd" * 32, label="good", score=0.03,
                    probs={"good": 0.97, "defect": 0.03}, t_capture_ns=t, t_sent_ns=t, t_received_ns=t, t_decided_ns=t,
                    timings_ms={"queue": 0.1, "preprocess": 0.2, "inference": 1.5, "failsafe": 0.01}, worker="infer0",
@@ -60,32 +77,67 @@ def store_path(rows: int, group: int, with_reader: bool) -> dict[str, Any]:
         if with_reader:
             insert_verdicts(db, [verdict_row(_verdict(-i - 1), now_ns(), "LOT-1", "early") for i in range(1000)])
             t.start()
-        t0, commit_ms = time.perf_counter(), []
+        t0, cpu0, commit_ms = time.perf_counter(), time.process_time(), []
         for start in range(0, rows, group):
             seqs = range(start, min(rows, start + group))
             batch = [verdict_row(_verdict(s), now_ns(), "LOT-1", "early") for s in seqs]
             tc = time.perf_counter()
             insert_verdicts(db, batch)
             commit_ms.append((time.perf_counter() - tc) * 1e3)
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         stop.set()
         if with_reader:
             t.join()
         db.close()
-    return {"rows": rows, "seconds": round(dt, 3), "rows_per_s": round(rows / dt), "rows_read_meanwhile": reads.value,
+    return {"rows": rows, "seconds": round(dt, 3), "rows_per_s": round(rows / dt),
+            "cpu_us_per_row": round(cpu / rows * 1e6, 1), "rows_read_meanwhile": reads.value,
             "group_commit_ms_p50": round(float(np.percentile(commit_ms, 50)), 2),
             "group_commit_ms_p99": round(float(np.percentile(commit_ms, 99)), 2)}
 
 
-def _message(seq: int, image_every: int, pixels: np.ndarray) -> list[Any]:
+def _message(seq: int, image_every: int, pixels: np.ndarray, camera: str = "cam0") -> list[Any]:
     if image_every and seq % image_every == 0:
-        h = FrameHeader("cam0", "s1", seq, f"p{seq}", now_ns(), now_ns(), 256, 256, 1, "uint8", "Mono8")
-        return [KIND_VERDICT, _verdict(seq, "FAIL").to_bytes(), *encode_frame(h, pixels)]
-    return [KIND_VERDICT, _verdict(seq).to_bytes()]
+        h = FrameHeader(camera, "s1", seq, f"p{seq}", now_ns(), now_ns(), 256, 256, 1, "uint8", "Mono8")
+        return [KIND_VERDICT, _verdict(seq, "FAIL", camera).to_bytes(), *encode_frame(h, pixels)]
+    return [KIND_VERDICT, _verdict(seq, camera=camera).to_bytes()]
 
 
-def record_process(rows: int, image_every: int, rate: float = 0.0) -> dict[str, Any]:
-    """Flood (rate 0: every message queued up front, rows/s) or paced at `rate` (latency percentiles)."""
+def _sender(address: str, camera: str, rows: int, image_every: int, announce: bool, start: Any, out: Any) -> None:
+    """One sender process: encode every message first, then push them as fast as ZeroMQ takes them."""
+    pixels = np.random.default_rng(0).integers(0, 256, (256, 256), dtype=np.uint8)
+    messages: list[list[Any]] = []
+    for seq in range(rows):
+        if announce:
+            h = FrameHeader(camera, "s1", seq, f"p{seq}", now_ns(), now_ns(), 256, 256, 1, "uint8", "Mono8")
+            messages.append([KIND_ANNOUNCE, h.to_bytes()])
+        messages.append(_message(seq, image_every, pixels, camera))
+    ctx: zmq.Context[Any] = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDHWM, 0)
+    push.connect(address)
+    out.put(("ready", 0, 0.0))
+    start.wait()
+    t0 = time.perf_counter()
+    for m in messages:
+        push.send_multipart(m)
+    out.put(("sent", len(messages), time.perf_counter() - t0))
+    push.close(linger=-1)  # stay until ZeroMQ has handed over every message
+    ctx.term()
+
+
+def _rows_in(event: list[bytes]) -> int:
+    """Rows acknowledged by one `verdicts` event (one per group commit)."""
+    return len(orjson.loads(event[1])["rows"])
+
+
+def _thread_cpu(process: psutil.Process, tid: int) -> float:
+    return sum(t.user_time + t.system_time for t in process.threads() if t.id == tid)
+
+
+def record_process(rows: int, image_every: int, rate: float = 0.0, senders: int = 1,
+                   announce: bool = False) -> dict[str, Any]:
+    """Flood (rate 0: sender processes push pre-encoded messages, rows/s) or paced at `rate` (latency
+    percentiles, sent from this process)."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = resolve_paths(parse_config({"data_dir": tmp, "record": {"deadline_ms": 600_000}}))
         prepare_run_dir(cfg)
@@ -99,31 +151,43 @@ def record_process(rows: int, image_every: int, rate: float = 0.0) -> dict[str, 
         push, sub = ctx.socket(zmq.PUSH), ctx.socket(zmq.SUB)
         push.setsockopt(zmq.SNDHWM, 0)
         sub.setsockopt(zmq.RCVHWM, 0)
-        sub.subscribe(b"verdict")
+        sub.subscribe(KIND_VERDICTS)
         push.connect(ep.record)
         sub.connect(ep.events)
         time.sleep(0.3)
         pixels = np.random.default_rng(0).integers(0, 256, (256, 256), dtype=np.uint8)
-        got = 0
+        got, sent, procs = 0, [], []
+        start, reports = multiprocessing.Event(), multiprocessing.Queue()  # type: ignore[var-annotated]
+        if not rate:  # senders first encode everything, then all start together
+            procs = [multiprocessing.Process(target=_sender, args=(
+                ep.record, f"cam{i}", rows // senders, image_every, announce, start, reports)) for i in range(senders)]
+            for p in procs:
+                p.start()
+            for _ in procs:
+                reports.get(timeout=600)
+            rows = rows // senders * senders
+        cpu = psutil.Process(proc.pid)
+        cpu0 = sum(cpu.cpu_times()[:2])  # record's own CPU time (all its threads), not the machine's load
+        main0 = _thread_cpu(cpu, proc.pid)
+        t0 = time.perf_counter()
         if rate:
-            t0 = time.perf_counter()
             for seq in range(rows):
                 while time.perf_counter() < t0 + seq / rate:
                     if sub.poll(0):
-                        sub.recv_multipart()
-                        got += 1
+                        got += _rows_in(sub.recv_multipart())
                     else:
                         time.sleep(0.0002)
                 push.send_multipart(_message(seq, image_every, pixels))
         else:
-            messages = [_message(seq, image_every, pixels) for seq in range(rows)]
-            t0 = time.perf_counter()
-            for m in messages:
-                push.send_multipart(m)
+            start.set()
         while got < rows and sub.poll(10_000):
-            sub.recv_multipart()
-            got += 1
+            got += _rows_in(sub.recv_multipart())
         dt = time.perf_counter() - t0
+        cpu_s = sum(cpu.cpu_times()[:2]) - cpu0
+        main_cpu_s = _thread_cpu(cpu, proc.pid) - main0
+        sent = [reports.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join(30)
         proc.terminate()
         proc.wait(30)
         push.close(0)
@@ -132,12 +196,27 @@ def record_process(rows: int, image_every: int, rate: float = 0.0) -> dict[str, 
         images = sum(1 for _ in (Path(tmp) / "images").rglob("*.png"))
         conn = sqlite3.connect(Path(tmp) / "linewatch.db")
         lat = np.array([r[0] for r in conn.execute("SELECT latency_ms FROM inspections")])
+        record_ms = np.array([r[0] for r in conn.execute(
+            "SELECT (c.t_committed_ns - i.t_decided_ns) / 1e6 FROM inspections i "
+            "JOIN commits c ON c.id = i.commit_id")])
+        event_ms, per_commit = conn.execute("SELECT avg((t_published_ns - t_committed_ns) / 1e6), avg(rows) "
+                                            "FROM commits").fetchone()
         conn.close()
-    out = {"rows": rows, "committed": got, "seconds": round(dt, 3), "rows_per_s": round(got / dt),
+    out = {"rows": rows, "committed": got, "rows_in_file": len(lat), "seconds": round(dt, 3),
+           "rows_per_s": round(got / dt), "cpu_us_per_row": round(cpu_s / max(got, 1) * 1e6, 1),
+           "main_thread_cpu_us_per_row": round(main_cpu_s / max(got, 1) * 1e6, 1),
            "image_every": image_every, "images_written": images}
+    out |= {"rows_with_commit": len(record_ms), "rows_per_commit_mean": round(per_commit, 1),
+            "event_stage_ms_per_commit_mean": round(event_ms, 3)}  # commit -> the group's event sent
+    if not rate:  # (the record stage of a flood is mostly the time the pre-encoded verdicts waited in the queue)
+        n_msgs, send_s = sum(n for _, n, _ in sent), max(s for _, _, s in sent)
+        out |= {"senders": senders, "messages": n_msgs, "senders_msgs_per_s": round(n_msgs / send_s),
+                "senders_vs_record": round(n_msgs / send_s / (got / dt), 1)}
     if rate:
         out |= {"rate": rate, "latency_ms_p50": round(float(np.percentile(lat, 50)), 2),
-                "latency_ms_p99": round(float(np.percentile(lat, 99)), 2), "latency_ms_max": round(float(lat.max()), 2)}
+                "latency_ms_p99": round(float(np.percentile(lat, 99)), 2), "latency_ms_max": round(float(lat.max()), 2),
+                "record_stage_ms_p50": round(float(np.percentile(record_ms, 50)), 2),
+                "record_stage_ms_p99": round(float(np.percentile(record_ms, 99)), 2)}
     return out
 
 
@@ -146,15 +225,23 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--group", type=int, default=200, help="rows per commit (record.commit_rows)")
     ap.add_argument("--paced-rate", type=int, default=500, help="verdicts/s of the paced latency runs (10 s each)")
+    ap.add_argument("--senders", type=int, default=1, help="sender processes of the flood runs (one camera each)")
     args = ap.parse_args()
+    store = store_path(args.rows, args.group, with_reader=False)
+    record = record_process(args.rows, 0, senders=args.senders)
     out = {
-        "store": store_path(args.rows, args.group, with_reader=False),
+        "store": store,
+        "record": record,
+        "record_vs_store": round(record["rows_per_s"] / store["rows_per_s"], 3),
+        "record_vs_store_cpu": round(store["cpu_us_per_row"] / record["cpu_us_per_row"], 3),
+        "record_goal_20000_met": record["rows_per_s"] >= 20_000,
+        "record+announce": record_process(args.rows // 2, 0, senders=args.senders, announce=True),
         "store+reader": store_path(args.rows, args.group, with_reader=True),
-        "record": record_process(args.rows // 2, 0),
-        "record+images": record_process(args.rows // 2, 10),
+        "record+images": record_process(args.rows // 2, 10, senders=args.senders),
         "paced": record_process(args.paced_rate * 10, 0, args.paced_rate),
         "paced+images": record_process(args.paced_rate * 10, 5, args.paced_rate),
     }
+    out["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
     print(json.dumps(out, indent=1))
     return 0
 

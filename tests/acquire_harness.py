@@ -17,16 +17,20 @@ from linewatch.messages import KIND_ALARM, KIND_ANNOUNCE, KIND_VERDICT, Alarm, E
 class AcquireRig:
     """Collects what acquire sends: announcements, verdicts and alarms (record) and frames (a worker)."""
 
-    def __init__(self, tmp: Path, camera: dict[str, Any], frame_queue: int = 50):
-        self.cfg: LineConfig = parse_config({"data_dir": str(tmp), "cameras": [camera],
-                                             "infer": {"frame_queue": frame_queue}})
+    def __init__(self, tmp: Path, camera: dict[str, Any], frame_queue: int = 50, worker: bool = True,
+                 **sections: dict[str, Any]):
+        """`worker=False`: no in-process worker socket (a test connects its own worker processes);
+        `sections` are merged into the config (e.g. infer={"frame_slots": 4}, record={...})."""
+        infer = {"frame_queue": frame_queue, **sections.pop("infer", {})}
+        self.cfg: LineConfig = parse_config({"data_dir": str(tmp), "cameras": [camera], "infer": infer, **sections})
         self.cfg.run_dir.mkdir(parents=True, exist_ok=True)
         ep = Endpoints(self.cfg.run_dir)
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.record = self.ctx.socket(zmq.PULL)
         self.record.bind(ep.record)
         self.worker = self.ctx.socket(zmq.PULL)
-        self.worker.connect(ep.frames(self.cfg.cameras[0].name))
+        if worker:
+            self.worker.connect(ep.frames(self.cfg.cameras[0].name))
         self.announced: list[FrameHeader] = []
         self.verdicts: list[Verdict] = []
         self.alarms: list[Alarm] = []

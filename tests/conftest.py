@@ -73,7 +73,9 @@ class Line:
     def __init__(self, tmp: Path, overrides: dict[str, Any]):
         self.data_dir = tmp / "data"
         self.port = free_port()
-        cfg: dict[str, Any] = {"data_dir": str(self.data_dir), "api": {"port": self.port}}
+        self.plc_port = free_port()  # the plc process is on by default; concurrent lines must not share 5020
+        cfg: dict[str, Any] = {"data_dir": str(self.data_dir), "api": {"port": self.port},
+                               "plc": {"port": self.plc_port}}
         for key, value in overrides.items():
             cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
         self.config = tmp / "line.yaml"

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
 import yaml
 from onnx import TensorProto, helper
 
+from linewatch.images import heatmap_relpath
 from linewatch.model import Model, ModelError
 from tests.conftest import count_rows, db_rows, wait_for
 
@@ -161,6 +164,18 @@ def test_byo_model_runs_on_the_line(line, tmp_path: Path, build) -> None:
     frames = 60
     ln = line(cameras=[{"name": "cam0", "fps": 40, "max_frames": frames}], model={"path": str(model)}).start()
     wait_for(lambda: count_rows(ln.data_dir) >= frames, 60, f"{frames} rows")
+    if build is anomalib_model:  # its anomaly map is kept beside each kept image and served blended over it
+        kept = db_rows(ln.data_dir, "SELECT id, image FROM inspections WHERE image IS NOT NULL")
+        assert kept
+        for r in kept:
+            heat_path = ln.data_dir / heatmap_relpath(r["image"])
+            wait_for(heat_path.is_file, 10, f"heatmap {heat_path.name}")  # written after the row commits
+            heat = cv2.imread(str(heat_path), cv2.IMREAD_GRAYSCALE)
+            assert heat is not None and heat.shape == (64, 64)
+            with urllib.request.urlopen(f"{ln.url}/api/inspections/{r['id']}/heatmap.png", timeout=10) as resp:
+                overlay = cv2.imdecode(np.frombuffer(resp.read(), np.uint8), cv2.IMREAD_COLOR)
+            assert overlay.shape == (256, 256, 3)
+            assert (overlay[..., 0] != overlay[..., 2]).any()  # coloured: the map is blended over a grey frame
     ln.stop()
     rows = db_rows(ln.data_dir, "SELECT seq, model_hash, decided_by, probs FROM inspections ORDER BY seq")
     assert [r["seq"] for r in rows] == list(range(frames))

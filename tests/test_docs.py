@@ -1,8 +1,9 @@
-"""Docs that CI keeps honest: every metric, config field and CLI command is documented."""
+"""Docs that CI keeps honest: every metric, config field, CLI command and Modbus register is documented."""
 
 from __future__ import annotations
 
 from linewatch import metrics
+from linewatch import plc_map as pm
 from linewatch.cli import build_parser, config_reference
 from tests.conftest import REPO
 
@@ -32,3 +33,15 @@ def test_every_cli_command_is_in_the_readme() -> None:
         commands = [f"linewatch {name} {n}" for a in nested for n in a.choices] or [f"linewatch {name}"]
         missing += [c for c in commands if c not in readme]
     assert not missing, f"document these commands in README.md: {missing}"
+
+
+def test_every_modbus_register_is_documented() -> None:
+    doc = (REPO / "docs" / "modbus.md").read_text()
+    rows = [f"| {r.table} | {r.address} | `{r.name}` |" for r in pm.FIXED]
+    rows += [f"| input | {pm.CAMERA_BASE} + {pm.CAMERA_STRIDE}·i + {r.address} | `{r.name}` |" if r.table == "input"
+             else f"| {r.table} | {r.address} + i | `{r.name}` |" for r in pm.CAMERA_FIELDS]
+    rows += [f"| {bit} | `{name}` |" for name, bit in pm.STATUS_BITS.items()]
+    rows += [f"| {code} | `{name}` |" for name, code in pm.ERRORS.items()]
+    missing = [row for row in rows if row not in doc]
+    assert not missing, f"document these Modbus registers, status bits or errors in docs/modbus.md: {missing}"
+    assert f"Version of this register map ({pm.MAP_VERSION})" in doc

@@ -72,3 +72,55 @@ def test_verdict_round_trip_and_validation() -> None:
 def test_not_inspected_is_a_fail_with_its_reason() -> None:
     v = Verdict.not_inspected(_header(), "default", "frame queue full")
     assert (v.final, v.decided_by, v.reasons, v.seq) == ("FAIL", "not_inspected", ["frame queue full"], 3)
+
+
+def _verdict_json(**changes: object) -> bytes:
+    v = Verdict("cam0", "s", 1, "p1", "PASS", "model", ["why"], probs={"good": 0.9, "defect": 0.1},
+                timings_ms={"queue": 0.1, "inference": 1.5})
+    d = json.loads(v.to_bytes())
+    for name, value in changes.items():
+        if value is _DROP:
+            del d[name]
+        else:
+            d[name] = value
+    return json.dumps(d).encode()
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"score": "0.3"}, "field 'score' has wrong type str"),
+        ({"seq": True}, "field 'seq' has wrong type bool"),
+        ({"t_decided_ns": 1.5}, "field 't_decided_ns' has wrong type float"),
+        ({"probs": [0.5]}, "field 'probs' has wrong type list"),
+        ({"reasons": ["ok", 3]}, "field 'reasons' holds a int"),
+        ({"timings_ms": {"queue": "slow"}}, "field 'timings_ms' holds a str"),
+        ({"probs": {"good": None}}, "field 'probs' holds a NoneType"),
+        ({"camera": _DROP}, "missing field 'camera'"),
+        ({"final": "MAYBE"}, "field 'final' must be one of"),
+        ({"seq": -1}, "field 'seq' must be >= 0"),
+        ({"colour": "red"}, "unknown field\\(s\\) colour"),
+    ],
+)
+def test_malformed_verdict_names_the_field(changes: dict[str, object], message: str) -> None:
+    Verdict.from_bytes(_verdict_json())  # a good verdict of the same layout first: no check is skipped after it
+    with pytest.raises(MessageError, match=message):
+        Verdict.from_bytes(_verdict_json(**changes))
+
+
+def test_verdict_fields_out_of_order_or_partial_decode_the_same() -> None:
+    v = Verdict.from_bytes(_verdict_json())
+    d = json.loads(v.to_bytes())
+    assert Verdict.from_bytes(json.dumps(dict(reversed(list(d.items())))).encode()) == v
+    assert Verdict.from_bytes(b'{"camera":"c","stream":"s","seq":0,"part_id":"p","final":"FAIL","decided_by":"timeout"}'
+                              ) == Verdict("c", "s", 0, "p", "FAIL", "timeout")
+
+
+def test_verdict_with_numpy_numbers_serialises() -> None:
+    v = Verdict("cam0", "s", 1, "p1", "FAIL", "model", score=np.float32(0.75),  # type: ignore[arg-type]
+                probs={"good": np.float64(0.25), "defect": np.float32(0.75)})  # type: ignore[dict-item]
+    got = Verdict.from_bytes(v.to_bytes())
+    assert got.score == 0.75 and got.probs == {"good": 0.25, "defect": 0.75}

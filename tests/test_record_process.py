@@ -13,18 +13,23 @@ from typing import Any
 
 import pytest
 import zmq
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from linewatch.config import parse_config
 from linewatch.messages import (
     KIND_ALARM,
     KIND_ANNOUNCE,
     KIND_VERDICT,
+    KIND_VERDICTS,
     Alarm,
     Endpoints,
     FrameHeader,
     Verdict,
+    decode_verdict_group,
     now_ns,
 )
+from linewatch.report import Query, load
 from linewatch.supervisor import prepare_run_dir, resolve_paths
 from tests.conftest import db_rows, wait_for
 
@@ -100,8 +105,52 @@ def test_rows_and_alarms_are_published_after_commit(rec: RecordRig) -> None:
     while len(seen) < 2:
         assert rec.sub.poll(5000), f"only got {list(seen)}"
         kind, payload = rec.sub.recv_multipart()
-        seen[kind] = json.loads(payload)
-    assert seen[b"verdict"]["seq"] == 9 and seen[b"verdict"]["final"] == "REVIEW"
+        seen[kind] = decode_verdict_group(payload) if kind == KIND_VERDICTS else json.loads(payload)
+    assert [(r["seq"], r["final"], r["reasons"]) for r in seen[KIND_VERDICTS]] == [(9, "REVIEW", [])]
     assert seen[b"alarm"]["kind"] == "demo"
     alarms = db_rows(rec.cfg.data_dir, "SELECT * FROM alarms")
     assert [a["message"] for a in alarms] == ["something happened"]
+
+
+def test_stage_times_reach_the_row_its_commit_the_event_the_export_and_the_histograms(rec: RecordRig) -> None:
+    t = now_ns()
+    stages = {"acquire": 0.4, "transport": 0.3, "queue": 0.1, "preprocess": 0.2, "inference": 1.0, "failsafe": 0.05}
+    v = Verdict("cam0", "s1", 3, "p3", "PASS", "model", t_capture_ns=t - 5_000_000, t_decided_ns=t - 2_000_000,
+                timings_ms=stages)
+    rec.push.send_multipart([KIND_VERDICT, v.to_bytes()])
+    assert rec.sub.poll(5000)
+    kind, payload = rec.sub.recv_multipart()
+    events = decode_verdict_group(payload)
+    assert kind == KIND_VERDICTS and [e["seq"] for e in events] == [3]
+    event = events[0]
+    commits = wait_for(lambda: db_rows(rec.cfg.data_dir, "SELECT * FROM commits"), 5, "the commit row")
+    row, commit = rec.rows()[0], commits[0]
+    assert row["commit_id"] == commit["id"] == event["commit_id"] and commit["rows"] == 1
+    assert row["t_recorded_ns"] <= commit["t_committed_ns"] == event["t_committed_ns"] <= commit["t_published_ns"]
+    assert event["record_ms"] == pytest.approx((commit["t_committed_ns"] - v.t_decided_ns) / 1e6)
+    assert event["record_ms"] >= 2.0
+    assert 0 <= event["event_ms"] <= (commit["t_published_ns"] - commit["t_committed_ns"]) / 1e6
+    assert (row["acquire_ms"], row["transport_ms"], row["queue_ms"], row["failsafe_ms"]) == (0.4, 0.3, 0.1, 0.05)
+    assert (event["acquire_ms"], event["inference_ms"]) == (0.4, 1.0)
+
+    exported = load(rec.cfg.data_dir, Query(0, 2**62)).rows[0]
+    assert exported["t_committed_ns"] == commit["t_committed_ns"] and exported["record_ms"] == event["record_ms"]
+    assert exported["event_ms"] == (commit["t_published_ns"] - commit["t_committed_ns"]) / 1e6
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(rec.cfg.run_dir / "metrics"))  # type: ignore[no-untyped-call]
+    counts = {s.labels["stage"]: s.value for m in registry.collect() for s in m.samples
+              if s.name == "linewatch_stage_seconds_count"}
+    assert counts == {"record": 1, "event": 1}
+
+
+def test_deadline_watch_fails_only_the_frames_still_undecided(rec: RecordRig) -> None:
+    for seq in range(6):
+        rec.push.send_multipart([KIND_ANNOUNCE, rec.header(seq).to_bytes()])
+    for seq in (1, 4):
+        rec.push.send_multipart([KIND_VERDICT, rec.verdict(seq).to_bytes()])
+    rows = wait_for(lambda: len(rec.rows()) == 6 and rec.rows(), 5, "six rows")
+    assert [(r["seq"], r["decided_by"]) for r in rows] == [
+        (0, "timeout"), (1, "model"), (2, "timeout"), (3, "timeout"), (4, "model"), (5, "timeout")]
+    time.sleep(0.5)  # no second row for any frame once its deadline has passed
+    assert len(rec.rows()) == 6

@@ -23,7 +23,18 @@ from fastapi.testclient import TestClient
 
 from linewatch.api import create_app
 from linewatch.config import LineConfig, parse_config
-from linewatch.messages import KIND_ALARM, KIND_VERDICT, Alarm, Endpoints, FrameHeader, Verdict, encode_frame, now_ns
+from linewatch.messages import (
+    KIND_ALARM,
+    KIND_VERDICT,
+    KIND_VERDICTS,
+    Alarm,
+    Endpoints,
+    FrameHeader,
+    Verdict,
+    decode_verdict_group,
+    encode_frame,
+    now_ns,
+)
 from linewatch.supervisor import prepare_run_dir, resolve_paths
 from tests.conftest import db_rows, wait_for
 
@@ -50,7 +61,7 @@ class Rig:
         self.push.connect(ep.record)
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.RCVHWM, 0)  # keep every acknowledgement
-        self.sub.subscribe(b"verdict")
+        self.sub.subscribe(KIND_VERDICTS)
         self.sub.connect(ep.events)
         self.socks = [self.push, self.sub]
         time.sleep(0.3)  # let the subscription reach the publisher
@@ -91,7 +102,7 @@ def test_sigkill_mid_write_loses_no_committed_row_and_passes_integrity_check(rig
         while not stop.is_set():
             if rig.sub.poll(100):
                 _, payload = rig.sub.recv_multipart()
-                acked.add(json.loads(payload)["seq"])
+                acked.update(r["seq"] for r in decode_verdict_group(payload))
 
     listener = threading.Thread(target=listen)
     listener.start()

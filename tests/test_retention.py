@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from linewatch.config import RecordConfig, ShiftConfig
-from linewatch.images import ImageWriter, image_relpath, save_kept
+from linewatch.images import ImageWriter, heatmap_relpath, image_relpath, load_overlay, save_kept
 from linewatch.lots import shift_at
 from linewatch.messages import Verdict, now_ns
 from linewatch.retention import DAY_NS, DiskLow, Pruned, Retention, archive_bytes
@@ -132,3 +132,22 @@ def test_retention_thread_stops_with_the_stop_event(tmp_path: Path) -> None:
     r._thread.join(2)
     assert not r._thread.is_alive()
     assert isinstance(r.events.get_nowait(), Pruned)  # the default 30-day PASS age limit applied
+
+
+def test_a_heatmap_is_pruned_with_its_image_and_blends_over_it(tmp_path: Path) -> None:
+    _archive(tmp_path, ["PASS", "FAIL"], age_days=40)
+    frame = np.full((64, 64), 100, np.uint8)
+    heat = np.zeros((8, 8), np.uint8)
+    heat[2:4, 2:4] = 255  # one hot spot
+    for seq, final in enumerate(["PASS", "FAIL"]):
+        save_kept(tmp_path, image_relpath("cam0", "s", seq, final), frame)
+        save_kept(tmp_path, heatmap_relpath(image_relpath("cam0", "s", seq, final)), heat)
+    overlay = load_overlay(tmp_path, image_relpath("cam0", "s", 1, "FAIL"))
+    assert overlay is not None and overlay.shape == (64, 64, 3)
+    assert overlay[20, 20, 0] > overlay[20, 20, 2]  # hot: red over the grey frame
+    assert overlay[60, 60, 2] > overlay[60, 60, 0]  # cold: blue
+    r = Retention(tmp_path, RecordConfig(pass_max_age_days=30, disk_low_free_mb=0), threading.Event())
+    r.run_once()
+    assert [e.ids for e in _events(r) if isinstance(e, Pruned)] == [[1]]
+    assert not (tmp_path / heatmap_relpath(image_relpath("cam0", "s", 0, "PASS"))).exists()
+    assert (tmp_path / heatmap_relpath(image_relpath("cam0", "s", 1, "FAIL"))).exists()

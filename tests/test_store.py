@@ -7,20 +7,34 @@ from pathlib import Path
 
 import pytest
 
-from linewatch.messages import Alarm, OperatorAction, Verdict
+from linewatch.messages import (
+    Alarm,
+    MessageError,
+    OperatorAction,
+    Verdict,
+    decode_verdict_group,
+    encode_verdict_group,
+)
 from linewatch.store import (
+    JSON_COLUMNS,
+    ROW_COLUMNS,
     ActionError,
     apply_action,
     clear_alarms,
+    committed_values,
     current_lot,
     insert_alarm,
+    insert_commit,
+    insert_rows,
     insert_verdicts,
     mark_pruned,
+    next_commit_id,
     open_reader,
     open_writer,
     register_model,
     row_to_api,
     verdict_row,
+    verdict_values,
 )
 
 
@@ -33,15 +47,37 @@ def _rows(n: int, stream: str = "s") -> list[dict]:
     return out
 
 
+def test_a_group_event_reads_back_as_the_api_shows_each_row(tmp_path: Path) -> None:
+    """record's tuples go to the file and, column-wise, into one `verdicts` event: decoded, each row equals
+    its stored row as the REST API shows it, plus the commit's stage times."""
+    verdicts = [Verdict("cam0", "s", 1, "p1", "FAIL", "rule:blur", reasons=["blurred"], probs={"good": 0.25},
+                        t_capture_ns=1_000_000, t_decided_ns=2_000_000, truth={"label": "crack"}),
+                Verdict("cam1", "s", 2, "p2", "PASS", "model", timings_ms={"acquire": 0.5}, worker="infer[0]")]
+    rows = [committed_values(verdict_values(v, "L1", "early"), 5_000_000, 7) for v in verdicts]
+    db = open_writer(tmp_path)
+    assert insert_rows(db, rows) == 2
+    stored = [row_to_api(r) for r in open_reader(tmp_path).execute("SELECT * FROM inspections ORDER BY id")]
+    events = decode_verdict_group(encode_verdict_group(ROW_COLUMNS, rows, JSON_COLUMNS, 7, 6_000_000, 0.25))
+    for event, row in zip(events, stored, strict=True):
+        assert event.pop("record_ms") == ((6_000_000 - row["t_decided_ns"]) / 1e6 if row["t_decided_ns"] else None)
+        assert (event.pop("t_committed_ns"), event.pop("event_ms")) == (6_000_000, 0.25)
+        assert event == {k: v for k, v in row.items() if k in event} and len(event) == len(ROW_COLUMNS)
+    assert events[0]["reasons"] == ["blurred"] and events[0]["truth_label"] == "crack" and events[1]["probs"] is None
+    with pytest.raises(MessageError, match="a row has 2 values for 3 columns"):
+        decode_verdict_group(encode_verdict_group(("a", "b", "c"), [(1, 2)], (), 1, 1, 0.0))
+    with pytest.raises(MessageError, match="verdicts event: KeyError"):
+        decode_verdict_group(b'{"rows": []}')
+
+
 def test_schema_wal_and_migrations_recorded(tmp_path: Path) -> None:
     db = open_writer(tmp_path)
     assert db.journal_mode == "wal"
     assert {"inspections", "alarms", "models", "schema_migrations", "operator_actions", "review_decisions",
-            "hook_outbox"} <= set(db.table_names())
-    assert [r["version"] for r in db["schema_migrations"].rows] == [1, 2]
+            "hook_outbox", "commits"} <= set(db.table_names())
+    assert [r["version"] for r in db["schema_migrations"].rows] == [1, 2, 3]
     db.close()
     db = open_writer(tmp_path)  # reopening does not re-run migrations (nor back up)
-    assert db["schema_migrations"].count == 2
+    assert db["schema_migrations"].count == 3
     assert not list(tmp_path.glob("*.bak"))
 
 
@@ -72,20 +108,22 @@ def test_reader_is_read_only_and_sees_commits(tmp_path: Path) -> None:
 def test_upgrading_a_v1_database_keeps_its_data_and_backs_it_up(tmp_path: Path) -> None:
     db = open_writer(tmp_path, schema_version=1)
     assert "lot" not in db["inspections"].columns_dict
-    v1_rows = [{k: v for k, v in r.items() if k not in ("lot", "shift")} for r in _rows(3000)]
+    v1_rows = [{k: v for k, v in r.items() if k not in ("lot", "shift", "acquire_ms", "transport_ms", "commit_id")}
+               for r in _rows(3000)]
     db["inspections"].insert_all(v1_rows)
     insert_alarm(db, Alarm("supervisor", "process_restart", "infer[0] died"))
     register_model(db, "ab" * 32, "reference", "/m.onnx")
     before = [tuple(r) for r in db.execute("SELECT * FROM inspections ORDER BY id").fetchall()]
     db.close()
 
-    db = open_writer(tmp_path)  # migrates 1 -> 2
-    assert [r["version"] for r in db["schema_migrations"].rows] == [1, 2]
+    db = open_writer(tmp_path)  # migrates 1 -> 2 -> 3
+    assert [r["version"] for r in db["schema_migrations"].rows] == [1, 2, 3]
     after = db.execute("SELECT * FROM inspections ORDER BY id").fetchall()
     n_v1 = len(before[0])
     assert [tuple(r[:n_v1]) for r in after] == before  # every old value where it was
-    assert {"lot", "shift", "image_pruned_ns"} <= set(db["inspections"].columns_dict)
-    assert all(r[n_v1:] == (None, None, None) for r in after)
+    assert {"lot", "shift", "image_pruned_ns", "acquire_ms", "transport_ms", "commit_id"} <= set(
+        db["inspections"].columns_dict)
+    assert all(r[n_v1:] == (None,) * 6 for r in after)
     assert db["alarms"].count == 1 and db["models"].count == 1
     assert insert_verdicts(db, [verdict_row(Verdict("cam0", "s", 5000, "p", "FAIL", "model"), 1, "L1", "late")]) == 1
     backups = list(tmp_path.glob("linewatch.db.v1-*.bak"))
@@ -94,6 +132,39 @@ def test_upgrading_a_v1_database_keeps_its_data_and_backs_it_up(tmp_path: Path) 
     assert old.execute("SELECT count(*) FROM inspections").fetchone()[0] == 3000
     assert old.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == 1
     assert old.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    old.close()
+
+
+def test_upgrading_a_v2_database_adds_stage_times_keeps_its_data_and_backs_it_up(tmp_path: Path) -> None:
+    db = open_writer(tmp_path, schema_version=2)
+    assert "commits" not in db.table_names() and "commit_id" not in db["inspections"].columns_dict
+    v2_rows = [{k: v for k, v in r.items() if k not in ("acquire_ms", "transport_ms", "commit_id")}
+               for r in _rows(2500)]
+    db.table("inspections").insert_all(v2_rows)
+    apply_action(db, OperatorAction("set_lot", "op", "req-1", {"lot": "L7"}))
+    before = [tuple(r) for r in db.execute("SELECT * FROM inspections ORDER BY id").fetchall()]
+    db.close()
+
+    db = open_writer(tmp_path)  # migrates 2 -> 3
+    assert [r["version"] for r in db["schema_migrations"].rows] == [1, 2, 3]
+    after = db.execute("SELECT * FROM inspections ORDER BY id").fetchall()
+    n_v2 = len(before[0])
+    assert [tuple(r[:n_v2]) for r in after] == before and all(r[n_v2:] == (None, None, None) for r in after)
+    assert current_lot(db) == "L7" and db["commits"].count == 0
+    row = verdict_row(Verdict("cam0", "s", 9000, "p", "PASS", "model", t_decided_ns=5,
+                              timings_ms={"acquire": 0.3, "transport": 0.2}), 10, "L7", "late")
+    row["commit_id"] = next_commit_id(db)
+    assert row["commit_id"] == 1 and insert_verdicts(db, [row]) == 1
+    insert_commit(db, (row["commit_id"], 20, 25, 1))
+    assert next_commit_id(db) == 2
+    got = db.execute("SELECT i.acquire_ms, i.transport_ms, c.t_committed_ns, c.t_published_ns FROM inspections i "
+                     "JOIN commits c ON c.id = i.commit_id WHERE seq = 9000").fetchone()
+    assert tuple(got) == (0.3, 0.2, 20, 25)
+    backups = list(tmp_path.glob("linewatch.db.v2-*.bak"))
+    assert len(backups) == 1
+    old = sqlite3.connect(backups[0])
+    assert old.execute("SELECT count(*) FROM inspections").fetchone()[0] == 2500
+    assert old.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == 2
     old.close()
 
 

@@ -17,6 +17,7 @@ from linewatch.emulator import PartEmulator
 from linewatch.model import Model
 from linewatch.training.dataset import DatasetError, load_dataset, stratified_split
 from linewatch.training.evaluate import auroc, choose_band, evaluate
+from linewatch.training.network import InputSpec, build_net, export_onnx, preprocess
 from linewatch.training.trainer import TrainOptions, train
 
 FRAME = 128
@@ -108,6 +109,46 @@ def test_ctrl_c_leaves_a_usable_model(tmp_path: Path) -> None:
     assert card["training"]["interrupted"] is True
     Model(tmp_path / "m" / "cc.onnx").warm_up()
     assert (tmp_path / "m" / "checkpoint.pt").exists()
+
+
+def test_time_budget_ends_training_on_time_with_a_usable_model(tmp_path: Path) -> None:
+    data = write_parts(tmp_path / "d", 60, seed=6)
+    card = train(data, tmp_path / "m", TrainOptions(name="tb", arch="fine", net_size=64, epochs=500, patience=500,
+                                                    max_minutes=0.05, rotate90=True), log=lambda s: None)
+    assert 1 <= card["training"]["epochs_run"] < 500 and not card["training"]["interrupted"]
+    assert card["metrics"]["onnx_torch_max_abs_diff"] <= 1e-4
+    Model(tmp_path / "m" / "tb.onnx").warm_up()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_fine_network_exports_space_to_depth_exactly(tmp_path: Path, channels: int) -> None:
+    """The folded channels' order differs between PyTorch and ONNX; distinct colour planes would expose a mix-up."""
+    import torch
+
+    torch.manual_seed(channels)
+    net = build_net(torch, channels, 2, "fine")
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            assert m.running_mean is not None and m.running_var is not None
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    spec = InputSpec(96, 96, channels, 96, 100.0, 50.0)
+    frames = np.random.default_rng(channels).integers(0, 256, (4, 96, 96, channels)[: 3 + (channels > 1)],
+                                                      dtype=np.uint8)
+    x = preprocess(torch, torch.from_numpy(frames), spec)
+    with torch.no_grad():  # centre and scale the logit margins so the probabilities spread over (0, 1)
+        margin = net(x) @ torch.tensor([-1.0, 1.0])
+        net[-1].bias[1] -= margin.mean()
+        temperature = float(margin.std())
+        ref = torch.softmax(net(x) / temperature, dim=1).numpy()
+    assert ref[:, 1].std() > 0.05, "spread outputs: a channel mix-up would show"
+    export_onnx(net, spec, temperature, {"linewatch.labels": '["good", "defect"]'}, tmp_path / "f.onnx")
+    import onnxruntime
+
+    got = onnxruntime.InferenceSession(str(tmp_path / "f.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"image": frames})[0]
+    assert np.abs(ref - got).max() <= 1e-4
 
 
 @pytest.mark.parametrize(

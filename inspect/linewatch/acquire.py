@@ -6,6 +6,8 @@ record (header only), which starts its deadline. Frames the camera lost (a gap i
 delivered incomplete, or never delivered after a trigger are recorded the same way, each with its
 own sequence number and reason. A lost camera raises an alarm and is reconnected with backoff.
 Commands (software trigger) arrive on the camera's control socket (`Endpoints.control`).
+With `infer.transport: shm` the pixels go to a slot of the camera's frame ring (`frame_ring.py`) and
+only the header travels over ZeroMQ; no free slot means the frame is dropped and recorded, as above.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import zmq
 
 from linewatch import metrics
 from linewatch.config import GenicamSource, LineConfig
+from linewatch.frame_ring import FrameRing, RingError, clear_stale_rings, default_slots
 from linewatch.messages import (
     KIND_ANNOUNCE,
     KIND_VERDICT,
@@ -57,6 +60,7 @@ class Acquire:
         self.seq = 0
         self._last_frame_id: int | None = None
         self.source: FrameSource | None = None  # open while running (tests reach the camera through it)
+        self.ring: FrameRing | None = None  # the shared-memory frame ring (transport shm)
         src = self.cam.source
         self.backoff = src.reconnect_backoff_s if isinstance(src, GenicamSource) else (0.2, 10.0)
 
@@ -77,6 +81,7 @@ class Acquire:
         self.control.bind(self.endpoints.control(self.cam.name))
         self.alarms = AlarmSender(ctx, self.endpoints, f"acquire[{self.cam.name}]")
         self.acquired = metrics.FRAMES_ACQUIRED.labels(self.cam.name)
+        self.ring = self._open_ring(ctx)
         source: FrameSource | None = None
         try:
             source = self.source = self._open()
@@ -91,14 +96,31 @@ class Acquire:
                 source.close()
             for sock in (self.alarms, self.frames, self.to_record, self.control):
                 sock.close()
+            if self.ring is not None:
+                self.ring.close()
             ctx.term()
+
+    def _open_ring(self, ctx: zmq.Context[Any]) -> FrameRing | None:
+        """The camera's frame ring (transport shm); without shared memory the line goes on inline, alarmed."""
+        if self.cfg.infer.transport != "shm":
+            return None
+        clear_stale_rings(self.cfg.run_dir, self.cam.name)
+        slot_bytes = self.cam.width * self.cam.height * (1 if self.cam.pixel_format == "Mono8" else 3)
+        try:
+            ring = FrameRing(self.cfg.run_dir, self.cam.name, self.stream, default_slots(self.cfg.infer),
+                             slot_bytes, reclaim_after_s=self.cfg.record.deadline_ms / 1000 + 1.0)
+        except RingError as exc:
+            self.alarms.raise_alarm("frame_ring", f"camera {self.cam.name}: {exc}; frames travel inline", "warning")
+            return None
+        ring.listen(ctx, self.endpoints.releases(self.cam.name))
+        return ring
 
     def _open(self) -> FrameSource | None:
         """The source; a camera absent at start is alarmed and retried like a lost one."""
         delay, alarmed = self.backoff[0], False
         while not self.stop.is_set():
             try:
-                return open_source(self.cam)
+                return open_source(self.cam, self.ring.view if self.ring is not None else None)
             except CameraLost as exc:
                 if not alarmed:  # the line runs without it (alarmed); its frames start when it appears
                     self.alarms.raise_alarm("camera_lost", f"camera {self.cam.name}: {exc}", "critical")
@@ -194,7 +216,7 @@ class Acquire:
             return
 
     def _next_header(self, part_id: str | None, t_capture: int, shape: tuple[int, ...], dtype: str,
-                     grabbed: Grabbed | None) -> FrameHeader:
+                     grabbed: Grabbed | None, slot: tuple[int, int] | None = None) -> FrameHeader:
         seq = self.seq
         self.seq += 1
         return FrameHeader(
@@ -205,22 +227,48 @@ class Acquire:
             truth=grabbed.truth if grabbed else None,
             device_frame_id=grabbed.frame_id if grabbed else None,
             device_timestamp_ns=grabbed.timestamp_ns if grabbed else None,
+            slot=slot[0] if slot else None, gen=slot[1] if slot else None,
         )
 
     def _emit(self, grabbed: Grabbed, part_id: str | None = None) -> FrameHeader:
         t_capture = now_ns()
         self._record_gaps(grabbed, t_capture)
         px = grabbed.pixels
-        header = self._next_header(part_id, t_capture, px.shape, str(px.dtype), grabbed)
+        slot, full = self._place(px)
+        header = self._next_header(part_id, t_capture, px.shape, str(px.dtype), grabbed, slot)
         self.acquired.inc()
-        self._send([KIND_ANNOUNCE, header.to_bytes()])
+        raw = header.to_bytes()
+        self._send([KIND_ANNOUNCE, raw])
+        if full:
+            self._drop(header, "ring_full", full)
+            return header
         try:
-            self.frames.send_multipart(encode_frame(header, px), flags=zmq.NOBLOCK, copy=False)
+            parts = [raw] if slot else encode_frame(header, px)
+            self.frames.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
-            metrics.FRAMES_DROPPED.labels(self.cam.name, "queue_full").inc()
-            verdict = Verdict.not_inspected(header, self.cfg.recipe, "frame queue full: inference too slow")
-            self._send([KIND_VERDICT, verdict.to_bytes()])
+            if slot and self.ring is not None:
+                self.ring.unsend(slot[0])
+            self._drop(header, "queue_full", "frame queue full: inference too slow")
         return header
+
+    def _place(self, px: np.ndarray) -> tuple[tuple[int, int] | None, str | None]:
+        """(slot, gen) of the frame in the ring, or why it has none: (None, reason) when the ring is full;
+        (None, None) when it travels inline (no ring, or a frame larger than the camera's slots)."""
+        if self.ring is None:
+            return None, None
+        try:
+            slot = self.ring.place(px)
+        except RingError as exc:
+            log.warning("camera %s: %s; this frame travels inline", self.cam.name, exc)
+            return None, None
+        if slot is None:
+            return None, (f"frame ring full: all {self.ring.slots} slots held by inference workers "
+                          "(inference too slow)")
+        return slot, None
+
+    def _drop(self, header: FrameHeader, why: str, reason: str) -> None:
+        metrics.FRAMES_DROPPED.labels(self.cam.name, why).inc()
+        self._send([KIND_VERDICT, Verdict.not_inspected(header, self.cfg.recipe, reason).to_bytes()])
 
     def _record_gaps(self, grabbed: Grabbed, t_capture: int) -> None:
         """Each frame the camera lost or tore since the last one becomes a not-inspected row."""

@@ -53,6 +53,18 @@ class Adapter:
     def probabilities(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
         return next(iter(outputs.values()))
 
+    def heatmaps(self, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
+        """Per-frame anomaly maps (N, h, w) in [0, 1] when the model has an `anomaly_map` output, else None."""
+        if "anomaly_map" not in outputs:
+            return None
+        return np.asarray(np.clip(_per_frame_map(outputs["anomaly_map"]), 0.0, 1.0), np.float32)
+
+
+def _per_frame_map(raw: np.ndarray) -> np.ndarray:
+    """(N, [C,] h, w) anomaly maps -> (N, h, w): the strongest channel at each pixel."""
+    maps = np.asarray(raw, np.float32)
+    return np.asarray(maps.reshape(len(maps), -1, *maps.shape[-2:]).max(axis=1), np.float32)
+
 
 def _float_input(frames: np.ndarray, height: int, width: int, mean: tuple[float, ...], std: tuple[float, ...],
                  scale: float = 1 / 255) -> np.ndarray:
@@ -122,10 +134,19 @@ class AnomalibAdapter(Adapter):
             score = np.asarray(outputs["pred_score"], np.float32).reshape(-1)
         else:
             score = np.asarray(outputs["anomaly_map"], np.float32).reshape(len(outputs["anomaly_map"]), -1).max(1)
-        if self.norm:  # anomalib's min-max normalisation around the image threshold
-            span = max(self.norm["max"] - self.norm["min"], 1e-12)
-            score = np.clip((score - self.norm["threshold"]) / span + 0.5, 0.0, 1.0)
-        return np.stack([1 - score, score], axis=1)
+        return np.stack([1 - self._normalised(score), self._normalised(score)], axis=1)
+
+    def heatmaps(self, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
+        if "anomaly_map" not in outputs:
+            return None
+        return self._normalised(_per_frame_map(outputs["anomaly_map"]))
+
+    def _normalised(self, x: np.ndarray) -> np.ndarray:
+        """anomalib's min-max normalisation around the image threshold (raw scores are kept without stats)."""
+        if not self.norm:
+            return np.asarray(np.clip(x, 0.0, 1.0), np.float32)
+        span = max(self.norm["max"] - self.norm["min"], 1e-12)
+        return np.asarray(np.clip((x - self.norm["threshold"]) / span + 0.5, 0.0, 1.0), np.float32)
 
 
 class YoloClassifyAdapter(Adapter):

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import uvicorn
 import zmq
 import zmq.asyncio
@@ -26,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from linewatch.camera_api import camera_router
 from linewatch.config import PACKAGE_ROOT, LineConfig
 from linewatch.images import IMAGES_DIR, live_path
-from linewatch.messages import Endpoints
+from linewatch.messages import KIND_VERDICTS, Endpoints, decode_verdict_group
 from linewatch.process import mark_ready, ready_dir
 from linewatch.qa_api import qa_router
 from linewatch.store import read_rows, row_to_api
@@ -120,7 +121,11 @@ def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
             while not stop.is_set():
                 if await sub.poll(250):
                     kind, payload = await sub.recv_multipart()
-                    yield ServerSentEvent(event=kind.decode(), raw_data=payload.decode())
+                    if kind == KIND_VERDICTS:  # one group commit: one SSE `verdict` per row, as the HMI reads it
+                        for row in decode_verdict_group(payload):
+                            yield ServerSentEvent(event="verdict", raw_data=orjson.dumps(row).decode())
+                    else:
+                        yield ServerSentEvent(event=kind.decode(), raw_data=payload.decode())
         finally:
             sub.close()
 

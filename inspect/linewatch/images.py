@@ -26,6 +26,32 @@ def image_relpath(camera: str, stream: str, seq: int, final: str, fmt: str = "pn
     return f"{IMAGES_DIR}/{camera}/{stream}/{seq:09d}-{final}.{EXTENSIONS[fmt]}"
 
 
+def heatmap_relpath(image_relpath: str) -> str:
+    """The anomaly map kept beside a kept image (grey PNG at the model's map resolution)."""
+    return image_relpath.rsplit(".", 1)[0] + ".heat.png"
+
+
+def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """The image (mono or RGB) with the heatmap (uint8 or [0, 1] float, any size) blended over it, as RGB."""
+    if image.dtype != np.uint8:  # 16-bit frames: their top 8 bits
+        image = (image.astype(np.uint32) * 255 // max(int(np.iinfo(image.dtype).max), 1)).astype(np.uint8)
+    rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else np.ascontiguousarray(image[..., :3])
+    h8 = heat if heat.dtype == np.uint8 else (np.clip(heat, 0, 1) * 255).astype(np.uint8)
+    h8 = cv2.resize(h8, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
+    colour = cv2.cvtColor(cv2.applyColorMap(h8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(rgb, 1 - alpha, colour, alpha, 0)
+
+
+def load_overlay(data_dir: Path, image_relpath: str) -> np.ndarray | None:
+    """A kept image with its heatmap blended over it (RGB), or None when either file is missing."""
+    heat_path = data_dir / heatmap_relpath(image_relpath)
+    heat = cv2.imread(str(heat_path), cv2.IMREAD_GRAYSCALE) if heat_path.is_file() else None
+    pixels = cv2.imread(str(data_dir / image_relpath), cv2.IMREAD_UNCHANGED) if heat is not None else None
+    if heat is None or pixels is None:
+        return None
+    return heatmap_overlay(pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB), heat)
+
+
 def live_path(data_dir: Path, camera: str) -> Path:
     return data_dir / LIVE_DIR / f"{camera}.jpg"
 
@@ -63,6 +89,7 @@ class _Job:
     relpath: str | None  # None: the live view of `camera`
     camera: str
     pixels: np.ndarray
+    heatmap: bytes | None = None  # the anomaly map as PNG bytes (encoded by infer), kept beside the image
 
 
 class ImageWriter:
@@ -75,10 +102,10 @@ class ImageWriter:
         self._thread = threading.Thread(target=self._run, name="image-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, relpath: str | None, camera: str, pixels: np.ndarray) -> bool:
-        """Queue an image; False when the queue is full (the caller decides what that means)."""
+    def submit(self, relpath: str | None, camera: str, pixels: np.ndarray, heatmap: bytes | None = None) -> bool:
+        """Queue an image (and its heatmap); False when the queue is full (the caller decides what that means)."""
         try:
-            self._jobs.put_nowait(_Job(relpath, camera, pixels))
+            self._jobs.put_nowait(_Job(relpath, camera, pixels, heatmap))
             return True
         except queue.Full:
             return False
@@ -95,6 +122,8 @@ class ImageWriter:
                     save_live(self.data_dir, job.camera, job.pixels)
                 else:
                     save_kept(self.data_dir, job.relpath, job.pixels, self.quality)
+                    if job.heatmap is not None:
+                        _write_atomic(self.data_dir / heatmap_relpath(job.relpath), job.heatmap)
             except (OSError, ValueError, cv2.error) as exc:  # a full disk or odd frame must not stop the writer
                 self.failed += 1
                 log.error("image %s not written: %s", job.relpath or f"live/{job.camera}", exc)

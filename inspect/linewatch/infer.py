@@ -5,35 +5,49 @@ its reason). When the model cannot be loaded or run, gives bad output or is too 
 enters rules-only mode: parts get the fail-safe's safe verdict and an alarm is raised, until the
 model is healthy again. The worker follows the configured model file: a changed file is loaded and
 warmed up beside the running model and swapped in between batches (a corrupt one means rules-only).
+
+Frames are run in micro-batches (`batching.BatchPolicy` decides how long to wait for one to fill),
+copied into a batch buffer allocated once per frame shape. Every verdict carries its stage times;
+they tile capture to decision without gap or overlap:
+acquire (capture -> sent) + transport (sent, or the worker getting free if later, -> received here)
++ queue (waiting for the worker to get free + received -> batch start)
++ preprocess (batch start -> model start: decoding, input-sanity rules, filling the buffer)
++ inference (the model run of the batch) + failsafe (model end -> this frame's verdict, so it
+includes the decisions of the frames before it in the batch) = t_decided - t_capture.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 import zmq
 
 from linewatch import metrics
+from linewatch.batching import BatchPolicy
 from linewatch.config import LineConfig
 from linewatch.failsafe import Decision, FailSafe, FrameView, RulesetError
 from linewatch.failsafe.health import ModelFileWatch, ModelHealth, load_model
+from linewatch.frame_ring import FrameReader
 from linewatch.messages import (
     KIND_VERDICT,
     Endpoints,
     FrameHeader,
     MessageError,
     Verdict,
-    decode_frame,
     now_ns,
     peek_identity,
 )
 from linewatch.model import Model, ModelError, ModelOutputError
 from linewatch.process import AlarmSender, mark_ready
+from linewatch.runtime import SessionSettings
 
 log = logging.getLogger("infer")
 
@@ -44,10 +58,11 @@ class _Job:
     raw_header: Any  # as received: sent back with a kept image, not serialised again
     pixels: np.ndarray
     t_received_ns: int
+    t_pickup_ns: int  # sent, or when the worker got free to take it if later: transport starts here
     view: FrameView | None = None
-    rules_ms: float = 0.0  # input sanity rules, counted in the verdict's failsafe time
     decision: Decision | None = None
     probs: np.ndarray | None = None
+    heatmap: np.ndarray | None = None  # the model's anomaly map for this frame, when it has one
 
 
 class Infer:
@@ -60,6 +75,9 @@ class Infer:
         self.frame_shape: tuple[int, ...] | None = None
         self._last_live: dict[str, float] = {}
         self._last_reject_alarm = 0.0
+        ic = cfg.infer
+        self.batching = BatchPolicy(ic.max_batch, ic.batch_wait_ms, ic.latency_target_ms)
+        self._buffers: dict[tuple[tuple[int, ...], str], np.ndarray] = {}  # batch buffer per frame shape
 
     def _use_model(self, loaded: Model | ModelError, alarms: AlarmSender) -> None:
         """Swap in a loaded model (or drop the old one when the configured file is unusable)."""
@@ -81,6 +99,9 @@ class Infer:
             info = self.model.info
             for p in self.model.providers:
                 metrics.MODEL_INFO.labels(self.name, info.name, info.sha256, p).set(1)
+            for reason in self.model.fallbacks:  # auto fell back from a GPU provider: runs, but slower
+                alarms.raise_alarm("model_provider_fallback", f"{self.name}: {reason}; running on "
+                                   f"{self.model.providers[0]}", "warning")
             if self.health.loaded():
                 alarms.raise_alarm("model_recovered", f"{self.name}: model {info.name} ({info.sha256[:12]}) "
                                    "loaded and healthy; rules-only mode ended", "info")
@@ -120,76 +141,134 @@ class Infer:
         out.setsockopt(zmq.LINGER, 2000)
         out.connect(self.endpoints.record)
         alarms = AlarmSender(ctx, self.endpoints, self.name)
-        self.watch = ModelFileWatch(self.cfg.model, self.cfg.failsafe.model_health)
+        self.frames = FrameReader(ctx, self.endpoints)  # pixels inline or in a camera's shared-memory ring
+        self._pin(alarms)  # before the model loads, so ONNX Runtime's threads inherit the core
+        session = SessionSettings.for_line(self.cfg)
+        self.watch = ModelFileWatch(self.cfg.model, self.cfg.failsafe.model_health, session)
         try:
-            first: Model | ModelError = load_model(self.cfg.model)
+            first: Model | ModelError = load_model(self.cfg.model, session)
         except ModelError as exc:
             first = exc
         self._use_model(first, alarms)
         try:
             while not self.stop.is_set():
                 self._follow_model_file(alarms)
+                t_ready = now_ns()  # free to take frames: one sent before this waited for the worker, not the wire
                 if not pull.poll(100):
                     continue
-                batch: list[list[Any]] = []
-                while len(batch) < self.cfg.infer.max_batch:
-                    try:
-                        batch.append(pull.recv_multipart(flags=zmq.NOBLOCK, copy=False))
-                    except zmq.Again:
-                        break
-                for parts, pixels in self.process(batch, alarms):
+                for parts, pixels in self.process(self._collect(pull), alarms, t_ready):
                     try:
                         out.send_multipart(parts + pixels, copy=False)
                     except zmq.Again:
                         log.error("record not accepting verdicts; the deadline watch will fail these parts")
+                self.frames.flush()  # the batch's ring slots go back to acquire
         finally:
+            self.frames.close()
             alarms.close()
             pull.close()
             out.close()
             ctx.term()
 
-    def process(self, batch: list[list[Any]], alarms: AlarmSender) -> list[tuple[list[Any], list[Any]]]:
-        """Decide every frame in a batch; return the messages for record."""
-        t_recv = now_ns()
+    def _pin(self, alarms: AlarmSender) -> None:
+        """Pin this worker to its core (`infer.cpus`); a core that cannot be used alarms and runs unpinned."""
+        cpus = self.cfg.infer.cpus
+        if not cpus:
+            return
+        cpu = cpus[self.index % len(cpus)]
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError as exc:
+            alarms.raise_alarm("cpu_pinning", f"{self.name}: cannot pin to CPU {cpu} ({exc.strerror}); "
+                               f"running unpinned (this machine has CPUs {sorted(os.sched_getaffinity(0))})")
+            return
+        log.info("%s pinned to CPU %d", self.name, cpu)
+
+    def _collect(self, pull: zmq.Socket[Any]) -> list[tuple[Any, int]]:
+        """Every frame already queued (up to max_batch), then more while the batch policy says to wait."""
+        batch: list[tuple[Any, int]] = []
+        limit = self.batching.max_batch
+        while len(batch) < limit:
+            try:
+                batch.append((pull.recv_multipart(flags=zmq.NOBLOCK, copy=False), now_ns()))
+                continue
+            except zmq.Again:
+                pass
+            if not batch:
+                break
+            wait = self.batching.wait_ms(len(batch), (now_ns() - batch[0][1]) / 1e6)
+            if wait <= 0 or not pull.poll(math.ceil(wait)):
+                break
+        return batch
+
+    def process(self, batch: list[tuple[Any, int]], alarms: AlarmSender,
+                t_ready: int = 0) -> list[tuple[list[Any], list[Any]]]:
+        """Decide every frame of a batch of (message, time received); return the messages for record.
+
+        `t_ready`: when the worker got free to receive them (the time a frame sent earlier spent waiting
+        for the worker counts as queue, not transport)."""
+        t_batch = now_ns()
         jobs: list[_Job] = []
         results: list[tuple[list[Any], list[Any]]] = []
-        for msg in batch:
+        for msg, t_received in batch:
             try:
-                header, pixels = decode_frame(msg)
+                header, pixels = self.frames.decode(msg)
             except MessageError as exc:
                 results.extend(self._reject(msg, exc, alarms))
                 continue
-            job = _Job(header, msg[0], pixels, t_recv)
-            t_rules = time.perf_counter()
+            self.batching.arrived(header.t_sent_ns)
+            job = _Job(header, msg[0], pixels, t_received, min(max(header.t_sent_ns, t_ready), t_received))
             job.decision, job.view = self.failsafe.check_frame(header, pixels)
-            job.rules_ms = (time.perf_counter() - t_rules) * 1e3
             jobs.append(job)
-        t_pre = time.perf_counter()
         ready = [j for j in jobs if j.decision is None]
-        infer_ms = 0.0
+        t_model = t_done = 0
         if ready and self.model is not None:
-            infer_ms = self._run_model(ready, alarms)
+            t_model, t_done = self._run_model(ready, alarms)
+        if not t_done:
+            t_model = t_done = now_ns()
         for j in ready:
             if j.decision is None and (j.probs is None or self.health.rules_only):
                 j.decision = self.failsafe.model_down(f"rules-only mode: {self.health.fault}", j.view)
-        pre_ms = (time.perf_counter() - t_pre) * 1e3 - infer_ms
         for j in jobs:
-            results.append(self._verdict(j, pre_ms, infer_ms))
+            results.append(self._verdict(j, t_batch, t_model, t_done))
         return results
 
-    def _run_model(self, ready: list[_Job], alarms: AlarmSender) -> float:
-        """Run the model on a batch; a fault gives these parts the safe verdict. Returns its time in ms."""
+    def _fill(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        """The frames copied into reused batch buffers, one batch per frame shape (no per-batch allocation)."""
+        groups: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = {}
+        for px in frames:
+            groups.setdefault((px.shape, px.dtype.str), []).append(px)
+        batches = []
+        for key, group in groups.items():
+            buf = self._buffers.get(key)
+            if buf is None:
+                if len(self._buffers) >= 8:  # frame sizes keep changing: keep memory bounded
+                    self._buffers.clear()
+                buf = self._buffers[key] = np.empty((self.batching.max_batch, *key[0]), group[0].dtype)
+            for i, px in enumerate(group):
+                buf[i] = px
+            batches.append(buf[: len(group)])
+        return batches
+
+    def _run_model(self, ready: list[_Job], alarms: AlarmSender) -> tuple[int, int]:
+        """Run the model on a batch; a fault gives these parts the safe verdict. Returns its start and end (ns)."""
         assert self.model is not None
-        t_inf = time.perf_counter()
+        frames = [j.pixels for j in ready]
+        batches = self._fill(frames)
+        if len(batches) > 1:  # mixed frame shapes: keep the results in the jobs' order
+            ready = sorted(ready, key=lambda j: next(i for i, b in enumerate(batches)
+                                                     if b.shape[1:] == j.pixels.shape))
+        t_model = now_ns()
         try:
-            probs = self.model.run(np.stack([j.pixels for j in ready]))
+            probs = np.concatenate([self.model.run(b) for b in batches]) if len(batches) > 1 \
+                else self.model.run(batches[0])
         except ModelError as exc:
             rule = "model_output" if isinstance(exc, ModelOutputError) else "model_error"
             self._fault(rule, str(exc), alarms)
             for j in ready:
                 j.decision = self.failsafe.model_down(str(exc), j.view, f"rule:{rule}")
-            return (time.perf_counter() - t_inf) * 1e3
-        infer_ms = (time.perf_counter() - t_inf) * 1e3
+            return t_model, now_ns()
+        t_done = now_ns()
+        infer_ms = (t_done - t_model) / 1e6
         metrics.INFERENCE_SECONDS.observe(infer_ms / 1e3)
         budget = self.cfg.failsafe.model_health.latency_budget_ms
         if infer_ms > budget:
@@ -197,16 +276,17 @@ class Infer:
             self._fault("model_latency", reason, alarms)
             for j in ready:
                 j.decision = self.failsafe.model_down(reason, j.view, "rule:model_latency")
-            return infer_ms
+            return t_model, t_done
+        self.batching.ran(len(ready), infer_ms)
         if self.health.ran_clean():
             alarms.raise_alarm("model_recovered", f"{self.name}: model healthy again; rules-only mode ended", "info")
             self._publish_health()
-        for j, p in zip(ready, probs, strict=True):
-            j.probs = p
-        return infer_ms
+        maps = self.model.heatmaps
+        for i, (j, p) in enumerate(zip(ready, probs, strict=True)):
+            j.probs, j.heatmap = p, None if maps is None else maps[i]
+        return t_model, t_done
 
-    def _verdict(self, j: _Job, pre_ms: float, infer_ms: float) -> tuple[list[Any], list[Any]]:
-        t0 = time.perf_counter()
+    def _verdict(self, j: _Job, t_batch: int, t_model: int, t_done: int) -> tuple[list[Any], list[Any]]:
         info = self.model.info if self.model else None
         label = score = probs = None
         if j.probs is not None and info is not None:
@@ -218,6 +298,8 @@ class Infer:
         decision = j.decision
         assert decision is not None
         h = j.header
+        t_decided = now_ns()
+        timings = _stage_timings(h, j.t_pickup_ns, j.t_received_ns, t_batch, t_model, t_done, t_decided)
         metrics.FRAMES_INSPECTED.labels(h.camera).inc()
         if decision.decided_by.startswith("rule:"):
             metrics.FAILSAFE_OVERRIDES.labels(decision.decided_by.removeprefix("rule:"), decision.final).inc()
@@ -226,15 +308,18 @@ class Infer:
             decided_by=decision.decided_by, reasons=list(decision.reasons), recipe=self.cfg.recipe,
             model_hash=info.sha256 if info else None, model_name=info.name if info else None,
             ruleset_hash=self.failsafe.ruleset_hash, label=label, score=score, probs=probs,
-            t_capture_ns=h.t_capture_ns, t_sent_ns=h.t_sent_ns, t_received_ns=j.t_received_ns, t_decided_ns=now_ns(),
-            timings_ms={"queue": round((j.t_received_ns - h.t_sent_ns) / 1e6, 4), "preprocess": round(pre_ms, 4),
-                        "inference": round(infer_ms, 4),
-                        "failsafe": round(j.rules_ms + (time.perf_counter() - t0) * 1e3, 4)},
-            worker=self.name, truth=h.truth,
+            t_capture_ns=h.t_capture_ns, t_sent_ns=h.t_sent_ns, t_received_ns=j.t_received_ns,
+            t_decided_ns=t_decided, timings_ms=timings, worker=self.name, truth=h.truth,
         )
         pixels: list[Any] = []
         if self._wants_image(verdict):
-            pixels = [j.raw_header, j.pixels.data.cast("B")]  # pixels: a view of the received buffer
+            pixels = [j.raw_header, self.frames.image(h, j.pixels)]  # taken before the ring slot goes back
+            if j.heatmap is not None:  # kept beside the image: a small grey PNG at the map's resolution
+                pixels.append(cv2.imencode(".png", (j.heatmap * 255).astype(np.uint8))[1].tobytes())
+        overwritten = self.frames.finish(h)
+        if overwritten is not None:  # the slot was reclaimed mid-inspection: no verdict on mixed pixels
+            verdict, pixels = Verdict.not_inspected(h, self.cfg.recipe, overwritten), []
+            verdict.worker = self.name
         return [KIND_VERDICT, verdict.to_bytes()], pixels
 
     def _wants_image(self, v: Verdict) -> bool:
@@ -264,3 +349,21 @@ class Infer:
             self._last_reject_alarm = time.monotonic()
             alarms.raise_alarm("malformed_message", f"{self.name} rejected an untraceable frame message: {reason}")
         return []
+
+
+_STAGES = ("acquire", "transport", "queue", "preprocess", "inference", "failsafe")
+_STAGE_METRICS = [metrics.STAGE_SECONDS.labels(stage) for stage in _STAGES]  # resolved once, not per frame
+
+
+def _stage_timings(h: FrameHeader, t_pickup: int, t_received: int, t_batch: int, t_model: int, t_done: int,
+                   t_decided: int) -> dict[str, float]:
+    """Per-stage ms of one frame (see the module docstring); also observed in the stage histogram."""
+    spans = (h.t_sent_ns - (h.t_capture_ns or h.t_sent_ns), t_received - t_pickup,
+             (t_pickup - h.t_sent_ns) + (t_batch - t_received), t_model - t_batch, t_done - t_model,
+             t_decided - t_done)
+    timings = {}
+    for i, stage in enumerate(_STAGES):
+        ns = spans[i]
+        timings[stage] = round(ns / 1e6, 4)
+        _STAGE_METRICS[i].observe(ns / 1e9)
+    return timings

@@ -7,14 +7,17 @@ raises MessageError naming the field, never a KeyError deep inside a process.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import orjson
 
-FRAME_VERSION = 1
+FRAME_VERSION = 2  # 2: a frame may travel as `[header]` with its pixels in a shared-memory slot
+FRAME_VERSIONS = (1, 2)  # accepted on receipt; version 1 headers carry no slot
 DTYPES = {"uint8": np.uint8, "uint16": np.uint16}
 FINALS = ("PASS", "FAIL", "REVIEW")
 Final = Literal["PASS", "FAIL", "REVIEW"]
@@ -24,6 +27,9 @@ KIND_ANNOUNCE = b"announce"
 KIND_VERDICT = b"verdict"
 KIND_ALARM = b"alarm"
 KIND_ACTION = b"action"  # an operator's action (api -> record, the single writer)
+# record's events (PUB): `alarm` and `action` carry one JSON object; `verdicts` one group commit's rows
+# (see `encode_verdict_group`): one message per group, not per row, keeps record's publishing cheap.
+KIND_VERDICTS = b"verdicts"
 
 
 class MessageError(ValueError):
@@ -38,6 +44,10 @@ class Endpoints:
 
     def frames(self, camera: str) -> str:
         return f"ipc://{self.run_dir / f'frames-{camera}.sock'}"
+
+    def releases(self, camera: str) -> str:
+        """PULL socket acquire binds; workers PUSH back the shared-memory slots they are done with."""
+        return f"ipc://{self.run_dir / f'releases-{camera}.sock'}"
 
     def control(self, camera: str) -> str:
         """REP socket acquire binds for commands to its camera (software trigger from api, PLC, tools)."""
@@ -67,7 +77,7 @@ def _get(d: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str)
 
 def _load_json(raw: bytes, what: str) -> dict[str, Any]:
     try:
-        data = json.loads(raw)
+        data = orjson.loads(raw)  # orjson.JSONDecodeError is a json.JSONDecodeError
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MessageError(f"{what}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
@@ -77,7 +87,12 @@ def _load_json(raw: bytes, what: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class FrameHeader:
-    """Header of a frame message `[header, pixels]` (acquire -> infer) and of an announcement."""
+    """Header of a frame message (acquire -> infer) and of an announcement.
+
+    Inline frames travel as `[header, pixels]`. Shared-memory frames travel as `[header]` alone: the
+    pixels lie in slot `slot` of the camera's frame ring (`frame_ring.py`), valid while the slot's
+    generation stamp still equals `gen`.
+    """
 
     camera: str
     stream: str  # acquisition run id: (camera, stream, seq) is unique across restarts
@@ -94,6 +109,8 @@ class FrameHeader:
     v: int = FRAME_VERSION
     device_frame_id: int | None = None  # the camera's own frame counter (GenTL frame id), when it has one
     device_timestamp_ns: int | None = None  # the camera's clock at exposure, when it reports one
+    slot: int | None = None  # frame ring slot holding the pixels (None: pixels travel inline)
+    gen: int | None = None  # the slot's generation when these pixels were written
 
     @property
     def nbytes(self) -> int:
@@ -104,14 +121,14 @@ class FrameHeader:
         return (self.height, self.width) if self.channels == 1 else (self.height, self.width, self.channels)
 
     def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        return json.dumps(vars(self), separators=(",", ":")).encode()  # not asdict: no deep copy per frame
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> FrameHeader:
         d = _load_json(raw, "frame header")
         v = _get(d, "v", int, "frame header")
-        if v != FRAME_VERSION:
-            raise MessageError(f"frame header: unsupported version {v} (expected {FRAME_VERSION})")
+        if v not in FRAME_VERSIONS:
+            raise MessageError(f"frame header: unsupported version {v} (expected one of {FRAME_VERSIONS})")
         hdr = cls(
             camera=_get(d, "camera", str, "frame header"),
             stream=_get(d, "stream", str, "frame header"),
@@ -129,6 +146,7 @@ class FrameHeader:
             else None,
             device_timestamp_ns=_get(d, "device_timestamp_ns", int, "frame header")
             if d.get("device_timestamp_ns") is not None else None,
+            slot=_optional_int(d, "slot"), gen=_optional_int(d, "gen"), v=v,
         )
         for name in ("width", "height", "channels"):
             if getattr(hdr, name) <= 0:
@@ -137,7 +155,27 @@ class FrameHeader:
             raise MessageError(f"frame header: field 'seq' must be >= 0, got {hdr.seq}")
         if hdr.dtype not in DTYPES:
             raise MessageError(f"frame header: field 'dtype' must be one of {sorted(DTYPES)}, got {hdr.dtype!r}")
+        _check_slot(hdr)
         return hdr
+
+
+def _optional_int(d: dict[str, Any], name: str) -> int | None:
+    return _get(d, name, int, "frame header") if d.get(name) is not None else None
+
+
+def _check_slot(hdr: FrameHeader) -> None:
+    """Slot and generation come together (version 2 only); the ring checks the slot's range."""
+    if hdr.slot is None and hdr.gen is None:
+        return
+    if hdr.v < 2:
+        raise MessageError(f"frame header: field 'slot' needs version 2, got version {hdr.v}")
+    if hdr.slot is None or hdr.gen is None:
+        missing = "slot" if hdr.slot is None else "gen"
+        raise MessageError(f"frame header: field '{missing}' is missing (slot and gen come together)")
+    if hdr.slot < 0:
+        raise MessageError(f"frame header: field 'slot' must be >= 0, got {hdr.slot}")
+    if hdr.gen < 1:
+        raise MessageError(f"frame header: field 'gen' must be >= 1, got {hdr.gen}")
 
 
 def encode_frame(header: FrameHeader, pixels: np.ndarray) -> list[Any]:
@@ -146,7 +184,8 @@ def encode_frame(header: FrameHeader, pixels: np.ndarray) -> list[Any]:
 
 
 def decode_frame(parts: list[Any]) -> tuple[FrameHeader, np.ndarray]:
-    """Header and a read-only array view over the received pixel buffer."""
+    """Header and a read-only array view over the received pixel buffer (an inline frame; a header's
+    slot fields, if any, are ignored: the pixels part is the frame). Slot frames: `frame_ring.FrameReader`."""
     if len(parts) != 2:
         raise MessageError(f"frame message: expected 2 parts [header, pixels], got {len(parts)}")
     header = FrameHeader.from_bytes(bytes(parts[0]))
@@ -161,6 +200,32 @@ def decode_frame(parts: list[Any]) -> tuple[FrameHeader, np.ndarray]:
     return header, pixels
 
 
+@dataclass(frozen=True)
+class SlotRelease:
+    """Frame ring slots a worker is done with (infer -> acquire), batched: `slots` holds (slot, gen) pairs."""
+
+    camera: str
+    stream: str
+    slots: list[tuple[int, int]]
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(vars(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> SlotRelease:
+        d = _load_json(raw, "slot release")
+        slots = _get(d, "slots", list, "slot release")
+        pairs: list[tuple[int, int]] = []
+        for pair in slots:
+            if (not isinstance(pair, list) or len(pair) != 2
+                    or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in pair)):
+                raise MessageError(f"slot release: field 'slots' must hold [slot, gen] pairs of ints >= 0, "
+                                   f"got {pair!r}")
+            pairs.append((pair[0], pair[1]))
+        return cls(camera=_get(d, "camera", str, "slot release"), stream=_get(d, "stream", str, "slot release"),
+                   slots=pairs)
+
+
 def peek_identity(raw: bytes) -> tuple[str, str, int] | None:
     """(camera, stream, seq) from a header that failed validation, when those fields are readable."""
     try:
@@ -171,6 +236,46 @@ def peek_identity(raw: bytes) -> tuple[str, str, int] | None:
     if isinstance(cam, str) and isinstance(stream, str) and isinstance(seq, int) and not isinstance(seq, bool):
         return cam, stream, seq
     return None
+
+
+_NUMBER = (int, float)
+_NONE = type(None)
+#: Verdict fields and the JSON types each accepts (bool is refused where a number is expected).
+_VERDICT_TYPES: dict[str, type | tuple[type, ...]] = {
+    "camera": str, "stream": str, "seq": int, "part_id": str, "final": str, "decided_by": str,
+    "reasons": list, "recipe": str, "model_hash": (str, _NONE), "model_name": (str, _NONE),
+    "ruleset_hash": (str, _NONE), "label": (str, _NONE), "score": (int, float, _NONE), "probs": (dict, _NONE),
+    "t_capture_ns": int, "t_sent_ns": int, "t_received_ns": int, "t_decided_ns": int, "timings_ms": dict,
+    "worker": str, "truth": (dict, _NONE), "image": (str, _NONE),
+}
+_VERDICT_REQUIRED = ("camera", "stream", "seq", "part_id", "final", "decided_by")
+
+
+#: Field names and types of verdicts that passed `_check_verdict_fields` (in key order): a verdict with the
+#: same signature needs no per-field check (its container contents are still checked every time). The value
+#: says whether the names are all of Verdict's fields in order, so the values can be passed by position
+#: (22 keyword arguments whose names come from a decoder cost 10x more than positions).
+_GOOD_SIGNATURES: dict[tuple[tuple[str, ...], tuple[type, ...]], bool] = {}
+
+
+def _check_verdict_fields(d: dict[str, Any]) -> None:
+    for name, value in d.items():
+        kinds = _VERDICT_TYPES.get(name)
+        if kinds is None:
+            unknown = sorted(set(d) - set(_VERDICT_TYPES))
+            raise MessageError(f"verdict: unknown field(s) {', '.join(unknown)}")
+        if value.__class__ is bool or not isinstance(value, kinds):
+            raise MessageError(f"verdict: field '{name}' has wrong type {type(value).__name__}")
+    for name in _VERDICT_REQUIRED:
+        if name not in d:
+            raise MessageError(f"verdict: missing field '{name}'")
+
+
+def _check_items(values: list[Any] | dict[str, Any] | None, kinds: type | tuple[type, ...], name: str) -> None:
+    """Elements of a list (or values of an object) of a verdict field have the expected type."""
+    for value in (values.values() if isinstance(values, dict) else values or ()):
+        if value.__class__ is bool or not isinstance(value, kinds):
+            raise MessageError(f"verdict: field '{name}' holds a {type(value).__name__} ({value!r:.40})")
 
 
 @dataclass
@@ -205,24 +310,31 @@ class Verdict:
     image: str | None = None  # set by record when the image is kept
 
     def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        return orjson.dumps(self, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Verdict:
+        """Validated against `_VERDICT_TYPES`; record decodes every verdict of the line, so a field layout
+        already seen valid skips the per-field pass (values and container contents are still checked)."""
         d = _load_json(raw, "verdict")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise MessageError(f"verdict: unknown field(s) {', '.join(unknown)}")
-        for name in ("camera", "stream", "part_id", "decided_by"):
-            _get(d, name, str, "verdict")
-        _get(d, "seq", int, "verdict")
-        if d.get("final") not in FINALS:
-            raise MessageError(f"verdict: field 'final' must be one of {FINALS}, got {d.get('final')!r}")
-        try:
-            return cls(**d)
-        except TypeError as exc:
-            raise MessageError(f"verdict: {exc}") from None
+        signature = (tuple(d), tuple(map(type, d.values())))
+        positional = _GOOD_SIGNATURES.get(signature)
+        if positional is None:
+            _check_verdict_fields(d)
+            positional = signature[0] == tuple(_VERDICT_TYPES)
+            if len(_GOOD_SIGNATURES) < 1024:
+                _GOOD_SIGNATURES[signature] = positional
+        if d["final"] not in FINALS:
+            raise MessageError(f"verdict: field 'final' must be one of {FINALS}, got {d['final']!r}")
+        if d["seq"] < 0:
+            raise MessageError(f"verdict: field 'seq' must be >= 0, got {d['seq']}")
+        if d.get("reasons"):
+            _check_items(d["reasons"], str, "reasons")
+        if d.get("timings_ms"):
+            _check_items(d["timings_ms"], _NUMBER, "timings_ms")
+        if d.get("probs"):
+            _check_items(d["probs"], _NUMBER, "probs")
+        return cls(*d.values()) if positional else cls(**{sys.intern(k): v for k, v in d.items()})
 
     @classmethod
     def not_inspected(cls, header: FrameHeader, recipe: str, reason: str) -> Verdict:
@@ -342,3 +454,39 @@ class CameraReply:
         return cls(ok=d["ok"], seq=seq if isinstance(seq, int) else None,
                    part_id=part_id if isinstance(part_id, str) else None,
                    error=error if isinstance(error, str) else None)
+
+
+def encode_verdict_group(columns: tuple[str, ...], rows: list[tuple[Any, ...]], json_columns: tuple[str, ...],
+                         commit_id: int, t_committed_ns: int, event_ms: float) -> bytes:
+    """A `verdicts` event: the rows of one group commit as the store has them, column-wise.
+
+    `json_columns` are JSON texts in the rows (sent as text: record never re-parses them); the event is
+    published once the group is committed, `event_ms` after its commit.
+    """
+    return orjson.dumps({"commit_id": commit_id, "t_committed_ns": t_committed_ns, "event_ms": event_ms,
+                         "columns": columns, "json_columns": json_columns, "rows": rows})
+
+
+def decode_verdict_group(raw: bytes) -> list[dict[str, Any]]:
+    """One dict per verdict of a `verdicts` event, as the REST API shows a row, plus the commit's stage
+    times (`t_committed_ns`, `record_ms`: decided -> committed, `event_ms`: committed -> published).
+
+    A malformed event raises MessageError (a ValueError) naming what is wrong.
+    """
+    group = _load_json(raw, "verdicts event")
+    try:
+        columns, json_columns, rows = group["columns"], group["json_columns"], group["rows"]
+        stages = {"t_committed_ns": int(group["t_committed_ns"]), "event_ms": float(group["event_ms"])}
+        out = []
+        for values in rows:
+            if len(values) != len(columns):
+                raise MessageError(f"verdicts event: a row has {len(values)} values for {len(columns)} columns")
+            row = dict(zip(columns, values, strict=True))
+            for name in json_columns:
+                row[name] = orjson.loads(row[name]) if row[name] else None
+            decided = row.get("t_decided_ns")
+            row.update(stages, record_ms=(stages["t_committed_ns"] - decided) / 1e6 if decided else None)
+            out.append(row)
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise MessageError(f"verdicts event: {type(exc).__name__} {exc}") from None
+    return out

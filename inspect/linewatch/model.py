@@ -7,7 +7,6 @@ all float work happens inside the graph.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -15,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from linewatch.adapters import AdapterError, choose_adapter
+from linewatch.adapters import Adapter, AdapterError, choose_adapter
+from linewatch.runtime import BoundRunner, ProviderError, SessionSettings, open_session, provider_attempts
 
 log = logging.getLogger(__name__)
 
@@ -51,36 +51,19 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _cuda_driver_present() -> bool:
-    try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    return True
-
-
 def choose_providers(request: str) -> list[str]:
-    """Providers to ask ONNX Runtime for; `auto` asks for CUDA only where a CUDA driver loads."""
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if request == "cpu":
-        return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" not in available:
-        if request == "cuda":
-            raise ModelError("providers: cuda requested but this onnxruntime build has no CUDA provider")
-        return ["CPUExecutionProvider"]
-    if request == "auto" and not _cuda_driver_present():
-        return ["CPUExecutionProvider"]
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    """The provider list ONNX Runtime is asked for first (`auto`: only GPU providers whose libraries load)."""
+    try:
+        return provider_attempts(request)[0]
+    except ProviderError as exc:
+        raise ModelError(str(exc)) from None
 
 
 class Model:
     """An ONNX Runtime session plus the contract it was exported with."""
 
-    def __init__(self, path: Path | str, providers: str = "auto", intra_op_threads: int = 1):
-        import onnxruntime as ort
-
+    def __init__(self, path: Path | str, providers: str = "auto", intra_op_threads: int = 1,
+                 settings: SessionSettings | None = None):
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"model {path}: file not found")
@@ -89,19 +72,18 @@ class Model:
         except OSError as exc:
             raise ModelError(f"model {path}: cannot read it ({exc.strerror})") from None
         sha = hashlib.sha256(data).hexdigest()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = intra_op_threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        wanted = choose_providers(providers)
+        self.settings = settings or SessionSettings(providers=providers, intra_op_threads=intra_op_threads)
         try:
-            self.session = ort.InferenceSession(data, sess_options=opts, providers=wanted)
+            opened = open_session(data, self.settings, sha)
+        except ProviderError as exc:
+            raise ModelError(f"model {path}: {exc}") from None
         except Exception as exc:  # onnxruntime raises its own untyped errors: translate at the boundary
             raise ModelError(f"model {path}: ONNX Runtime cannot load it ({str(exc).strip()[:300]})") from None
-        self.providers: list[str] = self.session.get_providers()
-        if providers == "cuda" and "CUDAExecutionProvider" not in self.providers:
-            raise ModelError(f"model {path}: cuda requested but the CUDA libraries did not load")
+        self.session = opened.session
+        self.providers: list[str] = opened.providers  # what really runs, read back from the session
+        self.fallbacks = opened.fallbacks  # GPU providers given up on (auto): worth an alarm
+        for reason in opened.fallbacks:
+            log.error("model %s: %s; running on %s instead", path.name, reason, opened.providers[0])
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
         outputs = self.session.get_outputs()
         if not outputs or outputs[0].type != "tensor(float)":
@@ -117,12 +99,34 @@ class Model:
             metadata=meta, adapter=a.kind,
         )
         self._output_names = [o.name for o in outputs]
-        log.info("model %s (%s, %s) loaded on %s", self.info.name, sha[:12], a.kind, ", ".join(self.providers))
+        self.heatmaps: np.ndarray | None = None  # the last batch's anomaly maps (N, h, w) in [0, 1], if any
+        self._bound = (BoundRunner(opened, self.settings.batch_sizes, self.settings.device_id)
+                       if self.settings.binds(opened.device) else None)
+        self._buffers: dict[int, np.ndarray] = {}  # plain path: one batch buffer per size, reused
+        self._frames_in = type(a).feed is Adapter.feed  # the frames are the graph's input, as they are
+        log.info("model %s (%s, %s) loaded on %s%s", self.info.name, sha[:12], a.kind, ", ".join(self.providers),
+                 " with CUDA graphs" if opened.cuda_graph else "")
+
+    def _batch_shape(self, n: int) -> tuple[int, ...]:
+        i = self.info
+        return (n, i.height, i.width) if i.layout == "NHW" else (n, i.height, i.width, i.channels)
 
     def warm_up(self) -> None:
-        i = self.info
-        self.run(np.zeros((1, i.height, i.width) if i.layout == "NHW" else (1, i.height, i.width, i.channels),
-                          np.uint8))
+        """Run every prepared batch size once (a CUDA graph: until captured), so the first part is not slow."""
+        runs = self._bound.warm_up_runs() if self._bound is not None else 1
+        for n in self.settings.batch_sizes:
+            for _ in range(runs):
+                self.run(np.zeros(self._batch_shape(n), np.uint8))
+
+    def batch_buffer(self, n: int) -> np.ndarray:
+        """A uint8 array for a batch of `n` frames to be filled in place and passed to `run`: with IOBinding
+        it is the model's own input buffer (reused for every batch of that size; no copy when run)."""
+        if self._bound is not None and self._frames_in:
+            return self._bound.host_buffer(self.adapter.input_name, self._batch_shape(n), np.dtype(np.uint8))
+        buf = self._buffers.get(n)
+        if buf is None:
+            buf = self._buffers[n] = np.empty(self._batch_shape(n), np.uint8)
+        return buf
 
     @property
     def frame_shape(self) -> tuple[int, ...] | None:
@@ -135,8 +139,11 @@ class Model:
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities (N, labels), good class first, for a uint8 batch of frames."""
         try:
-            raw = self.session.run(None, self.adapter.feed(batch))
-            probs = self.adapter.probabilities(dict(zip(self._output_names, raw, strict=True)))
+            feed = self.adapter.feed(batch)
+            raw = self._bound.run(feed) if self._bound is not None else self.session.run(None, feed)
+            outputs = dict(zip(self._output_names, raw, strict=True))
+            probs = self.adapter.probabilities(outputs)
+            maps = self.adapter.heatmaps(outputs)
         except Exception as exc:  # onnxruntime's errors are untyped
             raise ModelError(f"model {self.info.name}: inference failed ({str(exc).strip()[:300]})") from None
         probs = np.asarray(probs)
@@ -145,4 +152,7 @@ class Model:
             raise ModelOutputError(f"model {self.info.name}: output shape {probs.shape}, expected {expected}")
         if not np.all(np.isfinite(probs)):
             raise ModelOutputError(f"model {self.info.name}: output contains NaN or inf")
+        if maps is not None and (len(maps) != batch.shape[0] or not np.all(np.isfinite(maps))):
+            raise ModelOutputError(f"model {self.info.name}: anomaly map has shape {maps.shape} or NaN/inf values")
+        self.heatmaps = maps
         return probs

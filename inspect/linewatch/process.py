@@ -27,6 +27,7 @@ ROLES = {
     "infer": "linewatch.infer:Infer",
     "acquire": "linewatch.acquire:Acquire",
     "api": "linewatch.api:Api",
+    "plc": "linewatch.plc:Plc",
 }
 
 

@@ -13,13 +13,15 @@ import uuid
 from pathlib import Path
 from typing import Any, Literal
 
+import cv2
 import zmq
 from fastapi import APIRouter, HTTPException, Query
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
 from linewatch.config import LineConfig
+from linewatch.images import load_overlay
 from linewatch.lots import shift_at
 from linewatch.messages import KIND_ACTION, Endpoints, OperatorAction, now_ns
 from linewatch.report import Query as ReportQuery
@@ -121,6 +123,19 @@ def qa_router(cfg: LineConfig) -> APIRouter:
                   "note": decision.note}
         action = OperatorAction("review", decision.reviewer, uuid.uuid4().hex, detail)
         return {"inspection_id": inspection_id, "decision": decision.decision, "audit_id": _confirm(action)}
+
+    @router.get("/inspections/{inspection_id}/heatmap.png")
+    def heatmap(inspection_id: int) -> Response:
+        """The part's kept image with the model's anomaly map blended over it (models with an anomaly map)."""
+        rows = read_rows(cfg.data_dir, "SELECT image, image_pruned_ns FROM inspections WHERE id = ?", (inspection_id,))
+        if not rows:
+            raise HTTPException(404, f"no inspection {inspection_id}")
+        image, pruned = rows[0]
+        overlay = load_overlay(cfg.data_dir, image) if image and not pruned else None
+        if overlay is None:
+            raise HTTPException(404, f"inspection {inspection_id} has no kept image with a heatmap")
+        _, png = cv2.imencode(".png", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+        return Response(png.tobytes(), media_type="image/png")
 
     @router.post("/alarms/{alarm_id}/ack")
     def acknowledge(alarm_id: int, ack: Acknowledge) -> dict[str, Any]:

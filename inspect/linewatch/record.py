@@ -6,11 +6,14 @@ verdict arrives within the deadline. Rows are committed in small groups, then pu
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
+import math
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
+from operator import itemgetter
 from typing import Any
 
 import zmq
@@ -24,6 +27,7 @@ from linewatch.messages import (
     KIND_ALARM,
     KIND_ANNOUNCE,
     KIND_VERDICT,
+    KIND_VERDICTS,
     Alarm,
     Endpoints,
     FrameHeader,
@@ -31,22 +35,28 @@ from linewatch.messages import (
     OperatorAction,
     Verdict,
     decode_frame,
+    encode_verdict_group,
     now_ns,
 )
 from linewatch.process import mark_ready
 from linewatch.retention import DiskLow, Retention
 from linewatch.store import (
+    JSON_COLUMNS,
+    ROW_COLUMNS,
     ActionError,
+    CommitRow,
     apply_action,
     clear_alarms,
+    committed_values,
     current_lot,
     insert_alarm,
-    insert_verdicts,
+    insert_commit,
+    insert_rows,
     mark_pruned,
+    next_commit_id,
     open_writer,
     register_model,
-    row_event,
-    verdict_row,
+    verdict_values,
 )
 from linewatch.streaks import StreakWatch
 
@@ -54,6 +64,12 @@ log = logging.getLogger("record")
 _RECENT_KEYS = 200_000
 
 Key = tuple[str, str, int]
+_COL = {name: i for i, name in enumerate(ROW_COLUMNS)}
+_DECIDED = itemgetter(_COL["t_decided_ns"])
+_COUNTED = itemgetter(_COL["camera"], _COL["final"], _COL["decided_by"])
+_FINAL = itemgetter(_COL["camera"], _COL["final"])
+_LATENCY = itemgetter(_COL["camera"], _COL["latency_ms"])
+_MODEL = itemgetter(_COL["model_hash"], _COL["model_name"])
 
 
 class Record:
@@ -61,10 +77,14 @@ class Record:
         self.cfg, self.stop = cfg, stop
         self.endpoints = Endpoints(cfg.run_dir)
         self.pending: dict[Key, tuple[FrameHeader, int]] = {}  # announced, not yet decided: (header, deadline_ns)
+        self.deadlines: list[tuple[int, Key]] = []  # heap over pending; entries of decided keys are skipped
         self.last_seq: dict[tuple[str, str], int] = {}  # highest seq seen per (camera, stream)
-        self.recorded: dict[Key, None] = {}  # recently recorded keys, oldest first
-        self.buffer: list[dict[str, Any]] = []
+        self.recorded: set[Key] = set()  # recently recorded keys (late verdicts and re-announcements)
+        self.recorded_order: deque[Key] = deque()  # the same keys, oldest first, to forget the oldest
+        self.buffer: list[tuple[Any, ...]] = []  # `verdict_values` of the group being gathered
         self.buffer_since = 0.0
+        self.unwritten_commit: CommitRow | None = None  # the last group's commit row, written with the next group
+        self.published_at = 0.0
         self._last_live: dict[str, float] = {}
         self._image_alarm_at = -1e9
         self.models_seen: set[str] = set()
@@ -75,6 +95,9 @@ class Record:
         self.last_seq = {(c, s): int(m) for c, s, m in self.db.execute(
             "SELECT camera, stream, max(seq) FROM inspections GROUP BY camera, stream").fetchall()}
         self.lot = current_lot(self.db)
+        self.commit_id = next_commit_id(self.db)
+        self.stage_record = metrics.STAGE_SECONDS.labels("record")
+        self.stage_event = metrics.STAGE_SECONDS.labels("event")
         self.shifts = ShiftClock(self.cfg.shifts)
         rc = self.cfg.record
         self.images = ImageWriter(self.cfg.data_dir, rc.jpeg_quality, rc.image_queue)
@@ -96,6 +119,7 @@ class Record:
             self._drain_on_stop(inbound)
         finally:
             self._flush()
+            self._write_commit()
             self.images.close()
             inbound.close()
             self.events.close()
@@ -106,26 +130,38 @@ class Record:
         if not self.buffer:
             return 50
         left = self.cfg.record.commit_ms / 1e3 - (time.monotonic() - self.buffer_since)
-        return max(0, min(50, int(left * 1e3)))
+        return max(0, min(50, math.ceil(left * 1e3)))  # rounding down would spin on poll(0) until due
 
     def _pump(self, sock: zmq.Socket[Any], timeout_ms: int) -> bool:
         """Handle what arrives within timeout_ms; check deadlines; commit when due. True if anything came."""
-        got = False
+        got = drained = False
+        rc = self.cfg.record
         if sock.poll(timeout_ms):
-            for _ in range(1000):
+            for _ in range(1000):  # drain what is waiting, up to one group
                 try:
                     parts = sock.recv_multipart(flags=zmq.NOBLOCK)
                 except zmq.Again:
+                    drained = True
                     break
                 got = True
                 self._handle(parts)
+                if len(self.buffer) >= rc.commit_rows:
+                    break
         self._check_deadlines()
         self._apply_retention()
-        rc = self.cfg.record
-        if self.buffer and (len(self.buffer) >= rc.commit_rows
+        # A group is what has arrived: nothing waiting means commit now (a lone verdict does not wait for
+        # company); under load groups grow by themselves, up to commit_rows or commit_ms.
+        if self.buffer and ((drained and rc.commit_when_drained) or len(self.buffer) >= rc.commit_rows
                             or time.monotonic() - self.buffer_since >= rc.commit_ms / 1e3):
             self._flush()
+        elif not self.buffer and time.monotonic() - self.published_at >= rc.commit_ms / 1e3:
+            self._write_commit()  # no next group came: the commit row goes on its own
         return got
+
+    def _write_commit(self) -> None:
+        if self.unwritten_commit is not None:
+            insert_commit(self.db, self.unwritten_commit)
+            self.unwritten_commit = None
 
     def _drain_on_stop(self, sock: zmq.Socket[Any]) -> None:
         """Take what is still in flight, then fail what will never be decided."""
@@ -140,10 +176,10 @@ class Record:
     def _handle(self, parts: list[bytes]) -> None:
         kind = parts[0] if parts else b""
         try:
-            if kind == KIND_ANNOUNCE and len(parts) == 2:
-                self._on_announce(FrameHeader.from_bytes(parts[1]))
-            elif kind == KIND_VERDICT and len(parts) in (2, 4):
+            if kind == KIND_VERDICT and len(parts) in (2, 4, 5):
                 self._on_verdict(Verdict.from_bytes(parts[1]), parts[2:])
+            elif kind == KIND_ANNOUNCE and len(parts) == 2:
+                self._on_announce(FrameHeader.from_bytes(parts[1]))
             elif kind == KIND_ALARM and len(parts) == 2:
                 self._on_alarm(Alarm.from_bytes(parts[1]))
             elif kind == KIND_ACTION and len(parts) == 2:
@@ -158,7 +194,11 @@ class Record:
         key = (h.camera, h.stream, h.seq)
         self._track_gaps(*key)
         if key not in self.recorded:
-            self.pending[key] = (h, h.t_capture_ns + int(self.cfg.record.deadline_ms * 1e6))
+            self._watch(key, h, h.t_capture_ns + int(self.cfg.record.deadline_ms * 1e6))
+
+    def _watch(self, key: Key, h: FrameHeader, deadline_ns: int) -> None:
+        self.pending[key] = (h, deadline_ns)
+        heapq.heappush(self.deadlines, (deadline_ns, key))
 
     def _track_gaps(self, camera: str, stream: str, seq: int) -> None:
         """Sequence numbers skipped in a stream become pending too, so a frame whose messages were lost
@@ -167,12 +207,14 @@ class Record:
         if seq <= last:
             return
         self.last_seq[(camera, stream)] = seq
+        if seq == last + 1:
+            return
         deadline = now_ns() + int(self.cfg.record.deadline_ms * 1e6)
         for missing in range(last + 1, seq):
             key = (camera, stream, missing)
             if key not in self.recorded and key not in self.pending:
                 h = FrameHeader(camera, stream, missing, f"{camera}-{stream}-{missing}", 0, 0, 1, 1, 1, "uint8", "")
-                self.pending[key] = (h, deadline)
+                self._watch(key, h, deadline)
 
     def _on_verdict(self, v: Verdict, image_parts: list[bytes]) -> None:
         key = (v.camera, v.stream, v.seq)
@@ -187,15 +229,20 @@ class Record:
         self._buffer(v)
 
     def _keep_image(self, v: Verdict, image_parts: list[bytes]) -> None:
+        """[header, pixels] and, from a model with an anomaly map, its PNG (kept as `<image>.heat.png`)."""
         try:
-            _, pixels = decode_frame(image_parts)
+            _, pixels = decode_frame(image_parts[:2])
         except MessageError as exc:
             log.error("verdict image for %s seq %d unreadable: %s", v.camera, v.seq, exc)
             return
+        heatmap = bytes(image_parts[2]) if len(image_parts) == 3 else None
+        if heatmap is not None and not heatmap.startswith(b"\x89PNG\r\n\x1a\n"):
+            log.error("heatmap for %s seq %d is not a PNG; image kept without it", v.camera, v.seq)
+            heatmap = None
         rc = self.cfg.record
         if v.final != "PASS" or (rc.pass_sample_every and v.seq % rc.pass_sample_every == 0):
             relpath = image_relpath(v.camera, v.stream, v.seq, v.final, rc.image_format)
-            if self.images.submit(relpath, v.camera, pixels):
+            if self.images.submit(relpath, v.camera, pixels, heatmap):
                 v.image = relpath
             else:  # the writer is behind: the row is kept without its image
                 metrics.IMAGES_DROPPED.labels(v.camera, v.final).inc()
@@ -242,10 +289,14 @@ class Record:
         self.events.send_multipart([b"alarm", json.dumps({"id": alarm_id, **alarm.__dict__}).encode()])
 
     def _check_deadlines(self) -> None:
-        now = now_ns()
-        for key, (h, deadline) in list(self.pending.items()):
-            if deadline > now:
-                break  # pending is in arrival order, so later ones are due later
+        """Fail what is due; the cost is the number of due entries, not the number pending."""
+        now, heap = now_ns(), self.deadlines
+        while heap and heap[0][0] <= now:
+            deadline, key = heapq.heappop(heap)
+            entry = self.pending.get(key)
+            if entry is None or entry[1] != deadline:
+                continue  # decided meanwhile (or watched again with another deadline)
+            h = entry[0]
             if h.t_capture_ns:
                 self._fail_pending(key, "timeout", f"no verdict within {self.cfg.record.deadline_ms:.0f} ms of capture")
             else:
@@ -259,32 +310,50 @@ class Record:
 
     def _buffer(self, v: Verdict) -> None:
         key = (v.camera, v.stream, v.seq)
-        self.recorded[key] = None
-        if len(self.recorded) > _RECENT_KEYS:
-            del self.recorded[next(iter(self.recorded))]
+        self.recorded.add(key)
+        self.recorded_order.append(key)
+        if len(self.recorded_order) > _RECENT_KEYS:
+            self.recorded.discard(self.recorded_order.popleft())
         if not self.buffer:
             self.buffer_since = time.monotonic()
-        self.buffer.append(verdict_row(v, 0, self.lot, self.shifts.at(v.t_capture_ns or now_ns())))
+        self.buffer.append(verdict_values(v, self.lot, self.shifts.at(v.t_capture_ns or now_ns())))
 
     def _flush(self) -> None:
+        """Commit the buffered rows as one group, then publish them as one `verdicts` event.
+
+        `record` (verdict decided -> group committed) and `event` (committed -> the group's event handed to
+        the socket) are known only after the INSERT, so they go to the event, the stage histograms and the
+        group's `commits` row, which each row points to by `commit_id`. That row is written in the next
+        group's transaction (or alone after commit_ms without one): no second commit per group.
+        """
         if not self.buffer:
             return
-        rows, self.buffer = self.buffer, []
         t = now_ns()
-        for r in rows:
-            r["t_recorded_ns"] = t
-            r["latency_ms"] = (t - r["t_capture_ns"]) / 1e6 if r["t_capture_ns"] else None
-        for r in rows:
-            if r["model_hash"] and r["model_hash"] not in self.models_seen:
-                self.models_seen.add(r["model_hash"])
-                register_model(self.db, r["model_hash"], r["model_name"] or "", str(self.cfg.model.path))
-        insert_verdicts(self.db, rows)
-        for (camera, final, decided_by), n in Counter((r["camera"], r["final"], r["decided_by"]) for r in rows).items():
+        commit_id, self.commit_id = self.commit_id, self.commit_id + 1
+        rows = [committed_values(r, t, commit_id) for r in self.buffer]
+        self.buffer = []
+        for model_hash, model_name in set(map(_MODEL, rows)):
+            if model_hash and model_hash not in self.models_seen:
+                self.models_seen.add(model_hash)
+                register_model(self.db, model_hash, model_name or "", str(self.cfg.model.path))
+        insert_rows(self.db, rows, self.unwritten_commit)
+        self.unwritten_commit = None
+        t_committed = now_ns()
+        event = encode_verdict_group(ROW_COLUMNS, rows, JSON_COLUMNS, commit_id, t_committed,
+                                     (now_ns() - t_committed) / 1e6)
+        self.events.send_multipart((KIND_VERDICTS, event), copy=False)  # ~100 kB: handed over, not copied
+        t_published = now_ns()
+        self.unwritten_commit, self.published_at = (commit_id, t_committed, t_published, len(rows)), time.monotonic()
+        metrics.observe_many(self.stage_record, [(t_committed - d) / 1e9 for d in map(_DECIDED, rows) if d])
+        metrics.observe_many(self.stage_event, [(t_published - t_committed) / 1e9] * len(rows))
+        for (camera, final, decided_by), n in Counter(map(_COUNTED, rows)).items():
             metrics.VERDICTS.labels(camera, final, decided_by).inc(n)
-        for r in rows:
-            if r["latency_ms"] is not None:
-                metrics.END_TO_END_SECONDS.labels(r["camera"]).observe(r["latency_ms"] / 1e3)
-            self.events.send_multipart([b"verdict", row_event(r)])
-        for alarm in self.streaks.observe(rows):
+        by_camera: dict[str, list[float]] = {}
+        for camera, latency_ms in map(_LATENCY, rows):
+            if latency_ms is not None:
+                by_camera.setdefault(camera, []).append(latency_ms / 1e3)
+        for camera, latencies in by_camera.items():
+            metrics.observe_many(metrics.END_TO_END_SECONDS.labels(camera), latencies)
+        for alarm in self.streaks.observe_finals(map(_FINAL, rows)):
             metrics.ALARMS.labels(alarm.kind).inc()
             self._on_alarm(alarm)

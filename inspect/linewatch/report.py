@@ -28,6 +28,7 @@ EXPORT_COLUMNS = (
     "queue_ms", "preprocess_ms", "inference_ms", "failsafe_ms", "latency_ms", "worker",
     "image", "image_pruned_ns", "truth_label", "truth",
     "review_decision", "review_label", "reviewed_by", "reviewed_ns",
+    "acquire_ms", "transport_ms", "commit_id", "t_committed_ns", "record_ms", "event_ms",
 )
 JSON_COLUMNS = ("reasons", "probs", "truth")
 
@@ -83,8 +84,13 @@ def _open(data_dir: Path, q: Query) -> sqlite3.Connection:
 
 def iter_rows(conn: sqlite3.Connection, q: Query) -> Iterator[dict[str, Any]]:
     """The window's inspections in capture order as export rows, streamed (a shift can be 500k rows)."""
+    commits = ("c.t_committed_ns AS t_committed_ns, CASE WHEN i.t_decided_ns > 0 THEN "
+               "(c.t_committed_ns - i.t_decided_ns) / 1e6 END AS record_ms, "
+               "(c.t_published_ns - c.t_committed_ns) / 1e6 AS event_ms FROM inspections i "
+               "LEFT JOIN commits c ON c.id = i.commit_id" if _has_commits(conn) else "NULL AS t_committed_ns, "
+               "NULL AS record_ms, NULL AS event_ms FROM inspections i")
     sql = ("SELECT i.*, r.decision AS review_decision, r.label AS review_label, r.reviewer AS reviewed_by, "
-           "r.t_ns AS reviewed_ns FROM inspections i LEFT JOIN review_decisions r ON r.id = "
+           f"r.t_ns AS reviewed_ns, {commits} LEFT JOIN review_decisions r ON r.id = "
            "(SELECT max(id) FROM review_decisions WHERE inspection_id = i.id) "
            "WHERE i.t_capture_ns >= ? AND i.t_capture_ns < ?")
     params: list[Any] = [q.t_from_ns, q.t_to_ns]
@@ -98,6 +104,11 @@ def iter_rows(conn: sqlite3.Connection, q: Query) -> Iterator[dict[str, Any]]:
         d = dict(r)
         d["captured_at"] = iso(d["t_capture_ns"])
         yield {c: d.get(c) for c in EXPORT_COLUMNS}
+
+
+def _has_commits(conn: sqlite3.Connection) -> bool:
+    """A store from before schema 3 (not yet opened by this record) has no commit times."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'commits'").fetchone() is not None
 
 
 def load(data_dir: Path, q: Query) -> Extract:

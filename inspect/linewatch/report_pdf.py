@@ -1,7 +1,8 @@
 """The PDF shift/lot report for the customer: fpdf2 for the document, matplotlib for the charts.
 
 Sections: summary, defect Pareto, yield and FAIL rate over time, fail-safe overrides by rule, model
-and rule-set versions in force, alarms, and a gallery of FAIL/REVIEW images with their reasons.
+and rule-set versions in force, alarms, and a gallery of FAIL/REVIEW images with their reasons
+(anomaly maps blended over them where the model gave one).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from fpdf import FPDF
+from PIL import Image
 
+from linewatch.images import load_overlay
 from linewatch.report import Extract, iso, overrides, pareto, summary, versions
 
 FONT = Path(matplotlib.get_data_path()) / "fonts" / "ttf"  # DejaVu: Unicode reasons print as they are
@@ -155,7 +158,7 @@ def _gallery(pdf: FPDF, rows: list[dict[str, Any]], data_dir: Path) -> None:
             pdf.add_page()
         x = pdf.l_margin + (i % 2) * 95
         y = pdf.get_y()
-        pdf.image(str(data_dir / r["image"]), x=x, y=y, w=40, h=40)
+        pdf.image(_with_heatmap(data_dir, r["image"]), x=x, y=y, w=40, h=40)
         pdf.set_xy(x + 42, y)
         reasons = "; ".join(json.loads(r["reasons"] or "[]")) or "—"
         pdf.multi_cell(50, 4, f"{r['final']} {r['camera']} seq {r['seq']}\npart {r['part_id']}\n"
@@ -163,3 +166,10 @@ def _gallery(pdf: FPDF, rows: list[dict[str, Any]], data_dir: Path) -> None:
         pdf.set_y(y if i % 2 == 0 else y + 44)
         if i % 2 == 0 and i == len(shown) - 1:
             pdf.set_y(y + 44)
+
+
+
+def _with_heatmap(data_dir: Path, image: str) -> Any:
+    """The kept image, or the image with its anomaly map blended over it when the model gave one."""
+    overlay = load_overlay(data_dir, image)
+    return str(data_dir / image) if overlay is None else Image.fromarray(overlay)

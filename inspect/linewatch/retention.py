@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from linewatch.config import RecordConfig
-from linewatch.images import IMAGES_DIR
+from linewatch.images import IMAGES_DIR, heatmap_relpath
 from linewatch.messages import Alarm, now_ns
 from linewatch.store import open_reader
 
@@ -105,12 +105,12 @@ class Retention:
         for row_id, image in rows:
             if budget is not None and freed >= budget:
                 break
-            path = self.data_dir / image
-            try:
-                freed += path.stat().st_size
-                path.unlink()
-            except FileNotFoundError:
-                pass  # already gone (or never written): the row still says so
+            for path in (self.data_dir / image, self.data_dir / heatmap_relpath(image)):
+                try:
+                    freed += path.stat().st_size
+                    path.unlink()
+                except FileNotFoundError:
+                    pass  # already gone (or never written, or no heatmap): the row still says so
             ids.append(row_id)
         if ids:
             self.events.put(Pruned(ids, now_ns()))

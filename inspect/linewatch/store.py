@@ -10,6 +10,7 @@ import json
 import logging
 import sqlite3
 from collections.abc import Iterable, Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,17 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = [_migration_1, _migration_2]
+def _migration_3(db: sqlite_utils.Database) -> None:
+    """Stage times: acquire and transport from infer's timings, and each row's group commit, whose commit
+    and publish times give the record and event stages (known only after the rows are written)."""
+    inspections = db.table("inspections")
+    for name, kind in (("acquire_ms", float), ("transport_ms", float), ("commit_id", int)):
+        inspections.add_column(name, kind)
+    db.table("commits").create({"id": int, "t_committed_ns": int, "t_published_ns": int, "rows": int},
+                               pk="id", not_null={"t_committed_ns"})
+
+
+MIGRATIONS = [_migration_1, _migration_2, _migration_3]
 
 
 def open_writer(data_dir: Path, schema_version: int | None = None) -> sqlite_utils.Database:
@@ -145,36 +156,81 @@ def read_rows(data_dir: Path, sql: str, params: Sequence[Any] = ()) -> list[sqli
         conn.close()
 
 
-def verdict_row(v: Verdict, t_recorded_ns: int, lot: str | None = None, shift: str | None = None) -> dict[str, Any]:
+#: An inspection row as record builds it: the verdict's columns (`verdict_values`), then those set at commit.
+VERDICT_COLUMNS = (
+    "lot", "shift", "camera", "stream", "seq", "part_id", "recipe", "final", "decided_by", "reasons", "label",
+    "score", "probs", "model_hash", "model_name", "ruleset_hash", "t_capture_ns", "t_sent_ns", "t_received_ns",
+    "t_decided_ns", "queue_ms", "preprocess_ms", "inference_ms", "failsafe_ms", "worker", "image",
+    "truth_label", "truth", "acquire_ms", "transport_ms",
+)
+ROW_COLUMNS = (*VERDICT_COLUMNS, "t_recorded_ns", "latency_ms", "commit_id")
+JSON_COLUMNS = ("reasons", "probs", "truth")  # JSON text in the row
+_CAPTURE = VERDICT_COLUMNS.index("t_capture_ns")
+_INSERT_ROW = (f"INSERT OR IGNORE INTO inspections ({', '.join(ROW_COLUMNS)}) "
+               f"VALUES ({', '.join('?' * len(ROW_COLUMNS))})")
+
+
+def verdict_values(v: Verdict, lot: str | None = None, shift: str | None = None) -> tuple[Any, ...]:
+    """The verdict's part of its row, in `VERDICT_COLUMNS` order (a tuple: record builds one per verdict)."""
     t = v.timings_ms
-    return {"lot": lot, "shift": shift,
-        "camera": v.camera, "stream": v.stream, "seq": v.seq, "part_id": v.part_id, "recipe": v.recipe,
-        "final": v.final, "decided_by": v.decided_by, "reasons": _json_text(v.reasons),
-        "label": v.label, "score": v.score, "probs": _json_text(v.probs) if v.probs is not None else None,
-        "model_hash": v.model_hash, "model_name": v.model_name, "ruleset_hash": v.ruleset_hash,
-        "t_capture_ns": v.t_capture_ns, "t_sent_ns": v.t_sent_ns, "t_received_ns": v.t_received_ns,
-        "t_decided_ns": v.t_decided_ns, "t_recorded_ns": t_recorded_ns,
-        "queue_ms": t.get("queue"), "preprocess_ms": t.get("preprocess"), "inference_ms": t.get("inference"),
-        "failsafe_ms": t.get("failsafe"),
-        "latency_ms": (t_recorded_ns - v.t_capture_ns) / 1e6 if v.t_capture_ns else None,
-        "worker": v.worker, "image": v.image,
-        "truth_label": (v.truth or {}).get("label"), "truth": _json_text(v.truth) if v.truth else None,
-    }
+    get = t.get
+    return (lot, shift, v.camera, v.stream, v.seq, v.part_id, v.recipe, v.final, v.decided_by,
+            _json_text(v.reasons) if v.reasons else "[]", v.label, v.score,
+            _json_text(v.probs) if v.probs is not None else None, v.model_hash, v.model_name, v.ruleset_hash,
+            v.t_capture_ns, v.t_sent_ns, v.t_received_ns, v.t_decided_ns,
+            get("queue"), get("preprocess"), get("inference"), get("failsafe"), v.worker, v.image,
+            v.truth.get("label") if v.truth else None, _json_text(v.truth) if v.truth else None,
+            get("acquire"), get("transport"))
 
 
-def insert_verdicts(db: sqlite_utils.Database, rows: Iterable[dict[str, Any]]) -> int:
-    """One transaction for the group; a duplicate (camera, stream, seq) keeps the first row."""
-    rows = list(rows)
-    if not rows:
-        return 0
-    columns = list(rows[0])  # verdict_row's keys; one prepared statement for the group (insert_all is 2x slower)
-    sql = (f"INSERT OR IGNORE INTO inspections ({', '.join(columns)}) "
-           f"VALUES ({', '.join('?' * len(columns))})")
+def committed_values(values: tuple[Any, ...], t_recorded_ns: int, commit_id: int | None) -> tuple[Any, ...]:
+    """`verdict_values` completed to a whole row (`ROW_COLUMNS`) by its commit."""
+    capture = values[_CAPTURE]
+    return (*values, t_recorded_ns, (t_recorded_ns - capture) / 1e6 if capture else None, commit_id)
+
+
+def verdict_row(v: Verdict, t_recorded_ns: int, lot: str | None = None, shift: str | None = None) -> dict[str, Any]:
+    """The row as a dict (tests, tools); record keeps tuples."""
+    return dict(zip(ROW_COLUMNS, committed_values(verdict_values(v, lot, shift), t_recorded_ns, None), strict=True))
+
+
+CommitRow = tuple[int, int, int, int]  # commits (id, t_committed_ns, t_published_ns, rows)
+
+
+def insert_verdicts(db: sqlite_utils.Database, rows: Iterable[dict[str, Any]], commit: CommitRow | None = None) -> int:
+    """`insert_rows` for rows as dicts with `ROW_COLUMNS` keys (`verdict_row`)."""
+    return insert_rows(db, list(map(itemgetter(*ROW_COLUMNS), rows)), commit)
+
+
+def insert_rows(db: sqlite_utils.Database, rows: Sequence[tuple[Any, ...]], commit: CommitRow | None = None) -> int:
+    """One transaction for the group of `ROW_COLUMNS` tuples; a duplicate (camera, stream, seq) keeps the
+    first row. `commit`: the previous group's commit row, written in the same transaction (no commit of its
+    own). One prepared statement for the group (sqlite-utils' insert_all is 2x slower).
+    """
     with db.atomic():
         before = db.conn.total_changes
-        db.conn.executemany(sql, [tuple(r[c] for c in columns) for r in rows])
+        db.conn.executemany(_INSERT_ROW, rows)
         after = db.conn.total_changes
+        if commit is not None:
+            db.conn.execute(_INSERT_COMMIT, commit)
     return int(after - before)
+
+
+_INSERT_COMMIT = "INSERT OR REPLACE INTO commits (id, t_committed_ns, t_published_ns, rows) VALUES (?, ?, ?, ?)"
+
+
+def insert_commit(db: sqlite_utils.Database, commit: CommitRow) -> None:
+    """When a group of rows was committed and its events published (a row's `commit_id` points here)."""
+    with db.atomic():
+        db.conn.execute(_INSERT_COMMIT, commit)
+
+
+def next_commit_id(db: sqlite_utils.Database) -> int:
+    """The id for the next group commit: past every id the latest rows or the commits already use (a crash
+    may leave rows whose commit row was never written)."""
+    row = db.execute("SELECT max(m) FROM (SELECT max(commit_id) AS m FROM (SELECT commit_id FROM inspections "
+                     "ORDER BY id DESC LIMIT 1000) UNION ALL SELECT max(id) FROM commits)").fetchone()
+    return int(row[0] or 0) + 1
 
 
 def insert_alarm(db: sqlite_utils.Database, alarm: Alarm) -> int:
@@ -247,14 +303,6 @@ def clear_alarms(db: sqlite_utils.Database, kind: str, by: str, t_ns: int) -> in
         cur = db.execute("UPDATE alarms SET t_cleared_ns = ?, cleared_by = ? WHERE kind = ? AND t_cleared_ns IS NULL",
                          [t_ns, by, kind])
     return int(cur.rowcount)
-
-
-_JSON_TEXT = ("reasons", "probs", "truth")
-
-
-def row_event(row: dict[str, Any]) -> bytes:
-    """The row as `row_to_api` shows it, encoded without re-parsing its JSON-text columns (record's hot path)."""
-    return orjson.dumps({**row, **{k: orjson.Fragment(row[k]) if row.get(k) else None for k in _JSON_TEXT}})
 
 
 def _json_text(value: Any) -> str:

@@ -32,9 +32,13 @@ class StreakWatch:
 
     def observe(self, rows: Iterable[Mapping[str, Any]]) -> list[Alarm]:
         """Feed committed rows (in commit order); return the alarms they trip."""
+        return self.observe_finals((str(r["camera"]), r["final"]) for r in rows)
+
+    def observe_finals(self, finals: Iterable[tuple[str, str]]) -> list[Alarm]:
+        """The same from (camera, final) pairs (record's rows are tuples)."""
         alarms = []
-        for r in rows:
-            alarm = self._one(str(r["camera"]), r["final"] == "FAIL")
+        for camera, final in finals:
+            alarm = self._one(camera, final == "FAIL")
             if alarm is not None:
                 alarms.append(alarm)
         return alarms

@@ -1,8 +1,9 @@
 """The composition root: `linewatch run` starts the line's processes in order and keeps them alive.
 
 Start order: record (the store must be listening first), infer workers (model loaded and warm),
-api, then acquire (frames flow only when someone can decide them). Stop is the reverse. A child
-that dies is restarted with exponential backoff and an alarm is recorded.
+api, plc (when enabled: the PLC sees the line come up), then acquire (frames flow only when someone
+can decide them). Stop is the reverse. A child that dies is restarted with exponential backoff and
+an alarm is recorded.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class Supervisor:
         self.cfg = resolve_paths(cfg)
         self.stop = threading.Event()
         order = [("record", 0), *(("infer", i) for i in range(self.cfg.infer.workers)), ("api", 0),
+                 *([("plc", 0)] if self.cfg.plc.enabled else []),
                  *(("acquire", i) for i in range(len(self.cfg.cameras)))]
         self.children = [ChildProc(role, i, child_name(self.cfg, role, i)) for role, i in order]
 
@@ -145,9 +147,9 @@ class Supervisor:
             alarms.raise_alarm("process_restart", f"{child.name} died ({how}); restarting in {delay:.1f} s")
 
     def _stop_all(self) -> None:
-        """Reverse start order: acquire, api, infer, record; whatever is left after the grace is killed."""
+        """Reverse start order: acquire, api/plc/infer, record; whatever is left after the grace is killed."""
         budget_end = time.monotonic() + self.cfg.supervisor.stop_timeout_s
-        stages = [["acquire"], ["api", "infer"], ["record"]]
+        stages = [["acquire"], ["api", "plc", "infer"], ["record"]]
         for roles in stages:
             group = [c for c in self.children if c.role in roles and c.proc and c.proc.poll() is None]
             for c in group:
@@ -161,4 +163,8 @@ class Supervisor:
                     log.error("%s did not stop in time; killing it", c.name)
                     c.proc.kill()
                     c.proc.wait()
+        from linewatch.frame_ring import clear_stale_rings
+
+        for cam in self.cfg.cameras:  # a killed acquire cannot remove its shared-memory frame ring
+            clear_stale_rings(self.cfg.run_dir, cam.name)
         log.info("line stopped")

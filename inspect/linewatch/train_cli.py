@@ -18,9 +18,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from linewatch.training.trainer import TrainOptions, train
 
     size = tuple(int(v) for v in args.frame_size.lower().split("x")) if args.frame_size else None
-    opts = TrainOptions(name=args.name, kind=args.kind, net_size=args.net_size, channels=args.channels,
+    opts = TrainOptions(name=args.name, kind=args.kind, net_size=args.net_size, arch=args.arch, channels=args.channels,
                         frame_size=size,  # type: ignore[arg-type]
-                        epochs=args.epochs, batch=args.batch, lr=args.lr, patience=args.patience,
+                        epochs=args.epochs, batch=args.batch, lr=args.lr, label_smoothing=args.label_smoothing,
+                        class_weights=not args.no_class_weights, patience=args.patience, max_minutes=args.max_minutes,
                         val_fraction=args.val_fraction, seed=args.seed, flips=not args.no_flips,
                         rotate90=args.rotate90, target_escape=args.target_escape, max_review=args.max_review)
     try:
@@ -42,12 +43,19 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--kind", choices=["classifier", "anomaly"], default="classifier",
                    help="classifier (labelled good/defect) or anomaly (trained on good images only)")
     p.add_argument("--net-size", type=int, default=64, help="side the network sees after in-graph resize")
+    p.add_argument("--arch", choices=["compact", "fine"], default="compact",
+                   help="compact, or fine for thin defects such as cracks (deeper, sees every pixel; slower)")
     p.add_argument("--channels", type=int, choices=[1, 3], default=1, help="1 = Mono8 frames, 3 = RGB8")
     p.add_argument("--frame-size", help="WxH of the line's frames (default: the first image's size)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="for labels that experts disagree on")
+    p.add_argument("--no-class-weights", action="store_true",
+                   help="do not weigh rare classes up (higher accuracy, more escapes)")
     p.add_argument("--patience", type=int, default=6, help="early stop after N epochs without improvement")
+    p.add_argument("--max-minutes", type=float,
+                   help="wall-clock budget: the learning-rate schedule ends on time even if fewer epochs fit")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-flips", action="store_true", help="the part is not symmetric: no flip augmentation")

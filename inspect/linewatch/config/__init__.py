@@ -28,11 +28,12 @@ from linewatch.config.line import (
     SupervisorConfig,
 )
 from linewatch.config.loading import _format_error, from_json, load_config, parse_config, to_json
+from linewatch.config.plc import PlcConfig
 
 __all__ = [
     "DEFAULT_MODEL", "PACKAGE_ROOT", "REPO_ROOT", "ApiConfig", "BlurRuleConfig", "CameraConfig", "ConfigError",
     "DarkSpotRuleConfig", "EmulatorSource", "ExposureRuleConfig", "FailsafeConfig", "GenicamSource", "InferConfig",
-    "LineConfig", "ModelConfig", "ModelHealthConfig", "PresenceRuleConfig", "RecordConfig", "ReplaySource",
+    "LineConfig", "ModelConfig", "ModelHealthConfig", "PlcConfig", "PresenceRuleConfig", "RecordConfig", "ReplaySource",
     "ShiftConfig", "SourceConfig", "StatisticsRuleConfig", "StreakConfig", "SupervisorConfig", "TemplateRuleConfig",
     "_Strict", "_format_error", "from_json", "load_config", "parse_config", "to_json",
 ]

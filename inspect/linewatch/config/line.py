@@ -3,33 +3,77 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from linewatch.config.base import DEFAULT_MODEL, _Strict
 from linewatch.config.cameras import CameraConfig
 from linewatch.config.failsafe import FailsafeConfig
+from linewatch.config.plc import PlcConfig
 
 
 class ModelConfig(_Strict):
     path: Path = Field(DEFAULT_MODEL, description="ONNX model file (its metadata carries labels and input).")
-    providers: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="ONNX Runtime providers: auto uses CUDA only when its libraries load."
+    providers: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
+        "auto", description="ONNX Runtime providers: auto tries TensorRT, CUDA, then CPU and keeps the first that "
+        "really loads (a GPU fallback is logged as an error); cuda/tensorrt refuse to start without them."
     )
     intra_op_threads: int = Field(1, ge=0, le=64, description="ORT threads per worker (0 = ORT default).")
+    allow_spinning: bool = Field(
+        False, description="ORT threads spin while waiting for work: lower latency, but they burn a core when idle."
+    )
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        "all", description="ORT graph optimisation level."
+    )
+    cache_optimized_graph: bool = Field(
+        False, description="CPU: save the optimised graph under cache_dir and load it on the next start."
+    )
+    cache_dir: Path | None = Field(
+        None, description="Optimised graphs and TensorRT engines (default data_dir/model-cache)."
+    )
+    io_binding: Literal["auto", "always", "never"] = Field(
+        "auto", description="Run through IOBinding (reused buffers per batch size, inputs and outputs stay on the "
+        "device); auto: on a GPU only, the CPU reads numpy memory directly anyway."
+    )
+    cuda_graph: bool = Field(True, description="CUDA: capture one CUDA graph per batch size (needs IOBinding).")
+    fp16: bool = Field(False, description="TensorRT may run in half precision; only where the recipe allows it.")
+    device_id: int = Field(0, ge=0, le=63, description="GPU the workers run on.")
 
 
 class InferConfig(_Strict):
     workers: int = Field(1, ge=1, le=32, description="Inference worker processes.")
     max_batch: int = Field(4, ge=1, le=256, description="Frames run together when several are waiting.")
     frame_queue: int = Field(2, ge=1, le=1000, description="Frames queued per worker before acquire drops.")
+    batch_wait_ms: float | None = Field(
+        None, ge=0, le=1000, description="Longest wait for a batch to fill after its first frame (0 = never "
+        "wait); unset: adaptive, waits only when frames arrive faster than single-frame runs keep up with."
+    )
+    latency_target_ms: float = Field(
+        50.0, gt=0, le=600_000, description="Capture-to-verdict share the adaptive batch wait plus a full "
+        "batch's model time must stay within (below record.deadline_ms)."
+    )
+    cpus: list[Annotated[int, Field(ge=0, le=4095)]] = Field(
+        default_factory=list, max_length=4096, description="CPU cores to pin workers to: worker k gets core "
+        "cpus[k mod len] (empty = no pinning, the OS schedules).",
+    )
+    transport: Literal["shm", "inline"] = Field(
+        "shm", description="Frame pixels to workers: shm = a shared-memory slot per frame (local workers, one "
+        "copy), inline = inside the ZeroMQ message (workers on another host over tcp://)."
+    )
+    frame_slots: int = Field(
+        0, ge=0, le=4096, description="Shared-memory frame slots per camera (0 = enough for every queue and "
+        "batch: frame_queue x (workers + 1) + workers x max_batch + 2)."
+    )
 
 
 class RecordConfig(_Strict):
     deadline_ms: float = Field(2000.0, gt=0, le=600_000, description="Verdict deadline after capture.")
-    commit_ms: float = Field(10.0, gt=0, le=10_000, description="Longest wait before a group commit.")
+    commit_ms: float = Field(10.0, gt=0, le=10_000, description="Longest a verdict waits for its group commit.")
     commit_rows: int = Field(200, ge=1, le=100_000, description="Rows that force a group commit.")
+    commit_when_drained: bool = Field(
+        True, description="Commit as soon as no verdict is waiting (groups form under load); false: always "
+        "wait up to commit_ms or commit_rows (fewer, larger commits; more latency).")
     pass_sample_every: int = Field(20, ge=0, description="Keep one PASS image in N (0 = none).")
     live_view_hz: float = Field(4.0, ge=0, le=60, description="Live image refresh rate for the HMI.")
     image_format: Literal["png", "jpeg"] = Field("png", description="Kept images: lossless PNG or JPEG.")
@@ -87,6 +131,7 @@ class LineConfig(_Strict):
     failsafe: FailsafeConfig = Field(default_factory=FailsafeConfig, description="Rules over the model.")
     record: RecordConfig = Field(default_factory=RecordConfig, description="Store, deadline and images.")
     api: ApiConfig = Field(default_factory=ApiConfig, description="Web app: HMI, REST, metrics.")
+    plc: PlcConfig = Field(default_factory=PlcConfig, description="Modbus TCP server for the line's PLC.")
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig, description="Restarts and stopping.")
     shifts: list[ShiftConfig] = Field(default_factory=_default_shifts, min_length=1, max_length=24,
                                       description="Shift schedule; each row records the shift it was captured in.")
@@ -96,6 +141,19 @@ class LineConfig(_Strict):
         starts = [s.start for s in self.shifts]
         if len(set(starts)) != len(starts):
             raise ValueError(f"shift start times must be unique, got {', '.join(starts)}")
+        return self
+
+    @model_validator(mode="after")
+    def _batch_target_within_deadline(self) -> LineConfig:
+        if self.infer.latency_target_ms >= self.record.deadline_ms:
+            raise ValueError(f"infer.latency_target_ms ({self.infer.latency_target_ms:g}) must be below "
+                             f"record.deadline_ms ({self.record.deadline_ms:g})")
+        return self
+
+    @model_validator(mode="after")
+    def _plc_port_not_api_port(self) -> LineConfig:
+        if self.plc.enabled and self.plc.port == self.api.port:
+            raise ValueError(f"plc.port and api.port must differ, both are {self.api.port}")
         return self
 
     @model_validator(mode="after")

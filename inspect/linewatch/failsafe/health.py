@@ -16,6 +16,7 @@ from pathlib import Path
 
 from linewatch.config import ModelConfig, ModelHealthConfig
 from linewatch.model import Model, ModelError
+from linewatch.runtime import SessionSettings
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,9 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
     return st.st_mtime_ns, st.st_size, st.st_ino
 
 
-def load_model(mc: ModelConfig) -> Model:
-    """Load and warm up the configured model: a model is only handed out whole."""
-    model = Model(mc.path, mc.providers, mc.intra_op_threads)
+def load_model(mc: ModelConfig, settings: SessionSettings | None = None) -> Model:
+    """Load and warm up the configured model (every prepared batch size): a model is only handed out whole."""
+    model = Model(mc.path, mc.providers, mc.intra_op_threads, settings)
     model.warm_up()
     return model
 
@@ -74,8 +75,8 @@ class ModelFileWatch:
     """Follows the configured model file: a changed file (once it has stopped changing) is loaded
     and warmed up beside the running model in a thread; `poll()` hands the result over between batches."""
 
-    def __init__(self, mc: ModelConfig, hc: ModelHealthConfig):
-        self.mc, self.every = mc, hc.reload_check_s
+    def __init__(self, mc: ModelConfig, hc: ModelHealthConfig, settings: SessionSettings | None = None):
+        self.mc, self.every, self.settings = mc, hc.reload_check_s, settings
         self.seen = _signature(mc.path)
         self._candidate: tuple[int, int, int] | None = None
         self._next_check = time.monotonic() + self.every
@@ -108,6 +109,6 @@ class ModelFileWatch:
 
     def _load(self) -> None:
         try:
-            self._result = load_model(self.mc)
+            self._result = load_model(self.mc, self.settings)
         except ModelError as exc:
             self._result = exc

@@ -8,12 +8,17 @@ are reported (`skipped_incomplete`, gaps in `frame_id`) so that acquire records 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from linewatch.config import CameraConfig
+
+# Where a source may write its next frame (shape in the line's layout -> a free frame ring slot, or None):
+# the source's one copy (conversion out of the driver buffer) then lands where the workers read it.
+FrameBuffers = Callable[[tuple[int, ...]], np.ndarray | None]
 
 
 class SourceError(Exception):
@@ -55,16 +60,16 @@ class FrameSource(Protocol):
     def close(self) -> None: ...
 
 
-def open_source(cam: CameraConfig) -> FrameSource:
-    """The source for `cam`, opened and ready to grab."""
+def open_source(cam: CameraConfig, into: FrameBuffers | None = None) -> FrameSource:
+    """The source for `cam`, opened and ready to grab; sources that convert pixels write them `into`."""
     if cam.source.type == "emulator":
         from linewatch.sources.emulated import EmulatorCamera
 
-        return EmulatorCamera(cam)
+        return EmulatorCamera(cam, into)
     if cam.source.type == "genicam":
         from linewatch.sources.genicam import GenicamCamera
 
-        return GenicamCamera(cam)
+        return GenicamCamera(cam, into)
     if cam.source.type == "replay":
         from linewatch.sources.replay import ReplayCamera
 

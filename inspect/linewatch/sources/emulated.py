@@ -11,18 +11,20 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
+
 from linewatch.config import CameraConfig, EmulatorSource
 from linewatch.emulator import PartEmulator, SceneEmulator
 from linewatch.scene import load_scene
-from linewatch.sources import Grabbed, SourceError
-from linewatch.sources.pixels import to_line_format
+from linewatch.sources import FrameBuffers, Grabbed, SourceError
+from linewatch.sources.pixels import line_shape, to_line_format
 
 
 class EmulatorCamera:
-    def __init__(self, cam: CameraConfig):
+    def __init__(self, cam: CameraConfig, into: FrameBuffers | None = None):
         assert isinstance(cam.source, EmulatorSource)
         src = cam.source
-        self.cam = cam
+        self.cam, self.into = cam, into
         self._part: PartEmulator | None = None
         self._scene: SceneEmulator | None = None
         if src.scene is None:
@@ -57,7 +59,7 @@ class EmulatorCamera:
             part = self._part.render(self._n)
             self._n += 1
             pixels = part.pixels if self.cam.pixel_format == "Mono8" else to_line_format(
-                part.pixels, "Mono8", self.cam.pixel_format)
+                part.pixels, "Mono8", self.cam.pixel_format, self._slot(part.pixels.shape))
             return Grabbed(pixels, self.cam.pixel_format, part.truth, frame_id=self._n)
         assert self._scene is not None
         skipped = 0
@@ -69,9 +71,14 @@ class EmulatorCamera:
             if frame.incomplete:
                 skipped += 1
                 continue
-            pixels = to_line_format(frame.pixels, frame.pixel_format, self.cam.pixel_format)
+            pixels = to_line_format(frame.pixels, frame.pixel_format, self.cam.pixel_format,
+                                    self._slot(frame.pixels.shape))
             return Grabbed(pixels, self.cam.pixel_format, frame.truth, frame_id=self._n,
                            timestamp_ns=round(frame.truth["t_scene_s"] * 1e9), skipped_incomplete=skipped)
+
+    def _slot(self, rendered: tuple[int, ...]) -> np.ndarray | None:
+        """The frame ring slot the conversion writes into, when acquire offers one."""
+        return self.into(line_shape(self.cam.pixel_format, rendered[1], rendered[0])) if self.into else None
 
     def trigger(self) -> None:
         if self.cam.trigger != "software":

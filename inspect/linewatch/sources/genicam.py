@@ -1,10 +1,11 @@
 """GenICam cameras through harvesters and the vendor's GenTL producer (.cti).
 
 One acquirer per connection (harvesters leaks on create/destroy churn). Pixels are copied out of
-the GenTL buffer inside the fetch context by the pixel-format conversion, the only copy on the way
-to ZeroMQ. harvesters has no disconnect event: a camera is lost when a fetch fails with a GenTL
-error, when a free-running camera sends nothing for `loss_timeout_s`, or when a triggered camera no
-longer answers a feature read; `reconnect` finds it again, re-applies its profile and restarts.
+the GenTL buffer inside the fetch context by the pixel-format conversion, straight into a frame
+ring slot when acquire offers one: the only copy on the way to the worker. harvesters has no
+disconnect event: a camera is lost when a fetch fails with a GenTL error, when a free-running
+camera sends nothing for `loss_timeout_s`, or when a triggered camera no longer answers a feature
+read; `reconnect` finds it again, re-applies its profile and restarts.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any
 from harvesters.core import Callback
 
 from linewatch.config import CameraConfig, GenicamSource
-from linewatch.sources import CameraLost, Grabbed, SourceError
-from linewatch.sources.pixels import PixelFormatError, buffer_view, to_line_format
+from linewatch.sources import CameraLost, FrameBuffers, Grabbed, SourceError
+from linewatch.sources.pixels import PixelFormatError, buffer_view, line_shape, to_line_format
 from linewatch.sources.profile import Profile, ProfileError, apply_profile, load_profile
 
 log = logging.getLogger("genicam")
@@ -85,9 +86,9 @@ def select_device(h: Any, wanted: str) -> int:
 class GenicamCamera:
     """A GenTL device as a FrameSource; see the module docstring for loss detection."""
 
-    def __init__(self, cam: CameraConfig):
+    def __init__(self, cam: CameraConfig, into: FrameBuffers | None = None):
         assert isinstance(cam.source, GenicamSource)
-        self.cam, self.src = cam, cam.source
+        self.cam, self.src, self.into = cam, cam.source, into
         self.paced_by_device = True
         try:
             self.profile = load_profile(self.src.profile) if self.src.profile else Profile()
@@ -176,7 +177,8 @@ class GenicamCamera:
             with self._ia.fetch(timeout=timeout_s) as buf:
                 comp = buf.payload.components[0]
                 view = buffer_view(comp.data, comp.data_format, comp.width, comp.height, comp.x_padding)
-                pixels = to_line_format(view, comp.data_format, self.cam.pixel_format)  # the one copy
+                out = self.into(line_shape(self.cam.pixel_format, comp.width, comp.height)) if self.into else None
+                pixels = to_line_format(view, comp.data_format, self.cam.pixel_format, out)  # the one copy
                 frame_id, stamp = int(buf.frame_id), _timestamp_ns(buf)
         except TimeoutException:
             return self._no_frame()

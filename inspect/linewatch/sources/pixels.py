@@ -43,20 +43,31 @@ def buffer_view(data: np.ndarray, fmt: str, width: int, height: int, x_padding: 
     return view.reshape(height, width) if channels == 1 else view.reshape(height, width, channels)
 
 
-def to_line_format(view: np.ndarray, fmt: str, target: str) -> np.ndarray:
-    """A new contiguous uint8 array in `target` layout from a view in GenICam format `fmt`."""
+def line_shape(target: str, width: int, height: int) -> tuple[int, ...]:
+    """Shape of a frame in the line's layout `target` (Mono8: (H, W), colour: (H, W, 3))."""
+    return (height, width) if target == "Mono8" else (height, width, 3)
+
+
+def to_line_format(view: np.ndarray, fmt: str, target: str, out: np.ndarray | None = None) -> np.ndarray:
+    """A contiguous uint8 array in `target` layout from a view in GenICam format `fmt`: written into
+    `out` when given (a frame ring slot, so the conversion is the only copy), else a new array."""
     if target not in TARGETS:
         raise PixelFormatError(f"target format {target!r} must be one of {TARGETS}")
     if fmt not in FORMATS:
         raise PixelFormatError(f"pixel format {fmt!r} is not supported (supported: {', '.join(FORMATS)})")
     bits = FORMATS[fmt][2]
     if bits > 8:  # Mono10/12/16 -> 8 bits: scale while converting, one output array
+        if target == "Mono8":
+            return cv2.convertScaleAbs(view, dst=out, alpha=255.0 / ((1 << bits) - 1))
         mono8 = cv2.convertScaleAbs(view, alpha=255.0 / ((1 << bits) - 1))
-        return mono8 if target == "Mono8" else cv2.cvtColor(mono8, _GRAY_TO[target])
+        return cv2.cvtColor(mono8, _GRAY_TO[target], dst=out)
     if fmt == target:
-        return np.array(view, copy=True, order="C")
-    out: np.ndarray = cv2.cvtColor(view, _code(fmt, target))  # cv2 reads padded rows through the view's strides
-    return out
+        if out is None:
+            return np.array(view, copy=True, order="C")
+        np.copyto(out, view)
+        return out
+    converted: np.ndarray = cv2.cvtColor(view, _code(fmt, target), dst=out)  # reads padded rows via strides
+    return converted
 
 
 _GRAY_TO = {"RGB8": cv2.COLOR_GRAY2RGB, "BGR8": cv2.COLOR_GRAY2BGR}

@@ -3,6 +3,11 @@
 The exported graph takes uint8 frames as the camera delivers them ((N, H, W) or (N, H, W, C)) and
 does the resize and normalisation itself; batch norm and the calibration temperature are folded
 into the weights, so the file holds nothing but convolutions, pooling and one linear layer.
+
+Two architectures: `compact` for coarse defects on small frames, and `fine` for thin defects
+(cracks one or two pixels wide): it first folds each 2x2 block of pixels into channels
+(space-to-depth, lossless, unlike a resize) and then runs a deeper stack at half resolution, so
+it sees every pixel of the frame for about the cost of a network on the halved image.
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ import numpy as np
 
 ONNX_IR_VERSION = 10  # onnxruntime >= 1.20 loads it (onnx 1.23 would write 14 by default)
 ONNX_OPSET = 17
-WIDTHS = (16, 32, 64, 64)
-STRIDES = (2, 2, 2, 1)
+ARCHITECTURES: dict[str, tuple[int, tuple[tuple[int, int], ...]]] = {
+    # name: (space-to-depth block, ((width, stride), ...))
+    "compact": (1, ((16, 2), (32, 2), (64, 2), (64, 1))),
+    "fine": (2, ((24, 2), (32, 2), (32, 1), (64, 2), (64, 1), (128, 2), (128, 1))),
+}
 
 
 @dataclass(frozen=True)
@@ -56,11 +64,14 @@ def preprocess(torch: Any, frames: Any, spec: InputSpec) -> Any:
     return (x - spec.mean) / spec.std
 
 
-def build_net(torch: Any, channels: int, classes: int) -> Any:
+def build_net(torch: Any, channels: int, classes: int, arch: str = "compact") -> Any:
     nn = torch.nn
-    layers: list[Any] = []
-    cin = channels
-    for cout, stride in zip(WIDTHS, STRIDES, strict=True):
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    block, widths = ARCHITECTURES[arch]
+    layers: list[Any] = [nn.PixelUnshuffle(block)] if block > 1 else []
+    cin = channels * block * block
+    for cout, stride in widths:
         layers += [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
         cin = cout
     layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(cin, classes)]
@@ -112,10 +123,18 @@ class GraphBuilder:
         return self.node("Mul", [x, self.const("inv_std", np.array(1 / spec.std, np.float32))], "x")
 
     def conv_stack(self, mods: list[Any], cur: str) -> str:
-        """Conv + BatchNorm (folded) + ReLU triples from the front of `mods`."""
-        i = 0
+        """An optional PixelUnshuffle, then Conv + BatchNorm (folded) + ReLU triples from the front of `mods`."""
+        i, block = 0, 1
+        if mods and type(mods[0]).__name__ == "PixelUnshuffle":
+            block, i = mods[0].downscale_factor, 1
+            cur = self.node("SpaceToDepth", [cur], "s2d", blocksize=block)
         while i < len(mods) and type(mods[i]).__name__ == "Conv2d":
             w, b = _fold(mods[i], mods[i + 1])
+            if block > 1:  # ONNX orders the folded channels (dy, dx, c); PyTorch (c, dy, dx)
+                cin = w.shape[1] // (block * block)
+                w = w[:, [ch * block * block + dy * block + dx
+                          for dy in range(block) for dx in range(block) for ch in range(cin)]]
+                block = 1
             s, k = mods[i].stride[0], mods[i].kernel_size[0]
             c = self.node("Conv", [cur, self.const(f"c{i}.w", w), self.const(f"c{i}.b", b)], f"c{i}",
                           kernel_shape=[k, k], strides=[s, s], pads=[k // 2] * 4)

@@ -1,7 +1,9 @@
 """`linewatch train`: a compact CNN from scratch on a plain CPU, calibrated, exported with its card.
 
-Early stopping on a stratified validation split keeps the best epoch; Ctrl-C stops training and
-still exports the best model so far. Temperature scaling makes the scores probabilities, and the
+AdamW with a one-cycle learning-rate schedule (over the epochs, or over a wall-clock budget when
+one is given, so a busy CPU trains fewer epochs but still anneals and finishes on time); early
+stopping on a stratified validation split keeps the best epoch; Ctrl-C stops training and still
+exports the best model so far. Temperature scaling makes the scores probabilities, and the
 fail-safe's band is chosen on the validation split for a target escape rate and REVIEW rate.
 """
 
@@ -22,6 +24,7 @@ from linewatch.training.evaluate import choose_band, evaluate
 from linewatch.training.network import InputSpec, build_net, export_onnx, preprocess
 
 MAX_SEGMENT_VALUES = 20
+BN_IMAGES = 512
 
 
 @dataclass(frozen=True)
@@ -29,12 +32,17 @@ class TrainOptions:
     name: str = "model"
     kind: str = "classifier"  # or "anomaly": trained from good images only
     net_size: int = 64
+    arch: str = "compact"  # or "fine": thin defects, see network.py
     channels: int = 1
     frame_size: tuple[int, int] | None = None  # (width, height); None = the first image's
     epochs: int = 30
     batch: int = 16
     lr: float = 2e-3
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.0
+    class_weights: bool = True  # rare defects weigh more: fewer escapes, a little lower accuracy
     patience: int = 6
+    max_minutes: float | None = None  # wall-clock budget for the training loop
     val_fraction: float = 0.2
     seed: int = 0
     flips: bool = True
@@ -51,7 +59,10 @@ def _augment(torch: Any, x: Any, opts: TrainOptions, gen: Any) -> Any:
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
         flip = torch.rand(n, generator=gen) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(2), x)
-    if opts.rotate90 and torch.rand(1, generator=gen).item() < 0.5:
+    if opts.rotate90 and x.shape[2] == x.shape[3]:  # with the flips, all eight 90-degree orientations
+        turn = torch.rand(n, generator=gen) < 0.5
+        x = torch.where(turn[:, None, None, None], x.transpose(2, 3), x)
+    elif opts.rotate90 and torch.rand(1, generator=gen).item() < 0.5:
         x = x.rot90(1, dims=(2, 3))
     # Mild photometric jitter: strong per-image gain/offset made the network learn the jitter (measured).
     gain = 1 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.1
@@ -73,11 +84,30 @@ def _recalibrate_bn(torch: Any, net: Any, x: Any) -> None:
         m.momentum = None  # cumulative average over the pass below
     net.train()
     with torch.no_grad():
-        for i in range(0, min(len(x), 2048), 256):
-            net(x[i:i + 256])
+        sample = x[torch.linspace(0, len(x) - 1, min(len(x), BN_IMAGES)).long()]  # spread over every class
+        for i in range(0, len(sample), 128):
+            net(_fast(torch, sample[i:i + 128]))
     for m in bns:
         m.momentum = 0.1
     net.eval()
+
+
+def _progress(step: int, total: int, seconds: float, max_minutes: float | None) -> float:
+    """How far through training we are: by steps, or by the time budget if that runs out first."""
+    by_steps = step / total
+    return by_steps if max_minutes is None else max(by_steps, seconds / (60 * max_minutes))
+
+
+def _one_cycle(lr: float, progress: float, warmup: float = 0.2) -> float:
+    """Learning rate at `progress` (0..1): cosine warm-up from lr/25 to lr, then cosine annealing to ~0."""
+    if progress < warmup:
+        return lr / 25 + (lr - lr / 25) * (1 - math.cos(math.pi * progress / warmup)) / 2
+    return lr * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup)))) / 2 + lr * 1e-4
+
+
+def _fast(torch: Any, x: Any) -> Any:
+    """NHWC memory for the CPU convolutions (about twice as fast as NCHW with oneDNN, measured)."""
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def _temperature(torch: Any, logits: Any, targets: Any) -> float:
@@ -130,8 +160,13 @@ def train(data: Path, out_dir: Path, opts: TrainOptions, log: Any = print) -> di
     yt, yv = torch.from_numpy(ds.targets[train_idx]), torch.from_numpy(ds.targets[val_idx])
     counts = torch.bincount(yt, minlength=len(ds.labels)).float().clamp(min=1)
     weights = counts.sum() / (len(ds.labels) * counts)  # class imbalance: rare defects weigh more
-    net = build_net(torch, opts.channels, len(ds.labels))
-    optim = torch.optim.Adam(net.parameters(), lr=opts.lr)
+    if not opts.class_weights:
+        weights = torch.ones_like(weights)
+    net = build_net(torch, opts.channels, len(ds.labels), opts.arch).to(memory_format=torch.channels_last)
+    optim = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    steps, step, progress, t_loop = math.ceil(len(xt) / opts.batch), 0, 0.0, time.monotonic()
+    for group in optim.param_groups:
+        group["lr"] = _one_cycle(opts.lr, progress)
     gen = torch.Generator().manual_seed(opts.seed)
     stopper = EarlyStopping(torch, net, opts.patience, out_dir / "checkpoint.pt",
                             {"spec": asdict(spec), "labels": ds.labels}, log)
@@ -141,30 +176,39 @@ def train(data: Path, out_dir: Path, opts: TrainOptions, log: Any = print) -> di
         for epoch in range(1, opts.epochs + 1):
             net.train()
             perm = torch.randperm(len(xt), generator=gen)
-            total = 0.0
+            total, seen = 0.0, 0
             for i in range(0, len(xt), opts.batch):
+                if progress >= 1:
+                    break
                 idx = perm[i:i + opts.batch]
-                loss = torch.nn.functional.cross_entropy(net(_augment(torch, xt[idx], opts, gen)), yt[idx],
-                                                         weight=weights)
+                loss = torch.nn.functional.cross_entropy(net(_fast(torch, _augment(torch, xt[idx], opts, gen))),
+                                                         yt[idx], weight=weights, label_smoothing=opts.label_smoothing)
                 optim.zero_grad()
                 loss.backward()  # type: ignore[no-untyped-call]
                 optim.step()
-                total += float(loss.detach()) * len(idx)
+                step += 1
+                progress = _progress(step, steps * opts.epochs, time.monotonic() - t_loop, opts.max_minutes)
+                for group in optim.param_groups:
+                    group["lr"] = _one_cycle(opts.lr, progress)
+                total, seen = total + float(loss.detach()) * len(idx), seen + len(idx)
             _recalibrate_bn(torch, net, xt)
             with torch.no_grad():
-                logits = net(xv)
+                logits = _predict(torch, net, xv)
                 val_loss = float(torch.nn.functional.cross_entropy(logits, yv, weight=weights))
                 val_acc = float((logits.argmax(1) == yv).float().mean())
-            log(f"epoch {epoch}/{opts.epochs}  loss {total / len(xt):.4f}  val_loss {val_loss:.4f}  "
+            log(f"epoch {epoch}/{opts.epochs}  loss {total / max(1, seen):.4f}  val_loss {val_loss:.4f}  "
                 f"val_acc {val_acc:.4f}")
             if stopper.update(epoch, val_loss):
+                break
+            if progress >= 1 and epoch < opts.epochs:
+                log(f"time budget of {opts.max_minutes} min spent after {epoch} epochs")
                 break
     except KeyboardInterrupt:
         interrupted = True
         log(f"interrupted: exporting the best model so far (epoch {stopper.best_epoch})")
     stopper.restore()
     with torch.no_grad():
-        logits = net(xv)
+        logits = _predict(torch, net, xv)
     temperature = _temperature(torch, logits, yv)
     probs = torch.softmax(logits / temperature, dim=1).numpy()
     p_defect = probs[:, 1:].sum(axis=1)
@@ -195,6 +239,11 @@ def train(data: Path, out_dir: Path, opts: TrainOptions, log: Any = print) -> di
         "segments": _segments(ds, val_idx, probs, band),
     }
     return write_card(card, onnx_path)
+
+
+def _predict(torch: Any, net: Any, x: Any) -> Any:
+    """Logits in slices, so a large validation split at full resolution fits in memory."""
+    return torch.cat([net(_fast(torch, x[i:i + 128])) for i in range(0, len(x), 128)])
 
 
 def _parity(torch: Any, net: Any, temperature: float, spec: InputSpec, frames: np.ndarray, onnx_path: Path) -> float:
