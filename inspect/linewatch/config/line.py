@@ -44,7 +44,9 @@ class ModelConfig(_Strict):
 class InferConfig(_Strict):
     workers: int = Field(1, ge=1, le=32, description="Inference worker processes.")
     max_batch: int = Field(4, ge=1, le=256, description="Frames run together when several are waiting.")
-    frame_queue: int = Field(2, ge=1, le=1000, description="Frames queued per worker before acquire drops.")
+    frame_queue: int = Field(
+        8, ge=1, le=1000, description="Frames queued per worker before acquire drops (deep enough to ride out "
+        "a few ms of scheduling jitter; benchmarks/pipeline.py: 2 capped a 2-core box at a third of 8's rate).")
     batch_wait_ms: float | None = Field(
         None, ge=0, le=1000, description="Longest wait for a batch to fill after its first frame (0 = never "
         "wait); unset: adaptive, waits only when frames arrive faster than single-frame runs keep up with."
