@@ -7,7 +7,7 @@ model is healthy again. The worker follows the configured model file: a changed 
 warmed up beside the running model and swapped in between batches (a corrupt one means rules-only).
 
 Frames are run in micro-batches (`batching.BatchPolicy` decides how long to wait for one to fill),
-copied into a batch buffer allocated once per frame shape. Every verdict carries its stage times;
+copied into the model's reused input buffer (`Model.batch_buffer`). Every verdict carries its stage times;
 they tile capture to decision without gap or overlap:
 acquire (capture -> sent) + transport (sent, or the worker getting free if later, -> received here)
 + queue (waiting for the worker to get free + received -> batch start)
@@ -77,7 +77,6 @@ class Infer:
         self._last_reject_alarm = 0.0
         ic = cfg.infer
         self.batching = BatchPolicy(ic.max_batch, ic.batch_wait_ms, ic.latency_target_ms)
-        self._buffers: dict[tuple[tuple[int, ...], str], np.ndarray] = {}  # batch buffer per frame shape
 
     def _use_model(self, loaded: Model | ModelError, alarms: AlarmSender) -> None:
         """Swap in a loaded model (or drop the old one when the configured file is unusable)."""
@@ -232,39 +231,36 @@ class Infer:
             results.append(self._verdict(j, t_batch, t_model, t_done))
         return results
 
-    def _fill(self, frames: list[np.ndarray]) -> list[np.ndarray]:
-        """The frames copied into reused batch buffers, one batch per frame shape (no per-batch allocation)."""
-        groups: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = {}
-        for px in frames:
-            groups.setdefault((px.shape, px.dtype.str), []).append(px)
-        batches = []
-        for key, group in groups.items():
-            buf = self._buffers.get(key)
-            if buf is None:
-                if len(self._buffers) >= 8:  # frame sizes keep changing: keep memory bounded
-                    self._buffers.clear()
-                buf = self._buffers[key] = np.empty((self.batching.max_batch, *key[0]), group[0].dtype)
-            for i, px in enumerate(group):
-                buf[i] = px
-            batches.append(buf[: len(group)])
-        return batches
+    def _batch(self, jobs: list[_Job]) -> np.ndarray:
+        """The jobs' frames as one batch: in the model's own reused input buffer when they have its frame
+        shape (on a GPU that buffer is what IOBinding copies from), else stacked (adapters that resize)."""
+        assert self.model is not None
+        px = jobs[0].pixels
+        if px.shape == self.model.frame_shape and px.dtype == np.uint8:
+            buf = self.model.batch_buffer(len(jobs))
+            for i, j in enumerate(jobs):
+                buf[i] = j.pixels
+            return buf
+        return np.stack([j.pixels for j in jobs])
 
     def _run_model(self, ready: list[_Job], alarms: AlarmSender) -> tuple[int, int]:
         """Run the model on a batch; a fault gives these parts the safe verdict. Returns its start and end (ns)."""
         assert self.model is not None
-        frames = [j.pixels for j in ready]
-        batches = self._fill(frames)
-        if len(batches) > 1:  # mixed frame shapes: keep the results in the jobs' order
-            ready = sorted(ready, key=lambda j: next(i for i, b in enumerate(batches)
-                                                     if b.shape[1:] == j.pixels.shape))
+        groups: dict[tuple[tuple[int, ...], str], list[_Job]] = {}  # one model run per frame shape
+        for j in ready:
+            groups.setdefault((j.pixels.shape, j.pixels.dtype.str), []).append(j)
         t_model = now_ns()
         try:
-            probs = np.concatenate([self.model.run(b) for b in batches]) if len(batches) > 1 \
-                else self.model.run(batches[0])
+            for group in groups.values():
+                probs = self.model.run(self._batch(group))
+                maps = self.model.heatmaps
+                for i, (j, p) in enumerate(zip(group, probs, strict=True)):
+                    j.probs, j.heatmap = p, None if maps is None else maps[i]
         except ModelError as exc:
             rule = "model_output" if isinstance(exc, ModelOutputError) else "model_error"
             self._fault(rule, str(exc), alarms)
             for j in ready:
+                j.probs = j.heatmap = None
                 j.decision = self.failsafe.model_down(str(exc), j.view, f"rule:{rule}")
             return t_model, now_ns()
         t_done = now_ns()
@@ -275,15 +271,13 @@ class Infer:
             reason = f"model_latency: batch of {len(ready)} took {infer_ms:.4g} ms > threshold {budget:.4g} ms"
             self._fault("model_latency", reason, alarms)
             for j in ready:
+                j.probs = j.heatmap = None  # too late to be trusted
                 j.decision = self.failsafe.model_down(reason, j.view, "rule:model_latency")
             return t_model, t_done
         self.batching.ran(len(ready), infer_ms)
         if self.health.ran_clean():
             alarms.raise_alarm("model_recovered", f"{self.name}: model healthy again; rules-only mode ended", "info")
             self._publish_health()
-        maps = self.model.heatmaps
-        for i, (j, p) in enumerate(zip(ready, probs, strict=True)):
-            j.probs, j.heatmap = p, None if maps is None else maps[i]
         return t_model, t_done
 
     def _verdict(self, j: _Job, t_batch: int, t_model: int, t_done: int) -> tuple[list[Any], list[Any]]:
