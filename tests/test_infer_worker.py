@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,16 @@ import zmq
 
 from linewatch.config import LineConfig, parse_config
 from linewatch.emulator import PartEmulator
-from linewatch.messages import KIND_ALARM, KIND_VERDICT, Endpoints, FrameHeader, Verdict, encode_frame, now_ns
+from linewatch.messages import (
+    KIND_ALARM,
+    KIND_VERDICT,
+    KIND_VERDICT_BATCH,
+    Endpoints,
+    FrameHeader,
+    Verdict,
+    encode_frame,
+    now_ns,
+)
 from linewatch.model import file_sha256
 from linewatch.process import config_path
 from linewatch.supervisor import prepare_run_dir, resolve_paths
@@ -41,6 +51,7 @@ class Rig:
                                       "--run-dir", str(cfg.run_dir)], env=env)
         wait_for(lambda: (cfg.run_dir / "ready" / "infer[0]").exists(), 30, "the worker")
         self.emu = PartEmulator(seed=3, defect_rate=0.5)
+        self.batched: deque[Verdict] = deque()
 
     def header(self, seq: int, **kw: Any) -> FrameHeader:
         fields = dict(camera="cam0", stream="test", seq=seq, part_id=f"p{seq}", t_capture_ns=now_ns(),
@@ -51,10 +62,18 @@ class Rig:
         self.frames.send_multipart(encode_frame(self.header(seq), self.emu.render(seq).pixels))
 
     def receive(self, timeout_ms: int = 10_000) -> tuple[bytes, Any]:
+        """The next message; the verdicts of a `verdict_batch` come one by one, as record takes them."""
+        if self.batched:
+            return KIND_VERDICT, self.batched.popleft()
         assert self.record.poll(timeout_ms), "no message from the worker"
         parts = self.record.recv_multipart()
         if parts[0] == KIND_VERDICT:
             return KIND_VERDICT, Verdict.from_bytes(parts[1])
+        if parts[0] == KIND_VERDICT_BATCH:
+            verdicts, errors = Verdict.many_from_bytes(parts[1])
+            assert not errors and len(verdicts) > 1, errors  # a lone verdict travels as `verdict`
+            self.batched.extend(verdicts)
+            return self.receive(timeout_ms)
         return parts[0], json.loads(parts[1])
 
     def next_verdict(self) -> Verdict:
@@ -113,6 +132,35 @@ def test_malformed_frames_are_refused_and_the_worker_keeps_running(rig: Rig, par
     rig.send_part(100)
     assert rig.next_verdict().seq == 100
     assert rig.proc.poll() is None
+
+
+def test_a_burst_of_imageless_verdicts_goes_to_record_as_batches(tmp_path: Path) -> None:
+    """Frames waiting together are decided together; their verdicts travel as one `verdict_batch` message
+    each (record's per-row cost), every frame exactly once, in order within a batch."""
+    rig = Rig(tmp_path, REFERENCE_MODEL, infer={"max_batch": 4, "batch_wait_ms": 50},
+              record={"pass_sample_every": 0, "live_view_hz": 0})
+    try:
+        good = PartEmulator(seed=4, defect_rate=0.0)
+        for seq in range(12):
+            rig.frames.send_multipart(encode_frame(rig.header(seq), good.render(seq).pixels))
+        seqs, kinds = [], []
+        while len(seqs) < 12:
+            assert rig.record.poll(10_000), f"only {seqs}"
+            parts = rig.record.recv_multipart()
+            kinds.append(parts[0])
+            if parts[0] == KIND_VERDICT_BATCH:
+                verdicts, errors = Verdict.many_from_bytes(parts[1])
+                assert not errors
+                seqs += [v.seq for v in verdicts]
+                assert [v.seq for v in verdicts] == sorted(v.seq for v in verdicts)
+                assert all(v.model_hash == file_sha256(REFERENCE_MODEL) for v in verdicts if v.final == "PASS")
+            elif parts[0] == KIND_VERDICT:
+                assert len(parts) == 2, "a verdict without an image was sent with image parts"
+                seqs.append(Verdict.from_bytes(parts[1]).seq)
+        assert sorted(seqs) == list(range(12))
+        assert KIND_VERDICT_BATCH in kinds and len(kinds) < 12
+    finally:
+        rig.close()
 
 
 def test_wrong_sized_frame_fails_by_rule(rig: Rig) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import zmq
 from prometheus_client import CollectorRegistry
@@ -21,12 +22,14 @@ from linewatch.messages import (
     KIND_ALARM,
     KIND_ANNOUNCE,
     KIND_VERDICT,
+    KIND_VERDICT_BATCH,
     KIND_VERDICTS,
     Alarm,
     Endpoints,
     FrameHeader,
     Verdict,
     decode_verdict_group,
+    encode_verdict_batch,
     now_ns,
 )
 from linewatch.report import Query, load
@@ -95,6 +98,20 @@ def test_malformed_messages_are_refused_and_record_keeps_going(rec: RecordRig) -
     rec.push.send_multipart([KIND_VERDICT, rec.verdict(5, "FAIL").to_bytes()])
     rows = wait_for(rec.rows, 5, "the good verdict")
     assert [(r["seq"], r["final"]) for r in rows] == [(5, "FAIL")]
+    assert rec.proc.poll() is None
+
+
+def test_a_verdict_batch_is_recorded_row_by_row_and_a_bad_item_costs_only_its_own_part(rec: RecordRig) -> None:
+    good = [rec.verdict(seq, final) for seq, final in ((0, "PASS"), (1, "FAIL"), (3, "PASS"))]
+    bad = rec.verdict(2).__dict__ | {"final": "MAYBE"}
+    batch = orjson.loads(encode_verdict_batch(good))
+    rec.push.send_multipart([KIND_ANNOUNCE, rec.header(2).to_bytes()])
+    rec.push.send_multipart([KIND_VERDICT_BATCH, orjson.dumps([*batch[:2], bad, batch[2]])])
+    rec.push.send_multipart([KIND_VERDICT_BATCH, b"[1, 2"])
+    rec.push.send_multipart([KIND_VERDICT_BATCH, b'{"camera": "cam0"}'])
+    rows = wait_for(lambda: len(rec.rows()) == 4 and rec.rows(), 5, "three rows and the bad item's timeout")
+    assert [(r["seq"], r["final"], r["decided_by"]) for r in rows] == [
+        (0, "PASS", "model"), (1, "FAIL", "model"), (2, "FAIL", "timeout"), (3, "PASS", "model")]
     assert rec.proc.poll() is None
 
 

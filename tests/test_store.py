@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,9 @@ from linewatch.messages import (
 from linewatch.store import (
     JSON_COLUMNS,
     ROW_COLUMNS,
+    WAL_BACKSTOP_PAGES,
     ActionError,
+    Checkpointer,
     apply_action,
     clear_alarms,
     committed_values,
@@ -36,6 +39,7 @@ from linewatch.store import (
     verdict_row,
     verdict_values,
 )
+from tests.conftest import wait_for
 
 
 def _rows(n: int, stream: str = "s") -> list[dict]:
@@ -74,10 +78,10 @@ def test_schema_wal_and_migrations_recorded(tmp_path: Path) -> None:
     assert db.journal_mode == "wal"
     assert {"inspections", "alarms", "models", "schema_migrations", "operator_actions", "review_decisions",
             "hook_outbox", "commits"} <= set(db.table_names())
-    assert [r["version"] for r in db["schema_migrations"].rows] == [1, 2, 3]
+    assert [r["version"] for r in db["schema_migrations"].rows] == [1, 2, 3, 4]
     db.close()
     db = open_writer(tmp_path)  # reopening does not re-run migrations (nor back up)
-    assert db["schema_migrations"].count == 3
+    assert db["schema_migrations"].count == 4
     assert not list(tmp_path.glob("*.bak"))
 
 
@@ -86,8 +90,12 @@ def test_grouped_insert_keeps_one_row_per_frame(tmp_path: Path) -> None:
     assert insert_verdicts(db, _rows(2000)) == 2000
     assert insert_verdicts(db, _rows(10)) == 0  # same (camera, stream, seq): first row wins
     assert insert_verdicts(db, _rows(10, stream="t")) == 10
+    # statements of 20 rows, then one per row: a group of 45 mixing new and already recorded frames
+    mixed = _rows(2025)[1980:]  # seq 1980..2024: the first 20 recorded already
+    assert len(mixed) == 45 and insert_verdicts(db, mixed) == 25
     reader = open_reader(tmp_path)
-    assert reader.execute("SELECT count(*) FROM inspections").fetchone()[0] == 2010
+    assert reader.execute("SELECT count(*) FROM inspections").fetchone()[0] == 2035
+    assert reader.execute("SELECT max(seq) FROM inspections WHERE stream = 's'").fetchone()[0] == 2024
     row = row_to_api(reader.execute("SELECT * FROM inspections WHERE seq = 7").fetchone())
     assert row["probs"] == {"good": 1.0, "defect": 0.0} and row["reasons"] == []
     assert row["latency_ms"] == 2.0 and row["queue_ms"] == 0.1 and row["truth_label"] == "good"
@@ -116,8 +124,8 @@ def test_upgrading_a_v1_database_keeps_its_data_and_backs_it_up(tmp_path: Path) 
     before = [tuple(r) for r in db.execute("SELECT * FROM inspections ORDER BY id").fetchall()]
     db.close()
 
-    db = open_writer(tmp_path)  # migrates 1 -> 2 -> 3
-    assert [r["version"] for r in db["schema_migrations"].rows] == [1, 2, 3]
+    db = open_writer(tmp_path)  # migrates 1 -> 2 -> 3 -> 4
+    assert [r["version"] for r in db["schema_migrations"].rows] == [1, 2, 3, 4]
     after = db.execute("SELECT * FROM inspections ORDER BY id").fetchall()
     n_v1 = len(before[0])
     assert [tuple(r[:n_v1]) for r in after] == before  # every old value where it was
@@ -145,8 +153,8 @@ def test_upgrading_a_v2_database_adds_stage_times_keeps_its_data_and_backs_it_up
     before = [tuple(r) for r in db.execute("SELECT * FROM inspections ORDER BY id").fetchall()]
     db.close()
 
-    db = open_writer(tmp_path)  # migrates 2 -> 3
-    assert [r["version"] for r in db["schema_migrations"].rows] == [1, 2, 3]
+    db = open_writer(tmp_path)  # migrates 2 -> 3 -> 4
+    assert [r["version"] for r in db["schema_migrations"].rows] == [1, 2, 3, 4]
     after = db.execute("SELECT * FROM inspections ORDER BY id").fetchall()
     n_v2 = len(before[0])
     assert [tuple(r[:n_v2]) for r in after] == before and all(r[n_v2:] == (None, None, None) for r in after)
@@ -207,3 +215,38 @@ def test_pruned_images_and_cleared_alarms_are_marked(tmp_path: Path) -> None:
     assert clear_alarms(db, "disk_low", "record", 456) == 1
     assert clear_alarms(db, "disk_low", "record", 789) == 0  # already cleared
     assert [(r["kind"], r["t_cleared_ns"]) for r in db["alarms"].rows] == [("disk_low", 456), ("other", None)]
+
+
+def test_fail_and_review_rows_are_found_through_their_own_index_which_pass_rows_skip(tmp_path: Path) -> None:
+    db = open_writer(tmp_path, schema_version=3)
+    db["inspections"].insert_all({k: v for k, v in r.items() if k != "commit_id"} | {"final": f}
+                                 for r, f in zip(_rows(300), ["PASS", "PASS", "FAIL"] * 100, strict=True))
+    db.close()
+    db = open_writer(tmp_path)  # migrates 3 -> 4
+    index = [r for r in db.execute("PRAGMA index_list(inspections)") if r[1] == "idx_inspections_not_pass"]
+    assert index and index[0][4] == 1  # partial
+    assert db.execute("SELECT count(*) FROM inspections INDEXED BY idx_inspections_not_pass "
+                      "WHERE final = 'FAIL' AND final != 'PASS'").fetchone()[0] == 100
+    plan = " ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN SELECT * FROM inspections "
+                                            "WHERE final = ? AND final != 'PASS' ORDER BY id DESC LIMIT 5", ["FAIL"]))
+    assert "idx_inspections_not_pass" in plan
+
+
+def test_checkpointer_copies_the_wal_back_off_the_writer(tmp_path: Path) -> None:
+    db = open_writer(tmp_path)
+    assert db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == WAL_BACKSTOP_PAGES  # the writer does not
+    insert_verdicts(db, _rows(3000))
+    wal = tmp_path / "linewatch.db-wal"
+    reader = open_reader(tmp_path)
+    assert reader.execute("SELECT count(*) FROM inspections").fetchone()[0] == 3000
+    before = (tmp_path / "linewatch.db").stat().st_size
+    stop = threading.Event()
+    checkpointer = Checkpointer(tmp_path, stop, every_s=0.05)
+    checkpointer.start()
+    wait_for(lambda: checkpointer.checkpoints >= 2, 5, "two checkpoints")
+    stop.set()
+    checkpointer.join(5)
+    assert not checkpointer.is_alive()
+    assert (tmp_path / "linewatch.db").stat().st_size > before + 500_000  # the rows reached the file itself
+    assert wal.exists() and reader.execute("SELECT count(*) FROM inspections").fetchone()[0] == 3000
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

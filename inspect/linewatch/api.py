@@ -90,7 +90,7 @@ def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
             sql += " AND camera = ?"
             params.append(camera)
         if final:
-            sql += " AND final = ?"
+            sql += " AND final = ?" + (" AND final != 'PASS'" if final != "PASS" else "")  # the FAIL/REVIEW index
             params.append(final)
         sql += " ORDER BY id DESC LIMIT ?"
         return [row_to_api(r) for r in query(sql, (*params, limit))]

@@ -38,10 +38,12 @@ from linewatch.failsafe.health import ModelFileWatch, ModelHealth, load_model
 from linewatch.frame_ring import FrameReader
 from linewatch.messages import (
     KIND_VERDICT,
+    KIND_VERDICT_BATCH,
     Endpoints,
     FrameHeader,
     MessageError,
     Verdict,
+    encode_verdict_batch,
     now_ns,
     peek_identity,
 )
@@ -155,9 +157,9 @@ class Infer:
                 t_ready = now_ns()  # free to take frames: one sent before this waited for the worker, not the wire
                 if not pull.poll(100):
                     continue
-                for parts, pixels in self.process(self._collect(pull), alarms, t_ready):
+                for message in self.process(self._collect(pull), alarms, t_ready):
                     try:
-                        out.send_multipart(parts + pixels, copy=False)
+                        out.send_multipart(message, copy=False)
                     except zmq.Again:
                         log.error("record not accepting verdicts; the deadline watch will fail these parts")
                 self.frames.flush()  # the batch's ring slots go back to acquire
@@ -200,14 +202,15 @@ class Infer:
         return batch
 
     def process(self, batch: list[tuple[Any, int]], alarms: AlarmSender,
-                t_ready: int = 0) -> list[tuple[list[Any], list[Any]]]:
-        """Decide every frame of a batch of (message, time received); return the messages for record.
+                t_ready: int = 0) -> list[list[Any]]:
+        """Decide every frame of a batch of (message, time received); return the messages for record: one
+        per verdict with an image, one `verdict_batch` for the others.
 
         `t_ready`: when the worker got free to receive them (the time a frame sent earlier spent waiting
         for the worker counts as queue, not transport)."""
         t_batch = now_ns()
         jobs: list[_Job] = []
-        results: list[tuple[list[Any], list[Any]]] = []
+        results: list[tuple[Verdict, list[Any]]] = []
         for msg, t_received in batch:
             try:
                 header, pixels = self.frames.decode(msg)
@@ -229,7 +232,7 @@ class Infer:
                 j.decision = self.failsafe.model_down(f"rules-only mode: {self.health.fault}", j.view)
         for j in jobs:
             results.append(self._verdict(j, t_batch, t_model, t_done))
-        return results
+        return _messages(results)
 
     def _batch(self, jobs: list[_Job]) -> np.ndarray:
         """The jobs' frames as one batch: in the model's own reused input buffer when they have its frame
@@ -280,7 +283,7 @@ class Infer:
             self._publish_health()
         return t_model, t_done
 
-    def _verdict(self, j: _Job, t_batch: int, t_model: int, t_done: int) -> tuple[list[Any], list[Any]]:
+    def _verdict(self, j: _Job, t_batch: int, t_model: int, t_done: int) -> tuple[Verdict, list[Any]]:
         info = self.model.info if self.model else None
         label = score = probs = None
         if j.probs is not None and info is not None:
@@ -314,7 +317,7 @@ class Infer:
         if overwritten is not None:  # the slot was reclaimed mid-inspection: no verdict on mixed pixels
             verdict, pixels = Verdict.not_inspected(h, self.cfg.recipe, overwritten), []
             verdict.worker = self.name
-        return [KIND_VERDICT, verdict.to_bytes()], pixels
+        return verdict, pixels
 
     def _wants_image(self, v: Verdict) -> bool:
         rc = self.cfg.record
@@ -326,7 +329,7 @@ class Infer:
             return True
         return False
 
-    def _reject(self, msg: list[Any], exc: MessageError, alarms: AlarmSender) -> list[tuple[list[Any], list[Any]]]:
+    def _reject(self, msg: list[Any], exc: MessageError, alarms: AlarmSender) -> list[tuple[Verdict, list[Any]]]:
         """A malformed frame: a not-inspected FAIL when it can be traced to a part, else an alarm."""
         reason = str(exc)
         metrics.MESSAGES_REJECTED.labels("infer", reason.split(":")[0]).inc()
@@ -338,11 +341,22 @@ class Infer:
                         decided_by="not_inspected", reasons=[f"malformed frame: {reason}"],
                         recipe=self.cfg.recipe, ruleset_hash=self.failsafe.ruleset_hash,
                         t_decided_ns=now_ns(), worker=self.name)
-            return [([KIND_VERDICT, v.to_bytes()], [])]
+            return [(v, [])]
         if time.monotonic() - self._last_reject_alarm > 10:
             self._last_reject_alarm = time.monotonic()
             alarms.raise_alarm("malformed_message", f"{self.name} rejected an untraceable frame message: {reason}")
         return []
+
+
+def _messages(results: list[tuple[Verdict, list[Any]]]) -> list[list[Any]]:
+    """A verdict with its image parts travels alone; the batch's other verdicts go as one message."""
+    plain = [v for v, image in results if not image]
+    messages = [[KIND_VERDICT, v.to_bytes(), *image] for v, image in results if image]
+    if len(plain) == 1:
+        messages.append([KIND_VERDICT, plain[0].to_bytes()])
+    elif plain:
+        messages.append([KIND_VERDICT_BATCH, encode_verdict_batch(plain)])
+    return messages
 
 
 _STAGES = ("acquire", "transport", "queue", "preprocess", "inference", "failsafe")

@@ -13,6 +13,7 @@ import math
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -27,6 +28,7 @@ from linewatch.messages import (
     KIND_ALARM,
     KIND_ANNOUNCE,
     KIND_VERDICT,
+    KIND_VERDICT_BATCH,
     KIND_VERDICTS,
     Alarm,
     Endpoints,
@@ -44,6 +46,7 @@ from linewatch.store import (
     JSON_COLUMNS,
     ROW_COLUMNS,
     ActionError,
+    Checkpointer,
     CommitRow,
     apply_action,
     clear_alarms,
@@ -103,6 +106,8 @@ class Record:
         self.images = ImageWriter(self.cfg.data_dir, rc.jpeg_quality, rc.image_queue)
         self.retention = Retention(self.cfg.data_dir, rc, self.stop)
         self.retention.start()
+        self.checkpointer = Checkpointer(self.cfg.data_dir, self.stop)
+        self.checkpointer.start()
         ctx: zmq.Context[Any] = zmq.Context()
         inbound = ctx.socket(zmq.PULL)
         inbound.setsockopt(zmq.RCVHWM, 100_000)
@@ -124,6 +129,7 @@ class Record:
             inbound.close()
             self.events.close()
             ctx.term()
+            self.checkpointer.join(5)
             self.db.close()
 
     def _wait_ms(self) -> int:
@@ -178,6 +184,12 @@ class Record:
         try:
             if kind == KIND_VERDICT and len(parts) in (2, 4, 5):
                 self._on_verdict(Verdict.from_bytes(parts[1]), parts[2:])
+            elif kind == KIND_VERDICT_BATCH and len(parts) == 2:
+                verdicts, errors = Verdict.many_from_bytes(parts[1])
+                for v in verdicts:
+                    self._on_verdict(v, ())
+                for error in errors:  # the item's part stays pending: the deadline watch fails it
+                    self._reject(MessageError(error))
             elif kind == KIND_ANNOUNCE and len(parts) == 2:
                 self._on_announce(FrameHeader.from_bytes(parts[1]))
             elif kind == KIND_ALARM and len(parts) == 2:
@@ -187,8 +199,11 @@ class Record:
             else:
                 raise MessageError(f"record message: unknown kind {kind[:20]!r} with {len(parts)} parts")
         except MessageError as exc:
-            metrics.MESSAGES_REJECTED.labels("record", str(exc).split(":")[0]).inc()
-            log.error("rejected message: %s", exc)
+            self._reject(exc)
+
+    def _reject(self, exc: MessageError) -> None:
+        metrics.MESSAGES_REJECTED.labels("record", str(exc).split(":")[0]).inc()
+        log.error("rejected message: %s", exc)
 
     def _on_announce(self, h: FrameHeader) -> None:
         key = (h.camera, h.stream, h.seq)
@@ -216,7 +231,7 @@ class Record:
                 h = FrameHeader(camera, stream, missing, f"{camera}-{stream}-{missing}", 0, 0, 1, 1, 1, "uint8", "")
                 self._watch(key, h, deadline)
 
-    def _on_verdict(self, v: Verdict, image_parts: list[bytes]) -> None:
+    def _on_verdict(self, v: Verdict, image_parts: Sequence[bytes]) -> None:
         key = (v.camera, v.stream, v.seq)
         self._track_gaps(*key)
         if key in self.recorded:
@@ -228,10 +243,10 @@ class Record:
             self._keep_image(v, image_parts)
         self._buffer(v)
 
-    def _keep_image(self, v: Verdict, image_parts: list[bytes]) -> None:
+    def _keep_image(self, v: Verdict, image_parts: Sequence[bytes]) -> None:
         """[header, pixels] and, from a model with an anomaly map, its PNG (kept as `<image>.heat.png`)."""
         try:
-            _, pixels = decode_frame(image_parts[:2])
+            _, pixels = decode_frame(list(image_parts[:2]))
         except MessageError as exc:
             log.error("verdict image for %s seq %d unreadable: %s", v.camera, v.seq, exc)
             return
