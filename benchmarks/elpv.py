@@ -46,7 +46,7 @@ def _elpv_rows() -> list[dict[str, str]]:
         if line.strip():
             path, prob, kind = line.split()
             rows.append({"path": str(data / path), "label": "defect" if float(prob) >= 0.5 else "good",
-                         "cell_type": kind})
+                         "cell_type": kind, "defect_probability": prob})
     return rows
 
 
@@ -64,7 +64,7 @@ def _split(rows: list[dict[str, str]], seed: int) -> tuple[list[dict[str, str]],
 
 def _manifest(rows: list[dict[str, str]], path: Path) -> Path:
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, ["path", "label", "cell_type"])
+        writer = csv.DictWriter(f, ["path", "label", "cell_type", "defect_probability"])
         writer.writeheader()
         writer.writerows(rows)
     return path
@@ -80,6 +80,8 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--label-smoothing", type=float, default=0.0)
     ap.add_argument("--class-weights", action="store_true")
+    ap.add_argument("--soft-targets", action="store_true", help="fit the experts' defect probabilities")
+    ap.add_argument("--shift", type=int, default=0, help="random translation augmentation, pixels")
     ap.add_argument("--patience", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="keep the model, its card and checkpoint here (default: discarded)")
@@ -94,6 +96,7 @@ def main() -> int:
                      TrainOptions(name="elpv", arch=args.arch, net_size=args.net_size, epochs=args.epochs,
                                   max_minutes=args.max_minutes, batch=args.batch, lr=args.lr,
                                   label_smoothing=args.label_smoothing, class_weights=args.class_weights,
+                                  soft_targets=args.soft_targets, shift_px=args.shift,
                                   patience=args.patience, seed=args.seed, flips=True, rotate90=True), log=print)
         seconds = time.monotonic() - t0
         model = Model(model_dir / "elpv.onnx", providers="cpu")

@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/store_throughput.py --rows 200000
 
 Figures of one run, same machine:
-  store    verdict_row + insert_verdicts in groups of record.commit_rows on a WAL file (record's commit path)
+  store    verdict_row + insert_verdicts in groups of record.commit_rows on a WAL file (record's commit path,
+           with its checkpoint thread)
   +reader  the same while another process (like the api) exports the table over and over through its
            read-only connection: WAL readers never block the writer (on 2 cores they share the CPU)
   record   the whole record process (real process, ZeroMQ socket, SQLite file in WAL, group commits,
@@ -31,6 +32,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -54,7 +56,7 @@ from linewatch.messages import (
     now_ns,
 )
 from linewatch.report import Query, load
-from linewatch.store import insert_verdicts, open_writer, verdict_row
+from linewatch.store import Checkpointer, insert_verdicts, open_writer, verdict_row
 from linewatch.supervisor import prepare_run_dir, resolve_paths
 
 
@@ -77,6 +79,9 @@ def _reader(data_dir: Path, stop: Any, reads: Any) -> None:
 def store_path(rows: int, group: int, with_reader: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         db = open_writer(Path(tmp))
+        checkpoints = threading.Event()
+        checkpointer = Checkpointer(Path(tmp), checkpoints)  # as record runs it
+        checkpointer.start()
         stop, reads = multiprocessing.Event(), multiprocessing.Value("q", 0)
         t = multiprocessing.Process(target=_reader, args=(Path(tmp), stop, reads))
         if with_reader:
@@ -91,6 +96,8 @@ def store_path(rows: int, group: int, with_reader: bool) -> dict[str, Any]:
             commit_ms.append((time.perf_counter() - tc) * 1e3)
         dt, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         stop.set()
+        checkpoints.set()
+        checkpointer.join()
         if with_reader:
             t.join()
         db.close()

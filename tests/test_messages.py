@@ -110,7 +110,8 @@ _DROP = object()
         ({"probs": {"good": None}}, "Expected `float`, got `null` - at `\\$.probs"),
         ({"camera": _DROP}, "missing required field `camera`"),
         ({"final": "MAYBE"}, "Invalid enum value 'MAYBE' - at `\\$.final`"),
-        ({"seq": -1}, "field 'seq' must be >= 0"),
+        ({"seq": -1}, "Expected `int` >= 0 - at `\\$.seq`"),
+        ({"t_capture_ns": 2**63}, "Expected `int` <= 9223372036854775807 - at `\\$.t_capture_ns`"),
     ],
 )
 def test_malformed_verdict_names_the_field(changes: dict[str, object], message: str) -> None:
@@ -141,10 +142,13 @@ def test_verdict_batch_keeps_the_good_items_and_names_the_bad_ones() -> None:
     items = [json.loads(v.to_bytes()) for v in good]
     items[1]["seq"] = -4
     items.insert(2, "not a verdict")
+    items[0]["final"] = "MAYBE"
     verdicts, errors = Verdict.many_from_bytes(json.dumps(items).encode())
-    assert [v.seq for v in verdicts] == [0, 2]
-    assert errors == ["verdict batch: item 1: verdict: field 'seq' must be >= 0, got -4",
-                      "verdict batch: item 2: verdict: Expected `object`, got `str`"]
+    assert [v.seq for v in verdicts] == [2]
+    assert [(str(e), e.identity) for e in errors] == [
+        ("verdict batch: item 0: verdict: Invalid enum value 'MAYBE' - at `$.final`", ("cam0", "s", 0)),
+        ("verdict batch: item 1: verdict: Expected `int` >= 0 - at `$.seq`", None),  # no part to name
+        ("verdict batch: item 2: verdict: Expected `object`, got `str`", None)]
     for raw, problem in ((b"[1,", "not valid JSON"), (b'{"seq": 1}', "Expected `array`, got `object`")):
         with pytest.raises(MessageError, match=problem):
             Verdict.many_from_bytes(raw)

@@ -101,7 +101,7 @@ def test_malformed_messages_are_refused_and_record_keeps_going(rec: RecordRig) -
     assert rec.proc.poll() is None
 
 
-def test_a_verdict_batch_is_recorded_row_by_row_and_a_bad_item_costs_only_its_own_part(rec: RecordRig) -> None:
+def test_a_verdict_batch_is_recorded_row_by_row_and_a_bad_item_fails_only_its_own_part(rec: RecordRig) -> None:
     good = [rec.verdict(seq, final) for seq, final in ((0, "PASS"), (1, "FAIL"), (3, "PASS"))]
     bad = rec.verdict(2).__dict__ | {"final": "MAYBE"}
     batch = orjson.loads(encode_verdict_batch(good))
@@ -109,10 +109,28 @@ def test_a_verdict_batch_is_recorded_row_by_row_and_a_bad_item_costs_only_its_ow
     rec.push.send_multipart([KIND_VERDICT_BATCH, orjson.dumps([*batch[:2], bad, batch[2]])])
     rec.push.send_multipart([KIND_VERDICT_BATCH, b"[1, 2"])
     rec.push.send_multipart([KIND_VERDICT_BATCH, b'{"camera": "cam0"}'])
-    rows = wait_for(lambda: len(rec.rows()) == 4 and rec.rows(), 5, "three rows and the bad item's timeout")
+    huge = orjson.dumps(rec.verdict(4).__dict__ | {"t_sent_ns": 12345}).replace(b"12345", str(2**64).encode())
+    rec.push.send_multipart([KIND_VERDICT, huge])
+    rows = wait_for(lambda: len(rec.rows()) == 5 and rec.rows(), 5, "five rows")
     assert [(r["seq"], r["final"], r["decided_by"]) for r in rows] == [
-        (0, "PASS", "model"), (1, "FAIL", "model"), (2, "FAIL", "timeout"), (3, "PASS", "model")]
+        (0, "PASS", "model"), (1, "FAIL", "model"), (2, "FAIL", "not_inspected"), (3, "PASS", "model"),
+        (4, "FAIL", "not_inspected")]
+    why = "malformed verdict: verdict batch: item 2: verdict: Invalid enum value 'MAYBE' - at `$.final`"
+    assert why in rows[2]["reasons"]
+    assert rows[2]["t_capture_ns"] > 0  # the announced part keeps its capture time
+    assert "<= 9223372036854775807 - at `$.t_sent_ns`" in rows[4]["reasons"]
     assert rec.proc.poll() is None
+
+
+def test_a_sequence_jump_is_alarmed_not_watched_as_a_million_lost_frames(rec: RecordRig) -> None:
+    rec.push.send_multipart([KIND_VERDICT, rec.verdict(5).to_bytes()])
+    rec.push.send_multipart([KIND_VERDICT, rec.verdict(5 + 1_000_000).to_bytes()])
+    rows = wait_for(lambda: len(rec.rows()) >= 7 and rec.rows(), 5, "the rows")
+    time.sleep(0.5)
+    assert len(rec.rows()) == 7  # seqs 0-4 (a gap at the start), 5 and the jump's frame; no million rows
+    alarms = db_rows(rec.cfg.data_dir, "SELECT kind, message FROM alarms")
+    assert [a["kind"] for a in alarms] == ["sequence_jump"] and "from 5 to 1000005" in alarms[0]["message"]
+    assert rows[-1]["seq"] == 1_000_005 and rec.proc.poll() is None
 
 
 def test_rows_and_alarms_are_published_after_commit(rec: RecordRig) -> None:

@@ -223,8 +223,8 @@ def test_fail_and_review_rows_are_found_through_their_own_index_which_pass_rows_
                                  for r, f in zip(_rows(300), ["PASS", "PASS", "FAIL"] * 100, strict=True))
     db.close()
     db = open_writer(tmp_path)  # migrates 3 -> 4
-    index = [r for r in db.execute("PRAGMA index_list(inspections)") if r[1] == "idx_inspections_not_pass"]
-    assert index and index[0][4] == 1  # partial
+    indexes = {r[1]: r for r in db.execute("PRAGMA index_list(inspections)")}
+    assert "idx_inspections_final" not in indexes and indexes["idx_inspections_not_pass"][4] == 1  # partial
     assert db.execute("SELECT count(*) FROM inspections INDEXED BY idx_inspections_not_pass "
                       "WHERE final = 'FAIL' AND final != 'PASS'").fetchone()[0] == 100
     plan = " ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN SELECT * FROM inspections "

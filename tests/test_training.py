@@ -212,3 +212,57 @@ def test_anomaly_model_from_good_images_only(tmp_path: Path) -> None:
     probs = model.run(np.zeros((2, FRAME, FRAME), np.uint8))
     assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
     assert "Real defects (never trained on)" in (tmp_path / "m" / "CARD.md").read_text()
+
+
+def test_soft_targets_fit_the_experts_probabilities(tmp_path: Path) -> None:
+    """Trained towards a defect probability of 0.5 for every part, the model cannot tell parts apart even
+    though the labels can (dark good parts, bright defective ones); with probabilities that follow the
+    labels the same run separates them."""
+    rng = np.random.default_rng(5)
+    labels = ["good", "defect"] * 80
+    for i, label in enumerate(labels):
+        level = 60 if label == "good" else 190
+        cv2.imwrite(str(tmp_path / f"{i:03d}.png"), rng.normal(level, 20, (32, 32)).clip(0, 255).astype(np.uint8))
+    spread = {}
+    for name, probability in (("soft", lambda label: 0.5), ("hard", lambda label: float(label == "defect"))):
+        manifest = tmp_path / f"{name}.csv"
+        manifest.write_text("path,label,defect_probability\n" + "".join(
+            f"{i:03d}.png,{label},{probability(label)}\n" for i, label in enumerate(labels)))
+        ds = load_dataset(manifest)
+        assert ds.soft_targets()[1].tolist() == [1 - probability("defect"), probability("defect")]
+        card = train(manifest, tmp_path / name, TrainOptions(name=name, net_size=32, epochs=10, patience=10, seed=1,
+                                                             soft_targets=True), log=lambda s: None)
+        assert card["training"]["options"]["soft_targets"] is True
+        ds.load(None, 1)
+        assert ds.images is not None
+        p = Model(tmp_path / name / f"{name}.onnx").run(ds.images)[:, 1].clip(1e-6, 1 - 1e-6)
+        # what the network learnt, before the calibration's temperature (which sharpens any faint signal)
+        fitted = 1 / (1 + np.exp(-np.log(p / (1 - p)) * card["calibration"]["temperature"]))
+        spread[name] = float(np.abs(fitted - 0.5).mean())
+        if name == "hard":
+            assert card["metrics"]["accuracy"] >= 0.95
+    assert spread["soft"] < 0.1 < 0.3 < spread["hard"], spread
+
+
+@pytest.mark.parametrize(("column", "message"), [("", "need a number in column 'defect_probability'"),
+                                                  ("1.5", "must be within \\[0, 1\\], got 1.5")])
+def test_soft_target_errors_name_the_row(tmp_path: Path, column: str, message: str) -> None:
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8), np.uint8))
+    (tmp_path / "manifest.csv").write_text(f"path,label,defect_probability\na.png,good,0\na.png,defect,{column}\n")
+    with pytest.raises(DatasetError, match=f"row 2: .*{message}"):
+        load_dataset(tmp_path).soft_targets()
+
+
+def test_shift_augmentation_moves_parts_by_at_most_the_asked_pixels() -> None:
+    import torch
+
+    from linewatch.training.trainer import _augment
+
+    x = torch.zeros(64, 1, 40, 40)
+    x[:, 0, 20, 20] = 10.0
+    out = _augment(torch, x, TrainOptions(flips=False, shift_px=3), torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    where = out.flatten(1).argmax(1)
+    dy, dx = where // 40 - 20, where % 40 - 20
+    assert dy.abs().max() <= 3 and dx.abs().max() <= 3
+    assert len(set(zip(dy.tolist(), dx.tolist(), strict=True))) >= 10  # not one shift for the whole batch

@@ -65,9 +65,10 @@ def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
     @app.get("/api/status")
     def status() -> dict[str, Any]:
         counts = {"PASS": 0, "FAIL": 0, "REVIEW": 0}
-        for r in query("SELECT final, count(*) AS n FROM inspections GROUP BY final"):
-            counts[r["final"]] = r["n"]
-        total = sum(counts.values())
+        for r in query("SELECT final, count(*) AS n FROM inspections WHERE final != 'PASS' GROUP BY final"):
+            counts[r["final"]] = r["n"]  # through the FAIL/REVIEW index; PASS rows are the rest
+        total = sum(r["n"] for r in query("SELECT count(*) AS n FROM inspections"))
+        counts["PASS"] = total - counts["FAIL"] - counts["REVIEW"]
         last = query("SELECT * FROM inspections ORDER BY id DESC LIMIT 1")
         active = query("SELECT count(*) AS n FROM alarms WHERE acknowledged_by IS NULL")
         workers = _workers(run_dir)

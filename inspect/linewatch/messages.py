@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
@@ -230,16 +230,32 @@ class SlotRelease:
                    slots=pairs)
 
 
-def peek_identity(raw: bytes) -> tuple[str, str, int] | None:
-    """(camera, stream, seq) from a header that failed validation, when those fields are readable."""
+def peek_identity(raw: bytes | memoryview | msgspec.Raw) -> tuple[str, str, int] | None:
+    """(camera, stream, seq) from a header or verdict that failed validation, when those fields are readable."""
     try:
-        d = json.loads(raw)
+        d = json.loads(bytes(raw))
         cam, stream, seq = d["camera"], d["stream"], d["seq"]
     except (ValueError, TypeError, KeyError, UnicodeDecodeError):
         return None
-    if isinstance(cam, str) and isinstance(stream, str) and isinstance(seq, int) and not isinstance(seq, bool):
+    if (isinstance(cam, str) and isinstance(stream, str) and isinstance(seq, int) and not isinstance(seq, bool)
+            and 0 <= seq <= MAX_INT64):
         return cam, stream, seq
     return None
+
+
+class VerdictError(MessageError):
+    """A verdict that failed validation; `identity` is its part's (camera, stream, seq) when readable, so
+    record can fail that part at once, naming the problem, instead of letting it time out."""
+
+    def __init__(self, text: str, identity: tuple[str, str, int] | None):
+        super().__init__(text)
+        self.identity = identity
+
+
+MAX_INT64 = 2**63 - 1
+#: seq and nanosecond times: SQLite stores signed 64-bit integers (and a huge seq would make record's gap
+#: tracking watch billions of frames), so bigger numbers are refused at the door.
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT64)]
 
 
 @dataclass
@@ -252,7 +268,7 @@ class Verdict:
 
     camera: str
     stream: str
-    seq: int
+    seq: Count
     part_id: str
     final: Final
     decided_by: str
@@ -264,10 +280,10 @@ class Verdict:
     label: str | None = None
     score: float | None = None
     probs: dict[str, float] | None = None
-    t_capture_ns: int = 0
-    t_sent_ns: int = 0
-    t_received_ns: int = 0
-    t_decided_ns: int = 0
+    t_capture_ns: Count = 0
+    t_sent_ns: Count = 0
+    t_received_ns: Count = 0
+    t_decided_ns: Count = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
     worker: str = ""
     truth: dict[str, Any] | None = None
@@ -278,23 +294,21 @@ class Verdict:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Verdict:
-        """Validated against the fields' types (msgspec, in C: record decodes every verdict of the line)."""
+        """Validated against the fields' types (msgspec, in C: record decodes every verdict of the line).
+
+        A field this version does not know is ignored, so a newer worker's verdicts are still recorded;
+        a known field with a wrong type or value is refused, naming the field (VerdictError)."""
         try:
-            v = _VERDICT.decode(raw)
+            return _VERDICT.decode(raw)
         except msgspec.DecodeError as exc:
-            raise MessageError(f"verdict: {_decode_problem(exc)}") from None
-        if v.seq < 0:
-            raise MessageError(f"verdict: field 'seq' must be >= 0, got {v.seq}")
-        return v
+            raise VerdictError(f"verdict: {_decode_problem(exc)}", peek_identity(raw)) from None
 
     @classmethod
-    def many_from_bytes(cls, raw: bytes) -> tuple[list[Verdict], list[str]]:
+    def many_from_bytes(cls, raw: bytes) -> tuple[list[Verdict], list[VerdictError]]:
         """The verdicts of a `verdict_batch` message, and what is wrong with each item that fails validation
         (its neighbours are kept: one bad item does not cost the batch's other parts their verdicts)."""
         try:
-            verdicts = _VERDICTS.decode(raw)
-            if all(v.seq >= 0 for v in verdicts):
-                return verdicts, []
+            return _VERDICTS.decode(raw), []
         except msgspec.ValidationError:
             pass  # one item or more is bad: decode them one by one
         except msgspec.DecodeError as exc:
@@ -307,8 +321,8 @@ class Verdict:
         for i, item in enumerate(items):
             try:
                 good.append(cls.from_bytes(item))
-            except MessageError as exc:
-                errors.append(f"verdict batch: item {i}: {exc}")
+            except VerdictError as exc:
+                errors.append(VerdictError(f"verdict batch: item {i}: {exc}", exc.identity))
         return good, errors
 
     @classmethod

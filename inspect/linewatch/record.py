@@ -36,6 +36,7 @@ from linewatch.messages import (
     MessageError,
     OperatorAction,
     Verdict,
+    VerdictError,
     decode_frame,
     encode_verdict_group,
     now_ns,
@@ -65,6 +66,7 @@ from linewatch.streaks import StreakWatch
 
 log = logging.getLogger("record")
 _RECENT_KEYS = 200_000
+MAX_SEQ_GAP = 100_000  # skipped seqs watched as lost frames; a bigger jump is alarmed instead
 
 Key = tuple[str, str, int]
 _COL = {name: i for i, name in enumerate(ROW_COLUMNS)}
@@ -123,6 +125,7 @@ class Record:
                 self._pump(inbound, timeout_ms=self._wait_ms())
             self._drain_on_stop(inbound)
         finally:
+            self.stop.set()  # also when leaving on an error: the checkpoint and retention threads end
             self._flush()
             self._write_commit()
             self.images.close()
@@ -188,8 +191,8 @@ class Record:
                 verdicts, errors = Verdict.many_from_bytes(parts[1])
                 for v in verdicts:
                     self._on_verdict(v, ())
-                for error in errors:  # the item's part stays pending: the deadline watch fails it
-                    self._reject(MessageError(error))
+                for error in errors:
+                    self._reject(error)
             elif kind == KIND_ANNOUNCE and len(parts) == 2:
                 self._on_announce(FrameHeader.from_bytes(parts[1]))
             elif kind == KIND_ALARM and len(parts) == 2:
@@ -202,8 +205,16 @@ class Record:
             self._reject(exc)
 
     def _reject(self, exc: MessageError) -> None:
+        """Count and log a malformed message; a verdict whose part is known fails that part now, naming why."""
         metrics.MESSAGES_REJECTED.labels("record", str(exc).split(":")[0]).inc()
-        log.error("rejected message: %s", exc)
+        identity = exc.identity if isinstance(exc, VerdictError) else None
+        log.error("rejected message%s: %s", f" for {identity}" if identity else "", exc)
+        if identity is not None:
+            entry = self.pending.get(identity)
+            h = entry[0] if entry else FrameHeader(*identity, f"{identity[0]}-{identity[1]}-{identity[2]}", 0, 0,
+                                                    1, 1, 1, "uint8", "")
+            v = Verdict.not_inspected(h, self.cfg.recipe, f"malformed verdict: {exc}")
+            self._on_verdict(v, ())
 
     def _on_announce(self, h: FrameHeader) -> None:
         key = (h.camera, h.stream, h.seq)
@@ -223,6 +234,11 @@ class Record:
             return
         self.last_seq[(camera, stream)] = seq
         if seq == last + 1:
+            return
+        if last >= 0 and seq - last > MAX_SEQ_GAP:  # a counter reset or a corrupt seq, not lost frames
+            metrics.ALARMS.labels("sequence_jump").inc()
+            self._on_alarm(Alarm("record", "sequence_jump", f"{camera} stream {stream}: seq jumped from {last} to "
+                                 f"{seq}; the {seq - last - 1} numbers between are not watched as lost frames"))
             return
         deadline = now_ns() + int(self.cfg.record.deadline_ms * 1e6)
         for missing in range(last + 1, seq):

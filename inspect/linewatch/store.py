@@ -130,7 +130,12 @@ class Checkpointer(threading.Thread):
         self.checkpoints = 0
 
     def run(self) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            log.error("WAL checkpoint thread cannot open %s (the writer's backstop checkpoint remains): %s",
+                      self.path, exc)
+            return
         try:
             conn.execute("PRAGMA busy_timeout=1000")
             while not self.stop.wait(self.every_s):

@@ -21,9 +21,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     opts = TrainOptions(name=args.name, kind=args.kind, net_size=args.net_size, arch=args.arch, channels=args.channels,
                         frame_size=size,  # type: ignore[arg-type]
                         epochs=args.epochs, batch=args.batch, lr=args.lr, label_smoothing=args.label_smoothing,
-                        class_weights=not args.no_class_weights, patience=args.patience, max_minutes=args.max_minutes,
+                        class_weights=not args.no_class_weights, soft_targets=args.soft_targets,
+                        patience=args.patience, max_minutes=args.max_minutes,
                         val_fraction=args.val_fraction, seed=args.seed, flips=not args.no_flips,
-                        rotate90=args.rotate90, target_escape=args.target_escape, max_review=args.max_review)
+                        rotate90=args.rotate90, shift_px=args.shift, target_escape=args.target_escape,
+                        max_review=args.max_review)
     try:
         card = train(Path(args.data), Path(args.out), opts)
     except DatasetError as exc:
@@ -51,6 +53,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--label-smoothing", type=float, default=0.0, help="for labels that experts disagree on")
+    p.add_argument("--soft-targets", action="store_true",
+                   help="fit the manifest's defect_probability column (experts' confidence) instead of the label")
     p.add_argument("--no-class-weights", action="store_true",
                    help="do not weigh rare classes up (higher accuracy, more escapes)")
     p.add_argument("--patience", type=int, default=6, help="early stop after N epochs without improvement")
@@ -60,6 +64,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-flips", action="store_true", help="the part is not symmetric: no flip augmentation")
     p.add_argument("--rotate90", action="store_true", help="the part may appear rotated by 90 degrees")
+    p.add_argument("--shift", type=int, default=0, help="augment with random shifts of up to N pixels")
     p.add_argument("--target-escape", type=float, default=0.01, help="escape rate the REVIEW band aims for")
     p.add_argument("--max-review", type=float, default=0.05, help="largest share of parts sent to REVIEW")
     p.set_defaults(func=_cmd_train)

@@ -19,6 +19,7 @@ import numpy as np
 GOOD_NAMES = ("good", "ok", "pass", "normal")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 RESERVED_COLUMNS = {"path", "label", "image", "file", "truth"}
+SOFT_COLUMN = "defect_probability"  # optional manifest column: how sure the experts are that a part is defective
 
 
 class DatasetError(ValueError):
@@ -66,6 +67,24 @@ class Dataset:
         self.images = np.stack(frames)
         index = {name: i for i, name in enumerate(self.labels)}
         self.targets = np.array([index[item.label] for item in self.items], np.int64)
+
+    def soft_targets(self, column: str = SOFT_COLUMN) -> np.ndarray:
+        """(N, labels) target distributions from a manifest's defect-probability column (experts' confidence,
+        e.g. ELPV's 0, 1/3, 2/3, 1): good gets 1 - p, the one defect class p. The label stays the decision
+        that validation, calibration and the band are judged on."""
+        if len(self.defect_labels) != 1:
+            raise DatasetError(f"{self.source}: soft targets need exactly one defect class, found {self.defect_labels}")
+        out = np.zeros((len(self.items), 2), np.float32)
+        for n, item in enumerate(self.items, start=1):
+            try:
+                p = float(item.segments[column])
+            except (KeyError, ValueError):
+                raise DatasetError(f"{self.source} row {n}: soft targets need a number in column '{column}', "
+                                   f"got {item.segments.get(column)!r}") from None
+            if not 0 <= p <= 1:
+                raise DatasetError(f"{self.source} row {n}: '{column}' must be within [0, 1], got {p}")
+            out[n - 1] = (1 - p, p)
+        return out
 
     def content_hash(self) -> str:
         """SHA-256 over every image's bytes and label: the card's `dataset_sha256`."""

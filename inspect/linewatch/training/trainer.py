@@ -41,12 +41,14 @@ class TrainOptions:
     weight_decay: float = 1e-4
     label_smoothing: float = 0.0
     class_weights: bool = True  # rare defects weigh more: fewer escapes, a little lower accuracy
+    soft_targets: bool = False  # train towards the manifest's `defect_probability` instead of the hard label
     patience: int = 6
     max_minutes: float | None = None  # wall-clock budget for the training loop
     val_fraction: float = 0.2
     seed: int = 0
     flips: bool = True
     rotate90: bool = False
+    shift_px: int = 0  # random translation up to this many pixels (edges replicated): parts move on a belt
     target_escape: float = 0.01
     max_review: float = 0.05
 
@@ -64,6 +66,11 @@ def _augment(torch: Any, x: Any, opts: TrainOptions, gen: Any) -> Any:
         x = torch.where(turn[:, None, None, None], x.transpose(2, 3), x)
     elif opts.rotate90 and torch.rand(1, generator=gen).item() < 0.5:
         x = x.rot90(1, dims=(2, 3))
+    if opts.shift_px:
+        s = opts.shift_px
+        padded = torch.nn.functional.pad(x, (s, s, s, s), mode="replicate")
+        dy, dx = (torch.randint(0, 2 * s + 1, (2, n), generator=gen)).tolist()
+        x = torch.stack([padded[i, :, dy[i]:dy[i] + x.shape[2], dx[i]:dx[i] + x.shape[3]] for i in range(n)])
     # Mild photometric jitter: strong per-image gain/offset made the network learn the jitter (measured).
     gain = 1 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.1
     x = x * gain + torch.randn(x.shape, generator=gen) * 0.03
@@ -158,6 +165,7 @@ def train(data: Path, out_dir: Path, opts: TrainOptions, log: Any = print) -> di
         f"train {len(train_idx)} / validation {len(val_idx)}")
     xt, xv = prepared(torch, ds.images, train_idx, spec), prepared(torch, ds.images, val_idx, spec)
     yt, yv = torch.from_numpy(ds.targets[train_idx]), torch.from_numpy(ds.targets[val_idx])
+    fit_to = torch.from_numpy(ds.soft_targets()[train_idx]) if opts.soft_targets else yt
     counts = torch.bincount(yt, minlength=len(ds.labels)).float().clamp(min=1)
     weights = counts.sum() / (len(ds.labels) * counts)  # class imbalance: rare defects weigh more
     if not opts.class_weights:
@@ -182,7 +190,8 @@ def train(data: Path, out_dir: Path, opts: TrainOptions, log: Any = print) -> di
                     break
                 idx = perm[i:i + opts.batch]
                 loss = torch.nn.functional.cross_entropy(net(_fast(torch, _augment(torch, xt[idx], opts, gen))),
-                                                         yt[idx], weight=weights, label_smoothing=opts.label_smoothing)
+                                                         fit_to[idx], weight=weights,
+                                                         label_smoothing=opts.label_smoothing)
                 optim.zero_grad()
                 loss.backward()  # type: ignore[no-untyped-call]
                 optim.step()
