@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 import zmq
@@ -24,6 +25,7 @@ from linewatch.messages import (
     Endpoints,
     FrameHeader,
     Verdict,
+    decode_frame,
     encode_frame,
     now_ns,
 )
@@ -31,6 +33,7 @@ from linewatch.model import file_sha256
 from linewatch.process import config_path
 from linewatch.supervisor import prepare_run_dir, resolve_paths
 from tests.conftest import REFERENCE_MODEL, wait_for
+from tests.test_adapters import anomalib_model
 
 
 class Rig:
@@ -159,6 +162,42 @@ def test_a_burst_of_imageless_verdicts_goes_to_record_as_batches(tmp_path: Path)
                 seqs.append(Verdict.from_bytes(parts[1]).seq)
         assert sorted(seqs) == list(range(12))
         assert KIND_VERDICT_BATCH in kinds and len(kinds) < 12
+    finally:
+        rig.close()
+
+
+def test_a_batch_of_mixed_frame_sizes_runs_per_size_and_each_frame_keeps_its_own_heatmap(tmp_path: Path) -> None:
+    """A resizing adapter takes any frame size, so one batch can hold several: the model runs once per size and
+    every verdict, kept image and heatmap stays with its own frame (a dark frame scores high, its map is hot:
+    a map from a neighbour of the other size and level would be off by 140 grey levels)."""
+    byo = tmp_path / "byo"
+    byo.mkdir()
+    rules_off = {name: {"enabled": False} for name in ("exposure", "presence", "blur", "statistics", "dark_spot")}
+    rig = Rig(tmp_path, anomalib_model(byo), infer={"max_batch": 4, "batch_wait_ms": 200},
+              record={"pass_sample_every": 1, "live_view_hz": 0}, failsafe=rules_off)
+    try:
+        frames = [((100, 120), 60), ((80, 96), 200), ((100, 120), 200), ((80, 96), 60)]
+        for seq, (shape, level) in enumerate(frames):
+            header = rig.header(seq, height=shape[0], width=shape[1])
+            rig.frames.send_multipart(encode_frame(header, np.full(shape, level, np.uint8)))
+        got: dict[int, tuple[Verdict, float, tuple[int, ...], float]] = {}
+        while len(got) < len(frames):
+            assert rig.record.poll(10_000), f"only {sorted(got)}"
+            parts = rig.record.recv_multipart()
+            if parts[0] != KIND_VERDICT:
+                continue
+            v = Verdict.from_bytes(parts[1])
+            assert len(parts) == 5, "the kept image and its heatmap travel with the verdict"
+            header, pixels = decode_frame(parts[2:4])
+            heat = cv2.imdecode(np.frombuffer(parts[4], np.uint8), cv2.IMREAD_GRAYSCALE)
+            got[v.seq] = (v, float(heat.mean()), header.shape, float(pixels.mean()))
+        assert len({v.timings_ms["inference"] for v, *_ in got.values()}) == 1, "one batch"
+        for seq, (shape, level) in enumerate(frames):
+            v, heat, kept_shape, kept_level = got[seq]
+            assert (kept_shape, kept_level) == (shape, level)
+            assert abs(heat - (255 - level)) <= 2, (seq, heat)  # the map is 1 - the frame's grey level
+            assert v.score is not None
+        assert got[0][0].score > got[1][0].score and got[3][0].score > got[2][0].score  # type: ignore[operator]
     finally:
         rig.close()
 
