@@ -236,14 +236,14 @@ def test_a_worker_process_reads_slots_keeps_images_and_hands_slots_back(tmp_path
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        ({"slot": -1, "gen": 1}, "'slot'"),
-        ({"slot": "3", "gen": 1}, "'slot'"),
-        ({"slot": True, "gen": 1}, "'slot'"),
-        ({"slot": 1}, "'gen'"),
-        ({"gen": 4}, "'slot'"),
-        ({"slot": 1, "gen": 0}, "'gen'"),
-        ({"slot": 1, "gen": 1.5}, "'gen'"),
-        ({"v": 1, "slot": 1, "gen": 1}, "'slot'"),
+        ({"slot": -1, "gen": 1}, r"(\$\.|')slot"),
+        ({"slot": "3", "gen": 1}, r"(\$\.|')slot"),
+        ({"slot": True, "gen": 1}, r"(\$\.|')slot"),
+        ({"slot": 1}, r"(\$\.|')gen"),
+        ({"gen": 4}, r"(\$\.|')slot"),
+        ({"slot": 1, "gen": 0}, r"(\$\.|')gen"),
+        ({"slot": 1, "gen": 1.5}, r"(\$\.|')gen"),
+        ({"v": 1, "slot": 1, "gen": 1}, r"(\$\.|')slot"),
         ({"v": 3}, "version"),
     ],
 )

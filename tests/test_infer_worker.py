@@ -115,7 +115,7 @@ def test_good_frame_gets_a_model_verdict_with_hash_and_timings(rig: Rig) -> None
     [
         ([b"only-one-part"], False, "expected 2 parts"),
         ([b"{not json", b"x"], False, "not valid JSON"),
-        ([b'{"v":1,"camera":"cam0","stream":"test","seq":7}', b"x"], True, "missing field"),
+        ([b'{"v":1,"camera":"cam0","stream":"test","seq":7}', b"x"], True, "missing required field"),
         ([FrameHeader("cam0", "test", 8, "p8", 1, 1, 256, 256, 1, "uint8", "Mono8").to_bytes(), b"\0" * 100],
          True, "pixel buffer has 100 bytes"),
         ([FrameHeader("cam0", "test", 9, "p9", 1, 1, 256, 256, 1, "float64", "Mono8").to_bytes(), b"\0" * 8],

@@ -16,7 +16,7 @@ import logging
 import secrets
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zmq
@@ -32,6 +32,7 @@ from linewatch.messages import (
     Endpoints,
     FrameHeader,
     MessageError,
+    PixelDtype,
     Verdict,
     encode_frame,
     now_ns,
@@ -223,7 +224,8 @@ class Acquire:
             camera=self.cam.name, stream=self.stream, seq=seq,
             part_id=part_id or f"{self.cam.name}-{self.stream}-{seq}", t_capture_ns=t_capture,
             t_sent_ns=now_ns(), width=shape[1], height=shape[0], channels=1 if len(shape) == 2 else shape[2],
-            dtype=dtype, pixel_format=grabbed.pixel_format if grabbed else self.cam.pixel_format,
+            dtype=cast(PixelDtype, dtype),  # a source's other dtype is refused by the worker, naming it
+            pixel_format=grabbed.pixel_format if grabbed else self.cam.pixel_format,
             truth=grabbed.truth if grabbed else None,
             device_frame_id=grabbed.frame_id if grabbed else None,
             device_timestamp_ns=grabbed.timestamp_ns if grabbed else None,
