@@ -266,3 +266,11 @@ def test_shift_augmentation_moves_parts_by_at_most_the_asked_pixels() -> None:
     dy, dx = where // 40 - 20, where % 40 - 20
     assert dy.abs().max() <= 3 and dx.abs().max() <= 3
     assert len(set(zip(dy.tolist(), dx.tolist(), strict=True))) >= 10  # not one shift for the whole batch
+
+
+def test_soft_targets_need_a_single_defect_class(tmp_path: Path) -> None:
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8), np.uint8))
+    (tmp_path / "manifest.csv").write_text("path,label,defect_probability\na.png,good,0\na.png,scratch,1\n"
+                                           "a.png,dent,1\n")
+    with pytest.raises(DatasetError, match=r"soft targets need exactly one defect class, found \['dent', 'scratch'\]"):
+        load_dataset(tmp_path).soft_targets()

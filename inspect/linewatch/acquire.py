@@ -245,7 +245,7 @@ class Acquire:
             self._drop(header, "ring_full", full)
             return header
         try:
-            parts = [raw] if slot else encode_frame(header, px)
+            parts = [raw] if slot else encode_frame(header, px, raw)
             self.frames.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
             if slot and self.ring is not None:
@@ -288,9 +288,8 @@ class Acquire:
     def _not_inspected(self, reason: str, why: str, part_id: str | None, t_capture: int) -> FrameHeader:
         shape = (self.cam.height, self.cam.width) + (() if self.cam.pixel_format == "Mono8" else (3,))
         header = self._next_header(part_id, t_capture, shape, str(np.dtype(np.uint8)), None)
-        metrics.FRAMES_DROPPED.labels(self.cam.name, why).inc()
         self._send([KIND_ANNOUNCE, header.to_bytes()])
-        self._send([KIND_VERDICT, Verdict.not_inspected(header, self.cfg.recipe, reason).to_bytes()])
+        self._drop(header, why, reason)
         return header
 
     def _wait_for_worker(self, frames: zmq.Socket[Any], timeout_s: float) -> None:

@@ -134,7 +134,8 @@ class AnomalibAdapter(Adapter):
             score = np.asarray(outputs["pred_score"], np.float32).reshape(-1)
         else:
             score = np.asarray(outputs["anomaly_map"], np.float32).reshape(len(outputs["anomaly_map"]), -1).max(1)
-        return np.stack([1 - self._normalised(score), self._normalised(score)], axis=1)
+        p = self._normalised(score)
+        return np.stack([1 - p, p], axis=1)
 
     def heatmaps(self, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
         if "anomaly_map" not in outputs:

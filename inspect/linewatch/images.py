@@ -71,12 +71,17 @@ def _encode(pixels: np.ndarray, ext: str, params: list[int]) -> bytes:
     return buf.tobytes()
 
 
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """Lossless PNG at light compression (fast: kept images and heatmaps are written on the hot path's side)."""
+    return _encode(pixels, ".png", [cv2.IMWRITE_PNG_COMPRESSION, 1])
+
+
 def save_kept(data_dir: Path, relpath: str, pixels: np.ndarray, quality: int = 90) -> None:
     """Lossless PNG, or JPEG at `quality` when the path ends in .jpg."""
     if relpath.endswith(".jpg"):
         data = _encode(pixels, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, quality])
     else:
-        data = _encode(pixels, ".png", [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        data = png_bytes(pixels)
     _write_atomic(data_dir / relpath, data)
 
 

@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 import zmq
 
@@ -36,6 +35,7 @@ from linewatch.config import LineConfig
 from linewatch.failsafe import Decision, FailSafe, FrameView, RulesetError
 from linewatch.failsafe.health import ModelFileWatch, ModelHealth, load_model
 from linewatch.frame_ring import FrameReader
+from linewatch.images import png_bytes
 from linewatch.messages import (
     KIND_VERDICT,
     KIND_VERDICT_BATCH,
@@ -297,9 +297,6 @@ class Infer:
         h = j.header
         t_decided = now_ns()
         timings = _stage_timings(h, j.t_pickup_ns, j.t_received_ns, t_batch, t_model, t_done, t_decided)
-        metrics.FRAMES_INSPECTED.labels(h.camera).inc()
-        if decision.decided_by.startswith("rule:"):
-            metrics.FAILSAFE_OVERRIDES.labels(decision.decided_by.removeprefix("rule:"), decision.final).inc()
         verdict = Verdict(
             camera=h.camera, stream=h.stream, seq=h.seq, part_id=h.part_id, final=decision.final,
             decided_by=decision.decided_by, reasons=list(decision.reasons), recipe=self.cfg.recipe,
@@ -312,11 +309,15 @@ class Infer:
         if self._wants_image(verdict):
             pixels = [j.raw_header, self.frames.image(h, j.pixels)]  # taken before the ring slot goes back
             if j.heatmap is not None:  # kept beside the image: a small grey PNG at the map's resolution
-                pixels.append(cv2.imencode(".png", (j.heatmap * 255).astype(np.uint8))[1].tobytes())
+                pixels.append(png_bytes((j.heatmap * 255).astype(np.uint8)))
         overwritten = self.frames.finish(h)
         if overwritten is not None:  # the slot was reclaimed mid-inspection: no verdict on mixed pixels
             verdict, pixels = Verdict.not_inspected(h, self.cfg.recipe, overwritten), []
             verdict.worker = self.name
+            return verdict, pixels
+        metrics.FRAMES_INSPECTED.labels(h.camera).inc()
+        if decision.decided_by.startswith("rule:"):
+            metrics.FAILSAFE_OVERRIDES.labels(decision.decided_by.removeprefix("rule:"), decision.final).inc()
         return verdict, pixels
 
     def _wants_image(self, v: Verdict) -> bool:

@@ -21,7 +21,6 @@ FRAME_VERSION = 2  # 2: a frame may travel as `[header]` with its pixels in a sh
 FRAME_VERSIONS = (1, 2)  # accepted on receipt; version 1 headers carry no slot
 DTYPES = {"uint8": np.uint8, "uint16": np.uint16}
 PixelDtype = Literal["uint8", "uint16"]
-FINALS = ("PASS", "FAIL", "REVIEW")
 Final = Literal["PASS", "FAIL", "REVIEW"]
 
 # Message kinds on record's inbound socket (first frame of each multipart message).
@@ -160,9 +159,10 @@ def _check_slot(hdr: FrameHeader) -> None:
         raise MessageError(f"frame header: field '{missing}' is missing (slot and gen come together)")
 
 
-def encode_frame(header: FrameHeader, pixels: np.ndarray) -> list[Any]:
-    """Multipart `[header, pixels]`; the pixel buffer goes out without a copy."""
-    return [header.to_bytes(), np.ascontiguousarray(pixels).data.cast("B")]
+def encode_frame(header: FrameHeader, pixels: np.ndarray, raw_header: bytes | None = None) -> list[Any]:
+    """Multipart `[header, pixels]`; the pixel buffer goes out without a copy (`raw_header`: the header
+    already encoded, e.g. for its announcement)."""
+    return [raw_header or header.to_bytes(), np.ascontiguousarray(pixels).data.cast("B")]
 
 
 def decode_frame(parts: list[Any]) -> tuple[FrameHeader, np.ndarray]:
@@ -228,8 +228,6 @@ class VerdictError(MessageError):
     def __init__(self, text: str, identity: tuple[str, str, int] | None):
         super().__init__(text)
         self.identity = identity
-
-
 
 
 @dataclass

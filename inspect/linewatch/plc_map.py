@@ -48,7 +48,7 @@ ERRORS = {
 LOT_REGISTERS = 32  # 64 ASCII characters, the store's limit
 CAMERA_BASE, CAMERA_STRIDE = 100, 8  # input registers of camera i start at 100 + 8*i
 TRIGGER_BASE = 16  # coil 16 + i triggers camera i
-MAX_CAMERAS = 64
+MAX_CAMERAS = 64  # camera blocks and trigger coils fit the map for this many (config.cameras)
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,12 @@ _LATENCY = itemgetter(_COL["camera"], _COL["latency_ms"])
 _MODEL = itemgetter(_COL["model_hash"], _COL["model_name"])
 
 
+def _unseen(key: Key) -> FrameHeader:
+    """A stand-in header for a part record never saw announced (no capture time: it is unknown)."""
+    camera, stream, seq = key
+    return FrameHeader(camera, stream, seq, f"{camera}-{stream}-{seq}", 0, 0, 1, 1, 1, "uint8", "")
+
+
 class Record:
     def __init__(self, cfg: LineConfig, index: int, stop: threading.Event):
         self.cfg, self.stop = cfg, stop
@@ -209,12 +215,10 @@ class Record:
         metrics.MESSAGES_REJECTED.labels("record", str(exc).split(":")[0]).inc()
         identity = exc.identity if isinstance(exc, VerdictError) else None
         log.error("rejected message%s: %s", f" for {identity}" if identity else "", exc)
-        if identity is not None:
-            entry = self.pending.get(identity)
-            h = entry[0] if entry else FrameHeader(*identity, f"{identity[0]}-{identity[1]}-{identity[2]}", 0, 0,
-                                                    1, 1, 1, "uint8", "")
-            v = Verdict.not_inspected(h, self.cfg.recipe, f"malformed verdict: {exc}")
-            self._on_verdict(v, ())
+        if identity in self.pending:
+            self._fail_pending(identity, "not_inspected", f"malformed verdict: {exc}")
+        elif identity is not None:  # never announced: recorded now, unless already recorded (a late duplicate)
+            self._on_verdict(Verdict.not_inspected(_unseen(identity), self.cfg.recipe, f"malformed verdict: {exc}"), ())
 
     def _on_announce(self, h: FrameHeader) -> None:
         key = (h.camera, h.stream, h.seq)
@@ -244,8 +248,7 @@ class Record:
         for missing in range(last + 1, seq):
             key = (camera, stream, missing)
             if key not in self.recorded and key not in self.pending:
-                h = FrameHeader(camera, stream, missing, f"{camera}-{stream}-{missing}", 0, 0, 1, 1, 1, "uint8", "")
-                self._watch(key, h, deadline)
+                self._watch(key, _unseen(key), deadline)
 
     def _on_verdict(self, v: Verdict, image_parts: Sequence[bytes]) -> None:
         key = (v.camera, v.stream, v.seq)

@@ -367,7 +367,7 @@ def _json_text(value: Any) -> str:
 def row_to_api(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
     """A stored row as the REST API and the live event stream show it."""
     d = dict(row)
-    for key in ("reasons", "probs", "truth"):
+    for key in JSON_COLUMNS:
         if d.get(key):
             d[key] = json.loads(d[key])
     return d

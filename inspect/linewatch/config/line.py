@@ -11,6 +11,7 @@ from linewatch.config.base import DEFAULT_MODEL, _Strict
 from linewatch.config.cameras import CameraConfig
 from linewatch.config.failsafe import FailsafeConfig
 from linewatch.config.plc import PlcConfig
+from linewatch.plc_map import MAX_CAMERAS
 
 
 class ModelConfig(_Strict):
@@ -126,7 +127,7 @@ class LineConfig(_Strict):
     recipe: str = Field("default", description="Product recipe recorded with every verdict.")
     data_dir: Path = Field(Path("var"), description="SQLite store and images.")
     runtime_dir: Path | None = Field(None, description="Sockets and metrics files (default data_dir/run).")
-    cameras: list[CameraConfig] = Field(default_factory=lambda: [CameraConfig()], min_length=1, max_length=64,
+    cameras: list[CameraConfig] = Field(default_factory=lambda: [CameraConfig()], min_length=1, max_length=MAX_CAMERAS,
                                         description="Cameras; one acquire process each.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The model the workers run.")
     infer: InferConfig = Field(default_factory=InferConfig, description="Inference workers.")

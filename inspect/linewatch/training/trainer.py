@@ -92,8 +92,7 @@ def _recalibrate_bn(torch: Any, net: Any, x: Any) -> None:
     net.train()
     with torch.no_grad():
         sample = x[torch.linspace(0, len(x) - 1, min(len(x), BN_IMAGES)).long()]  # spread over every class
-        for i in range(0, len(sample), 128):
-            net(_fast(torch, sample[i:i + 128]))
+        _predict(torch, net, sample)
     for m in bns:
         m.momentum = 0.1
     net.eval()
