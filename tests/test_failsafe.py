@@ -16,6 +16,7 @@ from linewatch.config import FailsafeConfig
 from linewatch.emulator import PartEmulator
 from linewatch.failsafe import Decision, FailSafe, RulesetError
 from linewatch.failsafe.backup import build_template
+from linewatch.failsafe.rules import FrameView
 from linewatch.messages import FrameHeader
 from linewatch.model import Model, ModelInfo
 from tests.conftest import REFERENCE_MODEL
@@ -35,12 +36,12 @@ def _decide(fs: FailSafe, pixels: np.ndarray, probs: dict[str, float] = GOOD_P) 
     return d if d is not None else fs.decide(view, probs)
 
 
-def _spotted(pixels: np.ndarray, side: int = 6, depth: int = 60) -> np.ndarray:
+def _spotted(pixels: np.ndarray, side: int = 6, depth: int = 60, above: int = 45) -> np.ndarray:
     """A small dark spot on the part's face, where the emulator puts its defects."""
     out = pixels.astype(np.int16)
     ys, xs = np.nonzero(pixels > 120)
     cy, cx = int(ys.mean()), int(xs.mean())
-    out[cy - 45:cy - 45 + side, cx:cx + side] -= depth
+    out[cy - above:cy - above + side, cx:cx + side] -= depth
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
@@ -76,6 +77,36 @@ def test_frame_rules_on_crafted_frames(name: str, pixels: np.ndarray, decided_by
     d = _decide(_fs(), pixels)
     assert (d.final, d.decided_by) == ("FAIL", decided_by), d
     assert measured in d.reasons[0] and "threshold" in d.reasons[0], d.reasons
+
+
+BIG = PartEmulator(1024, 1024, seed=0, defect_rate=0.0).render(1).pixels
+
+
+def test_big_frames_are_measured_on_shared_halvings_as_precisely_as_the_rules_need() -> None:
+    view = FrameView(BIG, 120)
+    part = view.part
+    assert part is not None
+    _, _, stats, centroids = cv2.connectedComponentsWithStats((BIG > 120).astype(np.uint8), connectivity=8)
+    i = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    assert np.hypot(part.cx - centroids[i][0], part.cy - centroids[i][1]) < 8  # the copy is 1/8 of the frame
+    assert part.area == pytest.approx(stats[i, cv2.CC_STAT_AREA], rel=0.03)
+    small, scale = view.halved(128)
+    assert (small.shape, scale) == ((128, 128), 8) and view.halved(256)[0] is view._cache["levels"][2]
+    roi = view.annulus(0.0, 0.8)
+    assert roi is not None
+    exact = float(np.median(BIG[roi.window][roi.mask > 0]))
+    assert abs(roi.median(BIG) - exact) <= 1  # from a subsample of the window
+
+
+@pytest.mark.parametrize(
+    ("pixels", "decided_by"),
+    [(BIG, "model"), (cv2.GaussianBlur(BIG, (0, 0), 12), "rule:blur"),
+     (np.roll(BIG, (240, 200), axis=(0, 1)), "rule:presence"), (_spotted(BIG, side=8, above=180), "rule:dark_spot")],
+)
+def test_rules_decide_a_1024_frame_like_a_256_one(pixels: np.ndarray, decided_by: str) -> None:
+    fs = FailSafe(FailsafeConfig(), (1024, 1024))
+    d, view = fs.check_frame(HDR, pixels)
+    assert (d if d is not None else fs.decide(view, GOOD_P)).decided_by == decided_by
 
 
 def test_a_small_shift_is_tolerated_and_a_rule_can_be_switched_off() -> None:
