@@ -12,11 +12,11 @@ import cv2
 import numpy as np
 import pytest
 
-from linewatch.config import FailsafeConfig
+from linewatch.config import BlurRuleConfig, FailsafeConfig
 from linewatch.emulator import PartEmulator
 from linewatch.failsafe import Decision, FailSafe, RulesetError
 from linewatch.failsafe.backup import build_template
-from linewatch.failsafe.rules import FrameView
+from linewatch.failsafe.rules import BlurRule, FrameView, Roi
 from linewatch.messages import FrameHeader
 from linewatch.model import Model, ModelInfo
 from tests.conftest import REFERENCE_MODEL
@@ -96,6 +96,34 @@ def test_big_frames_are_measured_on_shared_halvings_as_precisely_as_the_rules_ne
     assert roi is not None
     exact = float(np.median(BIG[roi.window][roi.mask > 0]))
     assert abs(roi.median(BIG) - exact) <= 1  # from a subsample of the window
+
+
+@pytest.mark.parametrize(("height", "width"), [(1023, 1023), (750, 1000), (1024, 1280), (480, 640), (300, 300)])
+def test_part_and_sharpness_do_not_depend_on_how_the_frame_halves(height: int, width: int) -> None:
+    frame = PartEmulator(width, height, seed=0, defect_rate=0.0).render(1).pixels
+    part = FrameView(frame, 120).part
+    assert part is not None
+    _, _, stats, centroids = cv2.connectedComponentsWithStats((frame > 120).astype(np.uint8), connectivity=8)
+    i = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    assert np.hypot(part.cx - centroids[i][0], part.cy - centroids[i][1]) < 1.0  # odd sides: per-axis scale
+    assert part.area == pytest.approx(stats[i, cv2.CC_STAT_AREA], rel=0.03)
+    for size in (128, 200):
+        rule = BlurRule(BlurRuleConfig(size=size))
+        direct = cv2.Laplacian(cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA), cv2.CV_64F).var()
+        measured = rule.check(HDR, FrameView(frame, 120))
+        assert (measured is None) == (direct >= rule.cfg.min_laplacian_var), (size, direct)
+        soft = cv2.GaussianBlur(frame, (0, 0), 2)
+        direct_soft = cv2.Laplacian(cv2.resize(soft, (size, size), interpolation=cv2.INTER_AREA), cv2.CV_64F).var()
+        got = BlurRule(BlurRuleConfig(size=size, min_laplacian_var=direct_soft * 1.01)).check(HDR, FrameView(soft, 120))
+        assert got is not None and f"{direct_soft:.4g} <" in got.reasons[0]  # the same value as one direct resize
+
+
+def test_a_median_over_a_roi_too_thin_for_the_sampling_grid_still_counts_its_pixels() -> None:
+    mask = np.zeros((400, 400), np.uint8)
+    mask[:, 201] = 255  # one column: a grid of every 2nd pixel misses it
+    img = np.full((400, 400), 90, np.uint8)
+    img[:, 201] = 170
+    assert Roi((slice(0, 400), slice(0, 400)), mask).median(img) == 170
 
 
 @pytest.mark.parametrize(

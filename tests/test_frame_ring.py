@@ -269,7 +269,7 @@ def test_slots_out_of_the_ring_are_rejected_naming_the_field(tmp_path: Path) -> 
                 reader.decode([bad.to_bytes()])
         with pytest.raises(MessageError, match="'slot' is missing"):
             reader.decode([h.__class__(**{**h.__dict__, "slot": None, "gen": None}).to_bytes()])
-        with pytest.raises(MessageError, match="'slots'"):
+        with pytest.raises(MessageError, match=r"slot release: Expected `int` >= 0 - at `\$\.slots\[0\]\[1\]`"):
             SlotRelease.from_bytes(b'{"camera":"cam0","stream":"s1","slots":[[1,-2]]}')
     finally:
         ring.close()

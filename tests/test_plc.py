@@ -20,6 +20,7 @@ from pymodbus.client import ModbusTcpClient
 
 from linewatch import plc_map as pm
 from linewatch.config import ConfigError, parse_config
+from linewatch.plc_state import LineState
 from linewatch.supervisor import Supervisor
 from tests.conftest import REFERENCE_MODEL, count_rows, db_rows, wait_for
 
@@ -229,3 +230,44 @@ def test_camera_block_addresses_follow_the_map() -> None:
     assert pm.camera_address(3, "camera_state") == pm.CAMERA_BASE + 3 * pm.CAMERA_STRIDE + 7
     fields = [r for r in pm.CAMERA_FIELDS if r.table == "input"]
     assert sum(r.size for r in fields) == pm.CAMERA_STRIDE
+
+
+def test_the_server_offers_exactly_the_map_s_addresses() -> None:
+    assert pm.spans("coil", 2) == [(0, 3), (pm.TRIGGER_BASE, 2)]
+    assert pm.spans("discrete", 2) == [(0, 16)]
+    assert pm.spans("holding", 2) == [(0, pm.LOT_REGISTERS)]
+    assert pm.spans("input", 2) == [(0, 8), (10, 10 + pm.LOT_REGISTERS), (pm.CAMERA_BASE, 2 * pm.CAMERA_STRIDE)]
+
+
+def test_every_input_register_of_the_map_has_a_value(tmp_path: Path) -> None:
+    cfg = parse_config({"data_dir": str(tmp_path), "cameras": [{"name": "a"}, {"name": "b"}]})
+    state = LineState(cfg)
+    state.lot, state.counts["fail"], state.cameras[1].seq = "LOT-7", 2**32 + 3, 70_000
+    regs = state.input_registers()
+    assert sorted(regs) == [a for start, n in pm.spans("input", 2) for a in range(start, start + n)]
+    assert pm.registers_to_text([regs[pm.fixed("lot").address + i] for i in range(pm.LOT_REGISTERS)]) == "LOT-7"
+    assert (regs[pm.fixed("count_fail").address], regs[pm.fixed("count_fail").address + 1]) == (0, 3)
+    at = pm.camera_address(1, "verdict_seq")
+    assert (regs[at], regs[at + 1]) == pm.u32(70_000)
+
+
+@pytest.mark.slow
+def test_a_second_pulse_while_a_command_runs_is_refused_as_busy(line: Any) -> None:
+    ln = line(cameras=[{"name": "cam0", "trigger": "software"}], plc={"command_timeout_s": 3}).start()
+    record = ln.ready("record")[0]["pid"]
+    with modbus(ln.plc_port) as c:
+        wait_for(lambda: status(c) & 1 << BIT["line_running"], 30, "the line_running bit")
+        assert not set_lot_text(c, "LOT-1").isError()
+        os.kill(record, signal.SIGSTOP)  # the lot cannot be confirmed: the commit stays busy until its timeout
+        try:
+            assert not pulse(c, pm.fixed("commit_lot").address).isError()
+            again = pulse(c, pm.fixed("commit_lot").address)  # the edge comes while the first commit runs
+            assert again.isError() and again.exception_code == 6, again
+            assert inputs(c, pm.fixed("last_error").address) == [pm.ERRORS["busy"]]
+            assert inputs(c, pm.fixed("lot_status").address) == [pm.COMMAND_STATES["busy"]]
+            wait_for(lambda: inputs(c, pm.fixed("lot_status").address) == [FAILED], 10, "the commit's timeout")
+            assert inputs(c, pm.fixed("last_error").address) == [pm.ERRORS["lot_not_confirmed"]]
+        finally:
+            os.kill(record, signal.SIGCONT)
+        assert not pulse(c, pm.fixed("commit_lot").address).isError()  # not busy any more: runs again
+        wait_for(lambda: inputs(c, pm.fixed("lot_status").address) == [DONE], 10, "the lot commit")

@@ -33,6 +33,7 @@ from linewatch.messages import (
     now_ns,
 )
 from linewatch.report import Query, load
+from linewatch.store import JSON_COLUMNS
 from linewatch.supervisor import prepare_run_dir, resolve_paths
 from tests.conftest import db_rows, wait_for
 
@@ -151,7 +152,7 @@ def test_stage_times_reach_the_row_its_commit_the_event_the_export_and_the_histo
     t = now_ns()
     stages = {"acquire": 0.4, "transport": 0.3, "queue": 0.1, "preprocess": 0.2, "inference": 1.0, "failsafe": 0.05}
     v = Verdict("cam0", "s1", 3, "p3", "PASS", "model", t_capture_ns=t - 5_000_000, t_decided_ns=t - 2_000_000,
-                timings_ms=stages)
+                timings_ms=stages, probs={"good": 0.9, "defect": 0.1})
     rec.push.send_multipart([KIND_VERDICT, v.to_bytes()])
     assert rec.sub.poll(5000)
     kind, payload = rec.sub.recv_multipart()
@@ -167,6 +168,10 @@ def test_stage_times_reach_the_row_its_commit_the_event_the_export_and_the_histo
     assert 0 <= event["event_ms"] <= (commit["t_published_ns"] - commit["t_committed_ns"]) / 1e6
     assert (row["acquire_ms"], row["transport_ms"], row["queue_ms"], row["failsafe_ms"]) == (0.4, 0.3, 0.1, 0.05)
     assert (event["acquire_ms"], event["inference_ms"]) == (0.4, 1.0)
+    counted = decode_verdict_group(payload, json_columns=False)[0]  # plc's way: only counts, no JSON parsing
+    assert event["probs"] == {"good": 0.9, "defect": 0.1} and json.loads(counted["probs"]) == event["probs"]
+    assert {k: v for k, v in counted.items() if k not in JSON_COLUMNS} \
+        == {k: v for k, v in event.items() if k not in JSON_COLUMNS}
 
     exported = load(rec.cfg.data_dir, Query(0, 2**62)).rows[0]
     assert exported["t_committed_ns"] == commit["t_committed_ns"] and exported["record_ms"] == event["record_ms"]

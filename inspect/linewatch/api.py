@@ -6,7 +6,6 @@ socket, metrics from the multiprocess directory every process writes to.
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import threading
@@ -28,7 +27,7 @@ from linewatch.camera_api import camera_router
 from linewatch.config import PACKAGE_ROOT, LineConfig
 from linewatch.images import IMAGES_DIR, live_path
 from linewatch.messages import KIND_VERDICTS, Endpoints, decode_verdict_group
-from linewatch.process import mark_ready, ready_dir
+from linewatch.process import mark_ready, read_ready
 from linewatch.qa_api import qa_router
 from linewatch.store import read_rows, row_to_api
 
@@ -37,13 +36,7 @@ STATIC = PACKAGE_ROOT / "static"
 
 
 def _workers(run_dir: Path) -> list[dict[str, Any]]:
-    out = []
-    for f in sorted(ready_dir(run_dir).glob("infer*")):
-        try:
-            out.append(json.loads(f.read_text()))
-        except (OSError, ValueError):
-            continue
-    return out
+    return [info for name, info in read_ready(run_dir).items() if name.startswith("infer")]
 
 
 def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:

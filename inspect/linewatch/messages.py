@@ -188,24 +188,17 @@ class SlotRelease:
 
     camera: str
     stream: str
-    slots: list[tuple[int, int]]
+    slots: list[tuple[Count, Count]]
 
     def to_bytes(self) -> bytes:
-        return json.dumps(vars(self), separators=(",", ":")).encode()
+        return _ENCODER.encode(self)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> SlotRelease:
-        d = _load_json(raw, "slot release")
-        slots = _get(d, "slots", list, "slot release")
-        pairs: list[tuple[int, int]] = []
-        for pair in slots:
-            if (not isinstance(pair, list) or len(pair) != 2
-                    or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in pair)):
-                raise MessageError(f"slot release: field 'slots' must hold [slot, gen] pairs of ints >= 0, "
-                                   f"got {pair!r}")
-            pairs.append((pair[0], pair[1]))
-        return cls(camera=_get(d, "camera", str, "slot release"), stream=_get(d, "stream", str, "slot release"),
-                   slots=pairs)
+        try:
+            return _SLOT_RELEASE.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise MessageError(f"slot release: {_decode_problem(exc)}") from None
 
 
 def peek_identity(raw: bytes | memoryview | msgspec.Raw) -> tuple[str, str, int] | None:
@@ -422,6 +415,7 @@ _ENCODER = msgspec.json.Encoder()
 _VERDICT = msgspec.json.Decoder(Verdict)  # unknown fields are ignored: a newer sender stays readable
 _VERDICTS = msgspec.json.Decoder(list[Verdict])
 _RAW_ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
+_SLOT_RELEASE = msgspec.json.Decoder(SlotRelease)
 
 
 def _decode_problem(exc: msgspec.DecodeError) -> str:
@@ -445,22 +439,25 @@ def encode_verdict_group(columns: tuple[str, ...], rows: list[tuple[Any, ...]], 
                          "columns": columns, "json_columns": json_columns, "rows": rows})
 
 
-def decode_verdict_group(raw: bytes) -> list[dict[str, Any]]:
+def decode_verdict_group(raw: bytes, json_columns: bool = True) -> list[dict[str, Any]]:
     """One dict per verdict of a `verdicts` event, as the REST API shows a row, plus the commit's stage
     times (`t_committed_ns`, `record_ms`: decided -> committed, `event_ms`: committed -> published).
+    `json_columns=False` leaves the JSON columns (reasons, probs, truth) as text, for a reader that
+    only counts verdicts.
 
     A malformed event raises MessageError (a ValueError) naming what is wrong.
     """
     group = _load_json(raw, "verdicts event")
     try:
-        columns, json_columns, rows = group["columns"], group["json_columns"], group["rows"]
+        columns, rows = group["columns"], group["rows"]
+        parsed = group["json_columns"] if json_columns else ()
         stages = {"t_committed_ns": int(group["t_committed_ns"]), "event_ms": float(group["event_ms"])}
         out = []
         for values in rows:
             if len(values) != len(columns):
                 raise MessageError(f"verdicts event: a row has {len(values)} values for {len(columns)} columns")
             row = dict(zip(columns, values, strict=True))
-            for name in json_columns:
+            for name in parsed:
                 row[name] = orjson.loads(row[name]) if row[name] else None
             decided = row.get("t_decided_ns")
             row.update(stages, record_ms=(stages["t_committed_ns"] - decided) / 1e6 if decided else None)

@@ -14,7 +14,6 @@ import logging
 import threading
 import uuid
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -51,10 +50,8 @@ class PlcError(Exception):
     """The plc process cannot serve (its port is taken or the address is wrong)."""
 
 
-@dataclass
-class _Busy:
-    lot: bool = False
-    ack: bool = False
+_ACK, _RESET, _LOT = (pm.fixed(name).address for name in ("ack_alarms", "reset_line_stop", "commit_lot"))
+_BUSY = pm.COMMAND_STATES["busy"]
 
 
 class Plc:
@@ -62,10 +59,9 @@ class Plc:
         self.cfg, self.stop, self.pc = cfg, stop, cfg.plc
         self.endpoints = Endpoints(cfg.run_dir)
         self.state = LineState(cfg)
-        self.coils: dict[int, bool] = {0: False, 1: False, 2: False}
-        self.coils.update({pm.TRIGGER_BASE + i: False for i in range(len(cfg.cameras))})
+        self.coils = {a: False for start, count in pm.spans("coil", len(cfg.cameras))
+                      for a in range(start, start + count)}
         self.lot_text = [0] * pm.LOT_REGISTERS
-        self.busy = _Busy()
         self.confirmations: dict[str, asyncio.Future[int]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
 
@@ -115,15 +111,19 @@ class Plc:
             self.zctx.term()
 
     def _device(self) -> SimDevice:
+        """The register blocks of the map (`plc_map.spans`); values are rendered per request."""
         n = len(self.cfg.cameras)
-        coils = [SimData(0, values=[False] * 3, datatype=DataType.BITS),
-                 SimData(pm.TRIGGER_BASE, values=[False] * n, datatype=DataType.BITS)]
-        discrete = [SimData(0, values=[False] * 16, datatype=DataType.BITS)]
-        holding = [SimData(0, count=pm.LOT_REGISTERS, values=0, datatype=DataType.REGISTERS)]
-        inputs = [SimData(0, count=8, values=0, datatype=DataType.REGISTERS),
-                  SimData(10, count=10 + pm.LOT_REGISTERS, values=0, datatype=DataType.REGISTERS),
-                  SimData(pm.CAMERA_BASE, count=pm.CAMERA_STRIDE * n, values=0, datatype=DataType.REGISTERS)]
-        return SimDevice(0, simdata=(coils, discrete, holding, inputs), action=self._on_request)
+
+        def bits(table: pm.Table) -> list[SimData]:
+            return [SimData(start, values=[False] * count, datatype=DataType.BITS)
+                    for start, count in pm.spans(table, n)]
+
+        def words(table: pm.Table) -> list[SimData]:
+            return [SimData(start, count=count, values=0, datatype=DataType.REGISTERS)
+                    for start, count in pm.spans(table, n)]
+
+        return SimDevice(0, simdata=(bits("coil"), bits("discrete"), words("holding"), words("input")),
+                         action=self._on_request)
 
     # -- requests (called by pymodbus for every read and write, before it answers) --
 
@@ -171,19 +171,26 @@ class Plc:
                 if cam.trigger_status == pm.COMMAND_STATES["busy"]:
                     self._error("busy")
                     return ExcCodes.DEVICE_BUSY
-            elif (a == 0 and self.busy.ack) or (a == 2 and self.busy.lot):
+            elif (a == _ACK and self.state.ack_status == _BUSY) or (a == _LOT and self.state.lot_status == _BUSY):
                 self._error("busy")
                 return ExcCodes.DEVICE_BUSY
         for a, v in zip(addrs, values, strict=True):
             self.coils[a] = v
+        for a in rising:  # busy from now: a second pulse before the command's task starts is refused too
+            if a == _ACK:
+                self.state.ack_status = _BUSY
+            elif a == _LOT:
+                self.state.lot_status = _BUSY
+            elif a >= pm.TRIGGER_BASE:
+                self.state.cameras[a - pm.TRIGGER_BASE].trigger_status = _BUSY
         for a in rising:
-            if a == 0:
+            if a == _ACK:
                 self._spawn(self._ack_alarms(), "ack")
-            elif a == 1:
+            elif a == _RESET:
                 self.state.stop_latched = False
                 log.info("line stop request reset by the PLC")
                 metrics.PLC_COMMANDS.labels("reset_line_stop", "done").inc()
-            elif a == 2:
+            elif a == _LOT:
                 self._spawn(self._commit_lot(), "lot")
             else:
                 self._spawn(self._trigger(a - pm.TRIGGER_BASE), f"trigger:{a - pm.TRIGGER_BASE}")
@@ -245,35 +252,30 @@ class Plc:
             self._error(error)
 
     async def _commit_lot(self) -> None:
-        self.busy.lot, self.state.lot_status = True, pm.COMMAND_STATES["busy"]
-        try:
-            raw = b"".join(r.to_bytes(2, "big") for r in self.lot_text)
-            text, _, rest = raw.partition(b"\0")
-            lot = text.decode("ascii")
-            if not lot or lot != lot.strip() or rest.strip(b"\0"):
-                return self._command_failed("lot", "lot_invalid")
-            ok = await self._send_action(OperatorAction("set_lot", "plc", uuid.uuid4().hex, {"lot": lot}))
-            if not ok:
-                return self._command_failed("lot", "lot_not_confirmed")
-            self.state.lot, self.state.lot_status = lot, pm.COMMAND_STATES["done"]
-            metrics.PLC_COMMANDS.labels("lot", "done").inc()
-            log.info("lot %s set by the PLC", lot)
-        finally:
-            self.busy.lot = False
+        """Busy while it runs: a second pulse meanwhile is refused (the status ends done or failed)."""
+        self.state.lot_status = _BUSY
+        raw = b"".join(r.to_bytes(2, "big") for r in self.lot_text)
+        text, _, rest = raw.partition(b"\0")
+        lot = text.decode("ascii")
+        if not lot or lot != lot.strip() or rest.strip(b"\0"):
+            return self._command_failed("lot", "lot_invalid")
+        ok = await self._send_action(OperatorAction("set_lot", "plc", uuid.uuid4().hex, {"lot": lot}))
+        if not ok:
+            return self._command_failed("lot", "lot_not_confirmed")
+        self.state.lot, self.state.lot_status = lot, pm.COMMAND_STATES["done"]
+        metrics.PLC_COMMANDS.labels("lot", "done").inc()
+        log.info("lot %s set by the PLC", lot)
 
     async def _ack_alarms(self) -> None:
-        self.busy.ack, self.state.ack_status = True, pm.COMMAND_STATES["busy"]
-        try:
-            ids = [r[0] for r in read_rows(self.cfg.data_dir, "SELECT id FROM alarms WHERE acknowledged_by IS NULL")]
-            sent = [self._send_action(OperatorAction("ack_alarm", "plc", uuid.uuid4().hex, {"alarm_id": i}))
-                    for i in ids]
-            if not all(await asyncio.gather(*sent)):
-                return self._command_failed("ack", "ack_not_confirmed")
-            self.state.ack_status = pm.COMMAND_STATES["done"]
-            metrics.PLC_COMMANDS.labels("ack", "done").inc()
-            self.state.refresh_alarms()
-        finally:
-            self.busy.ack = False
+        self.state.ack_status = _BUSY
+        ids = [r[0] for r in read_rows(self.cfg.data_dir, "SELECT id FROM alarms WHERE acknowledged_by IS NULL")]
+        sent = [self._send_action(OperatorAction("ack_alarm", "plc", uuid.uuid4().hex, {"alarm_id": i}))
+                for i in ids]
+        if not all(await asyncio.gather(*sent)):
+            return self._command_failed("ack", "ack_not_confirmed")
+        self.state.ack_status = pm.COMMAND_STATES["done"]
+        metrics.PLC_COMMANDS.labels("ack", "done").inc()
+        self.state.refresh_alarms()
 
     def _command_failed(self, command: str, error: str) -> None:
         setattr(self.state, f"{command}_status", pm.COMMAND_STATES["failed"])
@@ -307,7 +309,7 @@ class Plc:
                     raise ValueError(f"{len(parts)} parts")
                 kind = parts[0]
                 if kind == KIND_VERDICTS:
-                    for row in decode_verdict_group(parts[1]):
+                    for row in decode_verdict_group(parts[1], json_columns=False):
                         self.state.on_verdict(row)
                 elif kind == b"alarm":
                     self.state.on_alarm(orjson.loads(parts[1]))

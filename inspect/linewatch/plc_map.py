@@ -97,14 +97,42 @@ CAMERA_FIELDS: tuple[Register, ...] = (
 )
 
 
-def camera_address(index: int, field: str) -> int:
-    """Input register of a camera block field (camera `index` in config order)."""
-    offset = next(r.address for r in CAMERA_FIELDS if r.name == field and r.table == "input")
-    return CAMERA_BASE + CAMERA_STRIDE * index + offset
-
-
 def fixed(name: str) -> Register:
     return next(r for r in FIXED if r.name == name)
+
+
+def camera_registers(index: int, table: Table) -> list[Register]:
+    """Camera `index`'s fields of `table` at their addresses: input registers in its block, its trigger coil."""
+    step = CAMERA_STRIDE if table == "input" else 1
+    base = (CAMERA_BASE if table == "input" else 0) + step * index
+    return [Register(f.table, base + f.address, f.name, f.size, f.kind, f.doc)
+            for f in CAMERA_FIELDS if f.table == table]
+
+
+def camera_address(index: int, field: str) -> int:
+    """Input register of a camera block field (camera `index` in config order)."""
+    return next(r.address for r in camera_registers(index, "input") if r.name == field)
+
+
+def spans(table: Table, cameras: int) -> list[tuple[int, int]]:
+    """(first address, count) of each run of addresses the map assigns in `table`: what the server offers."""
+    regs = [r for r in FIXED if r.table == table] + [r for i in range(cameras) for r in camera_registers(i, table)]
+    runs: list[tuple[int, int]] = []
+    for address in sorted({a for r in regs for a in range(r.address, r.address + r.size)}):
+        if runs and sum(runs[-1]) == address:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((address, 1))
+    return runs
+
+
+def encode(reg: Register, value: int | str) -> list[int]:
+    """A value as the registers it occupies (`u32`: high word first; `ascii`: padded with NUL)."""
+    if reg.kind == "ascii":
+        return text_to_registers(str(value), reg.size)
+    if reg.kind == "u32":
+        return list(u32(int(value)))
+    return [int(value) & 0xFFFF]
 
 
 def u32(value: int) -> tuple[int, int]:

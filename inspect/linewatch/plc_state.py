@@ -8,7 +8,6 @@ counted twice. Alarm state comes from alarm events for speed and from the alarm 
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any
 
 from linewatch import plc_map as pm
 from linewatch.config import LineConfig
-from linewatch.process import ready_dir
+from linewatch.process import read_ready
 from linewatch.store import current_lot, open_reader, read_rows
 
 COUNTS = ("total", "pass", "fail", "review", "not_inspected")
@@ -140,13 +139,7 @@ class LineState:
 
     def refresh_processes(self) -> None:
         """Line health from the ready files the children write (and the supervisor removes when one dies)."""
-        ready = ready_dir(self.cfg.run_dir)
-        infos: dict[str, dict[str, Any]] = {}
-        for f in ready.glob("*") if ready.is_dir() else []:
-            try:
-                infos[f.name] = json.loads(f.read_text())
-            except (OSError, ValueError):
-                continue  # being replaced right now
+        infos = read_ready(self.cfg.run_dir)
         workers = [infos.get(f"infer[{i}]") for i in range(self.cfg.infer.workers)]
         self.flags["rules_only"] = any(w and w.get("rules_only") for w in workers)
         acquires = [infos.get(f"acquire[{c.name}]") for c in self.cameras]
@@ -166,20 +159,20 @@ class LineState:
         return sum(1 << pm.STATUS_BITS[name] for name, on in bits.items() if on)
 
     def input_registers(self) -> dict[int, int]:
-        """Every input register by address, as of now."""
-        regs = {0: self.status_word(), 1: self.heartbeat, 2: pm.MAP_VERSION, 3: len(self.cameras),
-                4: self.last_error, 5: self.error_count, 6: self.lot_status, 7: self.ack_status}
-        for name in COUNTS:
-            address = pm.fixed(f"count_{name}").address
-            regs[address], regs[address + 1] = pm.u32(self.counts[name])
-        lot_at = pm.fixed("lot").address
-        regs.update(enumerate(pm.text_to_registers(self.lot), start=lot_at))
+        """Every input register by address, as of now, laid out by the map (`plc_map`)."""
+        values: dict[str, int | str] = {
+            "status": self.status_word(), "heartbeat": self.heartbeat, "map_version": pm.MAP_VERSION,
+            "cameras": len(self.cameras), "last_error": self.last_error, "error_count": self.error_count,
+            "lot_status": self.lot_status, "ack_status": self.ack_status, "lot": self.lot,
+            **{f"count_{name}": n for name, n in self.counts.items()}}
+        regs = _layout([r for r in pm.FIXED if r.table == "input"], values)
         for i, cam in enumerate(self.cameras):
-            base = pm.CAMERA_BASE + pm.CAMERA_STRIDE * i
-            regs[base] = cam.verdict
-            regs[base + 1], regs[base + 2] = pm.u32(cam.seq)
-            regs[base + 3] = cam.decided_by
-            regs[base + 4] = cam.trigger_status
-            regs[base + 5], regs[base + 6] = pm.u32(cam.trigger_seq)
-            regs[base + 7] = cam.state
+            regs.update(_layout(pm.camera_registers(i, "input"), {
+                "verdict": cam.verdict, "verdict_seq": cam.seq, "decided_by": cam.decided_by,
+                "trigger_status": cam.trigger_status, "trigger_seq": cam.trigger_seq, "camera_state": cam.state}))
         return regs
+
+
+def _layout(registers: list[pm.Register], values: Mapping[str, int | str]) -> dict[int, int]:
+    return {address: word for r in registers
+            for address, word in enumerate(pm.encode(r, values[r.name]), start=r.address)}

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from linewatch.store import open_reader
+from linewatch.store import JSON_COLUMNS, open_reader
 
 FORMATS = ("csv", "json", "pdf")
 
@@ -30,8 +30,6 @@ EXPORT_COLUMNS = (
     "review_decision", "review_label", "reviewed_by", "reviewed_ns",
     "acquire_ms", "transport_ms", "commit_id", "t_committed_ns", "record_ms", "event_ms",
 )
-JSON_COLUMNS = ("reasons", "probs", "truth")
-
 
 class ReportError(ValueError):
     """The export cannot be made as asked (bad time, unknown format, empty store); the text says why."""

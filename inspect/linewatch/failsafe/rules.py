@@ -18,7 +18,7 @@ from linewatch.config import BlurRuleConfig, ExposureRuleConfig, PresenceRuleCon
 from linewatch.messages import Final, FrameHeader
 
 MEDIAN_SAMPLES = 40_000  # pixels of a window an ROI median is taken from (a regular subsample beyond that)
-PRESENCE_SIDE = 128  # the part is located on a copy this many pixels across (or the frame, if smaller)
+PRESENCE_MIN_SIDE = 86  # the part is located on the smallest halving at least this many pixels across
 
 
 @dataclass(frozen=True)
@@ -75,17 +75,19 @@ class FrameView:
 
     @cached_property
     def part(self) -> Part | None:
-        """Located on a copy about PRESENCE_SIDE pixels across: the connected-components pass costs
-        ~8 ns a pixel (2 ms on a half-size 1 MP frame) and the rules need the part to ~1 % of the frame."""
-        g, scale = self.halved(PRESENCE_SIDE)
+        """Located on the smallest halving at least PRESENCE_MIN_SIDE px across (86-171 px): the
+        connected-components pass costs ~8 ns a pixel (2 ms on a half-size 1 MP frame) and the rules need
+        the part to ~1 % of the frame. Scaled back per axis: odd sides do not halve exactly."""
+        g, _ = self.halved(PRESENCE_MIN_SIDE)
         _, mask = cv2.threshold(g, self.part_threshold, 1, cv2.THRESH_BINARY)
         n, _, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
         if n < 2:
             return None
         i = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-        w, h = stats[i, cv2.CC_STAT_WIDTH], stats[i, cv2.CC_STAT_HEIGHT]
-        cx, cy = (float(c) * scale + (scale - 1) / 2 for c in centroids[i])
-        return Part(cx, cy, max(w, h) * scale / 2.0, int(stats[i, cv2.CC_STAT_AREA]) * scale * scale)
+        sy, sx = (full / small for full, small in zip(self.gray.shape[:2], g.shape[:2], strict=True))
+        w, h = stats[i, cv2.CC_STAT_WIDTH] * sx, stats[i, cv2.CC_STAT_HEIGHT] * sy
+        cx, cy = ((float(c) + 0.5) * scale - 0.5 for c, scale in zip(centroids[i], (sx, sy), strict=True))
+        return Part(cx, cy, max(w, h) / 2.0, round(int(stats[i, cv2.CC_STAT_AREA]) * sx * sy))
 
     def annulus(self, inner: float, outer: float) -> Roi | None:
         """The ROI between inner and outer shares of the part's radius, inside its bounding window
@@ -126,6 +128,8 @@ class Roi:
         window = img[self.window][::step, ::step]
         mask = self.mask[::step, ::step] if step > 1 else self.mask
         hist = cv2.calcHist([np.ascontiguousarray(window)], [0], np.ascontiguousarray(mask), [256], [0, 256]).ravel()
+        if step > 1 and not hist.any():  # a ROI too thin for the grid: count every pixel
+            hist = cv2.calcHist([np.ascontiguousarray(img[self.window])], [0], self.mask, [256], [0, 256]).ravel()
         return float(np.searchsorted(np.cumsum(hist), (hist.sum() + 1) // 2))
 
 
@@ -196,7 +200,9 @@ class BlurRule:
 
     def check(self, header: FrameHeader, view: FrameView) -> Decision | None:
         size = self.cfg.size
-        small = cv2.resize(view.halved(size)[0], (size, size), interpolation=cv2.INTER_AREA)
+        small, _ = view.halved(size)  # shared with the presence rule when halvings reach the size exactly
+        if small.shape != (size, size):  # else one direct resize: halving first would blur more (measured)
+            small = cv2.resize(view.gray, (size, size), interpolation=cv2.INTER_AREA)
         _, sd = cv2.meanStdDev(cv2.Laplacian(small, cv2.CV_64F))
         sharpness = float(sd[0][0]) ** 2
         if sharpness >= self.cfg.min_laplacian_var:
