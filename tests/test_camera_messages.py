@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import pytest
 
-from linewatch.messages import CameraCommand, CameraReply, FrameHeader, MessageError
+from linewatch.messages import Alarm, CameraCommand, CameraReply, FrameHeader, MessageError, OperatorAction
 
 
 def _header_dict(**kw: object) -> dict[str, object]:
@@ -26,14 +27,39 @@ def test_device_frame_id_and_timestamp_travel_and_old_headers_still_parse() -> N
 
 
 @pytest.mark.parametrize(("raw", "error"), [
-    (b'{"cmd": "fire"}', "'cmd' must be one of"),
-    (b'{"cmd": "trigger", "part_id": 5}', "'part_id' must be a string"),
-    (b'{"cmd": "trigger", "part_id": ""}', "'part_id' must be a string"),
-    (b"[1]", "must be a JSON object"),
+    (b'{"cmd": "fire"}', "Invalid enum value 'fire' - at `$.cmd`"),
+    (b'{"cmd": "trigger", "part_id": 5}', "Expected `str | null`, got `int` - at `$.part_id`"),
+    (b'{"cmd": "trigger", "part_id": ""}', "Expected `str` of length >= 1 - at `$.part_id`"),
+    (b'{"cmd": "trigger", "part_id": "' + b"x" * 129 + b'"}', "Expected `str` of length <= 128 - at `$.part_id`"),
+    (b"[1]", "Expected `object`, got `array`"),
+    (b"{cmd", "not valid JSON"),
 ])
 def test_bad_camera_commands_name_the_field(raw: bytes, error: str) -> None:
-    with pytest.raises(MessageError, match=error):
+    with pytest.raises(MessageError, match=re.escape(f"camera command: {error}")):
         CameraCommand.from_bytes(raw)
+
+
+@pytest.mark.parametrize(("message", "raw", "error"), [
+    (CameraReply, b'{"ok": true, "seq": "3"}', "camera reply: Expected `int | null`, got `str` - at `$.seq`"),
+    (Alarm, b'{"source": "a", "kind": "k", "message": "m", "severity": "loud"}',
+     "alarm: Invalid enum value 'loud' - at `$.severity`"),
+    (Alarm, b'{"source": "a", "message": "m"}', "alarm: Object missing required field `kind`"),
+    (OperatorAction, b'{"action": "set_lot", "actor": "a", "request_id": "r", "detail": []}',
+     "action: Expected `object`, got `array` - at `$.detail`"),
+    (OperatorAction, b'{"action": "nuke", "actor": "a", "request_id": "r", "detail": {}}',
+     "action: Invalid enum value 'nuke' - at `$.action`"),
+])
+def test_bad_control_messages_name_the_field(message: Any, raw: bytes, error: str) -> None:
+    with pytest.raises(MessageError, match=re.escape(error)):
+        message.from_bytes(raw)
+
+
+def test_alarms_and_actions_round_trip() -> None:
+    alarm = Alarm("infer[0]", "model_unavailable", "no model", "critical")
+    assert Alarm.from_bytes(alarm.to_bytes()) == alarm and alarm.t_ns > 0
+    detail = {"inspection_id": 7, "decision": "FAIL", "label": "dent", "note": ""}
+    action = OperatorAction("review", "hmi", "r1", detail)
+    assert OperatorAction.from_bytes(action.to_bytes()) == action
 
 
 def test_camera_command_and_reply_round_trip() -> None:
@@ -41,7 +67,7 @@ def test_camera_command_and_reply_round_trip() -> None:
     assert CameraCommand.from_bytes(cmd.to_bytes()) == cmd
     reply = CameraReply(ok=False, seq=3, part_id="LOT1-7", error="no frame")
     assert CameraReply.from_bytes(reply.to_bytes()) == reply
-    with pytest.raises(MessageError, match="'ok'"):
+    with pytest.raises(MessageError, match=re.escape("camera reply: Expected `bool`, got `str` - at `$.ok`")):
         CameraReply.from_bytes(b'{"ok": "yes"}')
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 import numpy as np
@@ -68,15 +68,6 @@ class Endpoints:
 
 def now_ns() -> int:
     return time.time_ns()
-
-
-def _get(d: dict[str, Any], name: str, kind: type | tuple[type, ...], what: str) -> Any:
-    if name not in d:
-        raise MessageError(f"{what}: missing field '{name}'")
-    value = d[name]
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise MessageError(f"{what}: field '{name}' has wrong type {type(value).__name__}")
-    return value
 
 
 def _load_json(raw: bytes, what: str) -> dict[str, Any]:
@@ -195,10 +186,7 @@ class SlotRelease:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> SlotRelease:
-        try:
-            return _SLOT_RELEASE.decode(raw)
-        except msgspec.DecodeError as exc:
-            raise MessageError(f"slot release: {_decode_problem(exc)}") from None
+        return _decoded(_SLOT_RELEASE, raw, "slot release")
 
 
 def peek_identity(raw: bytes | memoryview | msgspec.Raw) -> tuple[str, str, int] | None:
@@ -309,27 +297,14 @@ class Alarm:
     kind: str
     message: str
     severity: Literal["info", "warning", "critical"] = "warning"
-    t_ns: int = field(default_factory=now_ns)
+    t_ns: Count = field(default_factory=now_ns)
 
     def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        return _ENCODER.encode(self)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Alarm:
-        d = _load_json(raw, "alarm")
-        sev = d.get("severity", "warning")
-        if sev not in ("info", "warning", "critical"):
-            raise MessageError(f"alarm: field 'severity' must be info, warning or critical, got {sev!r}")
-        return cls(
-            source=_get(d, "source", str, "alarm"),
-            kind=_get(d, "kind", str, "alarm"),
-            message=_get(d, "message", str, "alarm"),
-            severity=sev,
-            t_ns=_get(d, "t_ns", int, "alarm"),
-        )
-
-
-OPERATOR_ACTIONS = ("set_lot", "review", "ack_alarm")
+        return _decoded(_ALARM, raw, "alarm")
 
 
 @dataclass(frozen=True)
@@ -345,25 +320,14 @@ class OperatorAction:
     actor: str
     request_id: str
     detail: dict[str, Any]
-    t_ns: int = field(default_factory=now_ns)
+    t_ns: Count = field(default_factory=now_ns)
 
     def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        return _ENCODER.encode(self)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> OperatorAction:
-        d = _load_json(raw, "action")
-        action = d.get("action")
-        if action not in OPERATOR_ACTIONS:
-            raise MessageError(f"action: field 'action' must be one of {', '.join(OPERATOR_ACTIONS)}, got {action!r}")
-        detail = d.get("detail")
-        if not isinstance(detail, dict):
-            raise MessageError("action: field 'detail' must be an object")
-        return cls(action=action, actor=_get(d, "actor", str, "action"),
-                   request_id=_get(d, "request_id", str, "action"), detail=detail, t_ns=_get(d, "t_ns", int, "action"))
-
-
-CONTROL_COMMANDS = ("trigger",)
+        return _decoded(_ACTION, raw, "action")
 
 
 @dataclass(frozen=True)
@@ -371,20 +335,14 @@ class CameraCommand:
     """A request on a camera's control socket; `trigger` takes one frame now (software trigger)."""
 
     cmd: Literal["trigger"]
-    part_id: str | None = None  # from the PLC or the caller; generated when absent
+    part_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None  # generated when absent
 
     def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        return _ENCODER.encode(self)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> CameraCommand:
-        d = _load_json(raw, "camera command")
-        if d.get("cmd") not in CONTROL_COMMANDS:
-            raise MessageError(f"camera command: field 'cmd' must be one of {CONTROL_COMMANDS}, got {d.get('cmd')!r}")
-        part_id = d.get("part_id")
-        if part_id is not None and (not isinstance(part_id, str) or not 0 < len(part_id) <= 128):
-            raise MessageError("camera command: field 'part_id' must be a string of 1-128 characters")
-        return cls(cmd=d["cmd"], part_id=part_id)
+        return _decoded(_COMMAND, raw, "camera command")
 
 
 @dataclass(frozen=True)
@@ -392,22 +350,16 @@ class CameraReply:
     """acquire's answer on the control socket: the frame a trigger produced, or why it could not."""
 
     ok: bool
-    seq: int | None = None
+    seq: Count | None = None
     part_id: str | None = None
     error: str | None = None
 
     def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        return _ENCODER.encode(self)
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> CameraReply:
-        d = _load_json(raw, "camera reply")
-        if not isinstance(d.get("ok"), bool):
-            raise MessageError("camera reply: field 'ok' must be true or false")
-        seq, part_id, error = d.get("seq"), d.get("part_id"), d.get("error")
-        return cls(ok=d["ok"], seq=seq if isinstance(seq, int) else None,
-                   part_id=part_id if isinstance(part_id, str) else None,
-                   error=error if isinstance(error, str) else None)
+        return _decoded(_REPLY, raw, "camera reply")
 
 
 _HEADER = msgspec.json.Decoder(FrameHeader)
@@ -416,6 +368,20 @@ _VERDICT = msgspec.json.Decoder(Verdict)  # unknown fields are ignored: a newer 
 _VERDICTS = msgspec.json.Decoder(list[Verdict])
 _RAW_ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
 _SLOT_RELEASE = msgspec.json.Decoder(SlotRelease)
+_ALARM = msgspec.json.Decoder(Alarm)
+_ACTION = msgspec.json.Decoder(OperatorAction)
+_COMMAND = msgspec.json.Decoder(CameraCommand)
+_REPLY = msgspec.json.Decoder(CameraReply)
+_T = TypeVar("_T")
+
+
+def _decoded(decoder: msgspec.json.Decoder[_T], raw: bytes, what: str) -> _T:
+    """A control-plane message validated by msgspec; the error names the field, e.g.
+    ``alarm: Expected `str`, got `int` - at `$.kind` ``."""
+    try:
+        return decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise MessageError(f"{what}: {_decode_problem(exc)}") from None
 
 
 def _decode_problem(exc: msgspec.DecodeError) -> str:
