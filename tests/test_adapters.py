@@ -106,6 +106,9 @@ def test_anomalib_score_and_normalisation(tmp_path: Path) -> None:
     m = Model(anomalib_model(tmp_path))
     assert (m.info.adapter, m.info.labels, m.frame_shape) == ("anomalib", ("good", "defect"), None)
     assert m.run(DARK)[0, 1] > 0.9 > 0.1 > m.run(BRIGHT)[0, 1]
+    probs, maps = m.run_with_maps(np.concatenate([DARK[:1], BRIGHT[:1]]))  # each frame's map beside its scores
+    assert maps is not None and maps.shape[0] == 2 == probs.shape[0]
+    assert maps[0].mean() > 0.9 > 0.1 > maps[1].mean(), (maps[0].mean(), maps[1].mean())
     sidecar = tmp_path / "norm"
     sidecar.mkdir()
     m2 = Model(anomalib_model(sidecar, {"image_threshold": 0.5, "min": 0.0, "max": 2.0}))

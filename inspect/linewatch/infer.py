@@ -255,8 +255,7 @@ class Infer:
         t_model = now_ns()
         try:
             for group in groups.values():
-                probs = self.model.run(self._batch(group))
-                maps = self.model.heatmaps
+                probs, maps = self.model.run_with_maps(self._batch(group))
                 for i, (j, p) in enumerate(zip(group, probs, strict=True)):
                     j.probs, j.heatmap = p, None if maps is None else maps[i]
         except ModelError as exc:

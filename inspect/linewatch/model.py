@@ -99,7 +99,6 @@ class Model:
             metadata=meta, adapter=a.kind,
         )
         self._output_names = [o.name for o in outputs]
-        self.heatmaps: np.ndarray | None = None  # the last batch's anomaly maps (N, h, w) in [0, 1], if any
         self._bound = (BoundRunner(opened, self.settings.batch_sizes, self.settings.device_id)
                        if self.settings.binds(opened.device) else None)
         self._buffers: dict[int, np.ndarray] = {}  # plain path: one batch buffer per size, reused
@@ -138,6 +137,10 @@ class Model:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities (N, labels), good class first, for a uint8 batch of frames."""
+        return self.run_with_maps(batch)[0]
+
+    def run_with_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class probabilities and, for a model with an anomaly map, the maps (N, h, w) in [0, 1]."""
         try:
             feed = self.adapter.feed(batch)
             raw = self._bound.run(feed) if self._bound is not None else self.session.run(None, feed)
@@ -154,5 +157,4 @@ class Model:
             raise ModelOutputError(f"model {self.info.name}: output contains NaN or inf")
         if maps is not None and (len(maps) != batch.shape[0] or not np.all(np.isfinite(maps))):
             raise ModelOutputError(f"model {self.info.name}: anomaly map has shape {maps.shape} or NaN/inf values")
-        self.heatmaps = maps
-        return probs
+        return probs, maps
