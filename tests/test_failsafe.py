@@ -90,8 +90,9 @@ def test_big_frames_are_measured_on_shared_halvings_as_precisely_as_the_rules_ne
     i = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     assert np.hypot(part.cx - centroids[i][0], part.cy - centroids[i][1]) < 8  # the copy is 1/8 of the frame
     assert part.area == pytest.approx(stats[i, cv2.CC_STAT_AREA], rel=0.03)
-    small, scale = view.halved(128)
-    assert (small.shape, scale) == ((128, 128), 8) and view.halved(256)[0] is view._cache["levels"][2]
+    small = view.halved(128)
+    assert small.shape == (128, 128) and small is view._cache["levels"][3]  # 1024 / 8
+    assert view.halved(256) is view._cache["levels"][2]
     roi = view.annulus(0.0, 0.8)
     assert roi is not None
     exact = float(np.median(BIG[roi.window][roi.mask > 0]))

@@ -132,6 +132,11 @@ def test_a_sequence_jump_is_alarmed_not_watched_as_a_million_lost_frames(rec: Re
     alarms = db_rows(rec.cfg.data_dir, "SELECT kind, message FROM alarms")
     assert [a["kind"] for a in alarms] == ["sequence_jump"] and "from 5 to 1000005" in alarms[0]["message"]
     assert rows[-1]["seq"] == 1_000_005 and rec.proc.poll() is None
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(rec.cfg.run_dir / "metrics"))  # type: ignore[no-untyped-call]
+    counted = {s.labels["kind"]: s.value for m in registry.collect() for s in m.samples
+               if s.name == "linewatch_alarms_total"}
+    assert counted == {"sequence_jump": 1}  # record's own alarm, counted once
 
 
 def test_rows_and_alarms_are_published_after_commit(rec: RecordRig) -> None:

@@ -168,7 +168,7 @@ class Plc:
                 if not cam.software:
                     self._error("trigger_mode")
                     return ExcCodes.ILLEGAL_VALUE
-                if cam.trigger_status == pm.COMMAND_STATES["busy"]:
+                if cam.trigger_status == _BUSY:
                     self._error("busy")
                     return ExcCodes.DEVICE_BUSY
             elif (a == _ACK and self.state.ack_status == _BUSY) or (a == _LOT and self.state.lot_status == _BUSY):
@@ -176,23 +176,19 @@ class Plc:
                 return ExcCodes.DEVICE_BUSY
         for a, v in zip(addrs, values, strict=True):
             self.coils[a] = v
-        for a in rising:  # busy from now: a second pulse before the command's task starts is refused too
+        for a in rising:  # a command is busy from this answer on: a second pulse before its task starts is refused
             if a == _ACK:
                 self.state.ack_status = _BUSY
-            elif a == _LOT:
-                self.state.lot_status = _BUSY
-            elif a >= pm.TRIGGER_BASE:
-                self.state.cameras[a - pm.TRIGGER_BASE].trigger_status = _BUSY
-        for a in rising:
-            if a == _ACK:
                 self._spawn(self._ack_alarms(), "ack")
             elif a == _RESET:
                 self.state.stop_latched = False
                 log.info("line stop request reset by the PLC")
                 metrics.PLC_COMMANDS.labels("reset_line_stop", "done").inc()
             elif a == _LOT:
+                self.state.lot_status = _BUSY
                 self._spawn(self._commit_lot(), "lot")
             else:
+                self.state.cameras[a - pm.TRIGGER_BASE].trigger_status = _BUSY
                 self._spawn(self._trigger(a - pm.TRIGGER_BASE), f"trigger:{a - pm.TRIGGER_BASE}")
         return None
 
@@ -223,8 +219,7 @@ class Plc:
     # -- commands (run in the background; their outcome shows in status registers) --
 
     async def _trigger(self, index: int) -> None:
-        cam = self.state.cameras[index]
-        cam.trigger_status = pm.COMMAND_STATES["busy"]
+        cam = self.state.cameras[index]  # its trigger_status is busy (set by the pulse) until this ends
         sock = self.zctx.socket(zmq.REQ)  # one per trigger: a REQ that timed out cannot be reused
         sock.setsockopt(zmq.LINGER, 0)
         try:
@@ -252,8 +247,7 @@ class Plc:
             self._error(error)
 
     async def _commit_lot(self) -> None:
-        """Busy while it runs: a second pulse meanwhile is refused (the status ends done or failed)."""
-        self.state.lot_status = _BUSY
+        """Runs with `lot_status` busy (set by the pulse); it ends done or failed."""
         raw = b"".join(r.to_bytes(2, "big") for r in self.lot_text)
         text, _, rest = raw.partition(b"\0")
         lot = text.decode("ascii")
@@ -267,7 +261,6 @@ class Plc:
         log.info("lot %s set by the PLC", lot)
 
     async def _ack_alarms(self) -> None:
-        self.state.ack_status = _BUSY
         ids = [r[0] for r in read_rows(self.cfg.data_dir, "SELECT id FROM alarms WHERE acknowledged_by IS NULL")]
         sent = [self._send_action(OperatorAction("ack_alarm", "plc", uuid.uuid4().hex, {"alarm_id": i}))
                 for i in ids]

@@ -240,9 +240,8 @@ class Record:
         if seq == last + 1:
             return
         if last >= 0 and seq - last > MAX_SEQ_GAP:  # a counter reset or a corrupt seq, not lost frames
-            metrics.ALARMS.labels("sequence_jump").inc()
-            self._on_alarm(Alarm("record", "sequence_jump", f"{camera} stream {stream}: seq jumped from {last} to "
-                                 f"{seq}; the {seq - last - 1} numbers between are not watched as lost frames"))
+            self._raise_alarm(Alarm("record", "sequence_jump", f"{camera} stream {stream}: seq jumped from {last} to "
+                                    f"{seq}; the {seq - last - 1} numbers between are not watched as lost frames"))
             return
         deadline = now_ns() + int(self.cfg.record.deadline_ms * 1e6)
         for missing in range(last + 1, seq):
@@ -282,9 +281,8 @@ class Record:
                 metrics.IMAGES_DROPPED.labels(v.camera, v.final).inc()
                 if v.final != "PASS" and time.monotonic() - self._image_alarm_at > 60:
                     self._image_alarm_at = time.monotonic()
-                    metrics.ALARMS.labels("image_dropped").inc()
-                    self._on_alarm(Alarm("record", "image_dropped", f"{v.final} image of {v.camera} seq {v.seq} "
-                                         "not kept: the image writer is behind (disk too slow?)"))
+                    self._raise_alarm(Alarm("record", "image_dropped", f"{v.final} image of {v.camera} seq {v.seq} "
+                                            "not kept: the image writer is behind (disk too slow?)"))
         now = time.monotonic()
         if rc.live_view_hz and now - self._last_live.get(v.camera, 0.0) >= 1.0 / rc.live_view_hz:
             self._last_live[v.camera] = now
@@ -310,13 +308,17 @@ class Record:
             event = self.retention.events.get_nowait()
             if isinstance(event, DiskLow):
                 if event.alarm is not None:
-                    metrics.ALARMS.labels(event.alarm.kind).inc()
-                    self._on_alarm(event.alarm)
+                    self._raise_alarm(event.alarm)
                 else:
                     clear_alarms(self.db, "disk_low", "record", now_ns())
             else:
                 mark_pruned(self.db, event.ids, event.t_ns)
                 metrics.IMAGES_PRUNED.inc(len(event.ids))
+
+    def _raise_alarm(self, alarm: Alarm) -> None:
+        """An alarm of record's own: counted here (the other processes' alarms are counted by their sender)."""
+        metrics.ALARMS.labels(alarm.kind).inc()
+        self._on_alarm(alarm)
 
     def _on_alarm(self, alarm: Alarm) -> None:
         alarm_id = insert_alarm(self.db, alarm)
@@ -389,5 +391,4 @@ class Record:
         for camera, latencies in by_camera.items():
             metrics.observe_many(metrics.END_TO_END_SECONDS.labels(camera), latencies)
         for alarm in self.streaks.observe_finals(map(_FINAL, rows)):
-            metrics.ALARMS.labels(alarm.kind).inc()
-            self._on_alarm(alarm)
+            self._raise_alarm(alarm)

@@ -61,8 +61,8 @@ class FrameView:
         mean, std = cv2.meanStdDev(self.gray)
         return float(mean[0][0]), float(std[0][0])
 
-    def halved(self, min_side: int) -> tuple[np.ndarray, int]:
-        """The grey frame halved (2x2 area means) while its shorter side stays >= min_side, and the factor.
+    def halved(self, min_side: int) -> np.ndarray:
+        """The grey frame halved (2x2 area means) while its shorter side stays >= min_side.
 
         Repeated halving is OpenCV's fast area path (a direct 8x INTER_AREA costs 5x more), and the
         levels are kept, so the presence and blur rules share them."""
@@ -70,15 +70,14 @@ class FrameView:
         while min(levels[-1].shape) // 2 >= min_side:
             g = levels[-1]
             levels.append(cv2.resize(g, (g.shape[1] // 2, g.shape[0] // 2), interpolation=cv2.INTER_AREA))
-        i = max((i for i, g in enumerate(levels) if min(g.shape) >= min_side), default=0)
-        return levels[i], 2 ** i
+        return next((g for g in reversed(levels) if min(g.shape) >= min_side), levels[0])
 
     @cached_property
     def part(self) -> Part | None:
         """Located on the smallest halving at least PRESENCE_MIN_SIDE px across (86-171 px): the
         connected-components pass costs ~8 ns a pixel (2 ms on a half-size 1 MP frame) and the rules need
         the part to ~1 % of the frame. Scaled back per axis: odd sides do not halve exactly."""
-        g, _ = self.halved(PRESENCE_MIN_SIDE)
+        g = self.halved(PRESENCE_MIN_SIDE)
         _, mask = cv2.threshold(g, self.part_threshold, 1, cv2.THRESH_BINARY)
         n, _, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
         if n < 2:
@@ -125,11 +124,10 @@ class Roi:
         of them on a regular grid: the level of a face, not of one pixel, and 4-16x cheaper on big frames."""
         h, w = self.mask.shape
         step = max(1, math.ceil(math.sqrt(h * w / MEDIAN_SAMPLES)))
-        window = img[self.window][::step, ::step]
-        mask = self.mask[::step, ::step] if step > 1 else self.mask
+        if not self.mask[::step, ::step].any():  # a ROI too thin for the grid: count every pixel
+            step = 1
+        window, mask = img[self.window][::step, ::step], self.mask[::step, ::step]
         hist = cv2.calcHist([np.ascontiguousarray(window)], [0], np.ascontiguousarray(mask), [256], [0, 256]).ravel()
-        if step > 1 and not hist.any():  # a ROI too thin for the grid: count every pixel
-            hist = cv2.calcHist([np.ascontiguousarray(img[self.window])], [0], self.mask, [256], [0, 256]).ravel()
         return float(np.searchsorted(np.cumsum(hist), (hist.sum() + 1) // 2))
 
 
@@ -200,7 +198,7 @@ class BlurRule:
 
     def check(self, header: FrameHeader, view: FrameView) -> Decision | None:
         size = self.cfg.size
-        small, _ = view.halved(size)  # shared with the presence rule when halvings reach the size exactly
+        small = view.halved(size)  # shared with the presence rule when halvings reach the size exactly
         if small.shape != (size, size):  # else one direct resize: halving first would blur more (measured)
             small = cv2.resize(view.gray, (size, size), interpolation=cv2.INTER_AREA)
         _, sd = cv2.meanStdDev(cv2.Laplacian(small, cv2.CV_64F))
