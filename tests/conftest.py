@@ -71,7 +71,7 @@ class Line:
     """`linewatch run` as a real process tree on a temporary data directory."""
 
     def __init__(self, tmp: Path, overrides: dict[str, Any]):
-        self.data_dir = tmp / "data"
+        self.data_dir = Path(overrides.get("data_dir", tmp / "data"))
         self.port = free_port()
         self.plc_port = free_port()  # the plc process is on by default; concurrent lines must not share 5020
         cfg: dict[str, Any] = {"data_dir": str(self.data_dir), "api": {"port": self.port},

@@ -16,6 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from linewatch.disk_reserve import is_disk_full
+
 log = logging.getLogger("images")
 IMAGES_DIR = "images"
 LIVE_DIR = "live"
@@ -59,8 +61,12 @@ def live_path(data_dir: Path, camera: str) -> Path:
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a half-written file on a full disk would hold on to its blocks
+        raise
 
 
 def _encode(pixels: np.ndarray, ext: str, params: list[int]) -> bytes:
@@ -104,6 +110,7 @@ class ImageWriter:
         self.data_dir, self.quality = data_dir, quality
         self._jobs: queue.Queue[_Job | None] = queue.Queue(capacity)
         self.failed = 0
+        self.disk_full: str | None = None  # the error of the latest write refused for a full disk, for record
         self._thread = threading.Thread(target=self._run, name="image-writer", daemon=True)
         self._thread.start()
 
@@ -131,4 +138,6 @@ class ImageWriter:
                         _write_atomic(self.data_dir / heatmap_relpath(job.relpath), job.heatmap)
             except (OSError, ValueError, cv2.error) as exc:  # a full disk or odd frame must not stop the writer
                 self.failed += 1
+                if is_disk_full(exc):
+                    self.disk_full = str(exc)
                 log.error("image %s not written: %s", job.relpath or f"live/{job.camera}", exc)

@@ -77,6 +77,10 @@ PLC_COMMANDS = Counter(
     "linewatch_plc_commands", "Commands from the PLC (trigger, lot, ack, reset_line_stop) by result.",
     ["command", "result"],
 )
+ROWS_LOST = Counter(
+    "linewatch_rows_lost", "Verdict rows not recorded: the store refused writes (full disk) with record.held_rows "
+    "already held in memory.",
+)
 FRAME_SLOTS_RECLAIMED = Counter(
     "linewatch_frame_slots_reclaimed", "Frame ring slots taken back from a worker that held them past the deadline.",
     ["camera"],
@@ -85,7 +89,7 @@ FRAME_SLOTS_RECLAIMED = Counter(
 ALL = (FRAMES_ACQUIRED, FRAMES_DROPPED, FRAMES_INSPECTED, VERDICTS, MESSAGES_REJECTED, LATE_VERDICTS, ALARMS,
        RESTARTS, INFERENCE_SECONDS, END_TO_END_SECONDS, MODEL_INFO, MODEL_UP, IMAGES_DROPPED, IMAGES_PRUNED,
        RULES_ONLY, FAILSAFE_OVERRIDES, PLC_CLIENTS, PLC_REQUESTS, PLC_EXCEPTIONS, PLC_ERRORS, PLC_COMMANDS,
-       STAGE_SECONDS, FRAME_SLOTS_RECLAIMED)
+       STAGE_SECONDS, FRAME_SLOTS_RECLAIMED, ROWS_LOST)
 
 
 def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:

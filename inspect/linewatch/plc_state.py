@@ -20,6 +20,7 @@ from linewatch.store import current_lot, open_reader, read_rows
 
 COUNTS = ("total", "pass", "fail", "review", "not_inspected")
 _NOT_INSPECTED = ("timeout", "not_inspected")
+DISK_ALARMS = ("disk_low", "disk_full")  # either sets the disk_low status bit
 
 
 @dataclass
@@ -116,7 +117,7 @@ class LineState:
             self.flags["critical_alarm"] = True
             if kind in self.cfg.plc.stop_alarm_kinds:
                 self.stop_latched = True
-        if kind == "disk_low":
+        if kind in DISK_ALARMS:
             self.flags["disk_low"] = True
         cam = self._by_name.get(source.removeprefix("acquire[").removesuffix("]"))
         if cam is not None and kind in ("camera_lost", "camera_back"):
@@ -131,7 +132,8 @@ class LineState:
             self.on_alarm(dict(r))
         rows = read_rows(d, "SELECT coalesce(sum(acknowledged_by IS NULL), 0) AS unack, "
                             "coalesce(sum(acknowledged_by IS NULL AND severity = 'critical'), 0) AS critical, "
-                            "coalesce(sum(kind = 'disk_low' AND t_cleared_ns IS NULL), 0) AS disk FROM alarms")
+                            "coalesce(sum(kind IN ('disk_low', 'disk_full') AND t_cleared_ns IS NULL), 0) AS disk "
+                            "FROM alarms")
         if rows:
             self.flags["alarm_unacknowledged"] = rows[0]["unack"] > 0
             self.flags["critical_alarm"] = rows[0]["critical"] > 0

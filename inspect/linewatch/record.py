@@ -2,6 +2,8 @@
 
 Every announced frame ends as exactly one row: its verdict, or a FAIL decided by `timeout` when no
 verdict arrives within the deadline. Rows are committed in small groups, then published as events.
+A full data disk does not stop it (`disk_reserve`): images pause, the reserve gives the rows room,
+and writes the store still refuses are held in memory and retried.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ import heapq
 import json
 import logging
 import math
+import sqlite3
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from operator import itemgetter
 from typing import Any
 
@@ -21,6 +25,7 @@ import zmq
 
 from linewatch import metrics
 from linewatch.config import LineConfig
+from linewatch.disk_reserve import DiskReserve, is_disk_full
 from linewatch.images import ImageWriter, image_relpath
 from linewatch.lots import ShiftClock
 from linewatch.messages import (
@@ -100,9 +105,21 @@ class Record:
         self._image_alarm_at = -1e9
         self.models_seen: set[str] = set()
         self.streaks = StreakWatch(cfg.failsafe.streak)  # over committed verdicts
+        self.store_down: str | None = None  # why the store refuses writes: rows wait in `buffer`, writes in `held`
+        self.held: list[Callable[[], object]] = []  # store writes refused by a full disk, retried in order
+        self.retry_at = 0.0
+        self.disk_full = False  # disk_full alarm raised: kept images pause until the disk has room again
+        self.rows_lost = 0
 
     def run(self) -> None:
-        self.db = open_writer(self.cfg.data_dir)
+        self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.reserve = DiskReserve(self.cfg.data_dir, self.cfg.record.disk_reserve_mb, self.cfg.record.disk_low_free_mb)
+        try:
+            self.db = open_writer(self.cfg.data_dir)
+        except sqlite3.Error as exc:  # a full disk at start: the reserve makes room to open and migrate
+            if not (is_disk_full(exc) and self.reserve.release()):
+                raise
+            self.db = open_writer(self.cfg.data_dir)
         self.last_seq = {(c, s): int(m) for c, s, m in self.db.execute(
             "SELECT camera, stream, max(seq) FROM inspections GROUP BY camera, stream").fetchall()}
         self.lot = current_lot(self.db)
@@ -125,6 +142,9 @@ class Record:
         self.events.setsockopt(zmq.SNDHWM, 10_000)
         self.events.setsockopt(zmq.LINGER, 0)
         self.events.bind(self.endpoints.events)
+        self.room_check_at = time.monotonic()
+        if not self.reserve.allocate():
+            self._enter_disk_full(f"no room for the {self.reserve.size / 2**20:.1f} MB disk reserve")
         mark_ready(self.cfg.run_dir, "record")
         try:
             while not self.stop.is_set():
@@ -132,8 +152,12 @@ class Record:
             self._drain_on_stop(inbound)
         finally:
             self.stop.set()  # also when leaving on an error: the checkpoint and retention threads end
-            self._flush()
+            self.retention.wake()
+            self._flush_all()
             self._write_commit()
+            if self.store_down is not None:
+                log.error("stopped with %d verdict row(s) and %d other write(s) the store refused (%s)",
+                          len(self.buffer), len(self.held), self.store_down)
             self.images.close()
             inbound.close()
             self.events.close()
@@ -142,9 +166,12 @@ class Record:
             self.db.close()
 
     def _wait_ms(self) -> int:
-        if not self.buffer:
+        if self.store_down is not None:
+            left = self.retry_at - time.monotonic()
+        elif not self.buffer:
             return 50
-        left = self.cfg.record.commit_ms / 1e3 - (time.monotonic() - self.buffer_since)
+        else:
+            left = self.cfg.record.commit_ms / 1e3 - (time.monotonic() - self.buffer_since)
         return max(0, min(50, math.ceil(left * 1e3)))  # rounding down would spin on poll(0) until due
 
     def _pump(self, sock: zmq.Socket[Any], timeout_ms: int) -> bool:
@@ -164,10 +191,14 @@ class Record:
                     break
         self._check_deadlines()
         self._apply_retention()
+        self._watch_disk()
         # A group is what has arrived: nothing waiting means commit now (a lone verdict does not wait for
         # company); under load groups grow by themselves, up to commit_rows or commit_ms.
-        if self.buffer and ((drained and rc.commit_when_drained) or len(self.buffer) >= rc.commit_rows
-                            or time.monotonic() - self.buffer_since >= rc.commit_ms / 1e3):
+        if self.store_down is not None:
+            if time.monotonic() >= self.retry_at:
+                self._retry_store()
+        elif self.buffer and ((drained and rc.commit_when_drained) or len(self.buffer) >= rc.commit_rows
+                              or time.monotonic() - self.buffer_since >= rc.commit_ms / 1e3):
             self._flush()
         elif not self.buffer and time.monotonic() - self.published_at >= rc.commit_ms / 1e3:
             self._write_commit()  # no next group came: the commit row goes on its own
@@ -175,8 +206,72 @@ class Record:
 
     def _write_commit(self) -> None:
         if self.unwritten_commit is not None:
-            insert_commit(self.db, self.unwritten_commit)
+            self._write(partial(insert_commit, self.db, self.unwritten_commit))
             self.unwritten_commit = None
+
+    def _write(self, write: Callable[[], object]) -> None:
+        """A store write other than the rows; refused for a full disk, it is held and retried in order."""
+        if self.store_down is None:
+            try:
+                write()
+                return
+            except sqlite3.Error as exc:
+                if not is_disk_full(exc):
+                    raise
+                self._store_refused(exc)
+        self.held.append(write)
+
+    def _store_refused(self, exc: sqlite3.Error) -> None:
+        """The disk took no more: release the reserve (then retry at once), else retry every second."""
+        if self.store_down is None:
+            log.error("the store refuses writes (%s): rows are held in memory and retried", exc)
+        self.store_down = str(exc)
+        released = self._enter_disk_full(f"the store refused a write: {exc}")
+        self.retry_at = time.monotonic() + (0.0 if released else 1.0)
+
+    def _retry_store(self) -> None:
+        """Write what was held, then the rows, in groups; stay down (and retry later) if the disk is still full."""
+        self.retry_at = time.monotonic() + 1.0
+        try:
+            while self.held:
+                self.held[0]()
+                self.held.pop(0)
+        except sqlite3.Error as exc:
+            if not is_disk_full(exc):
+                raise
+            return
+        log.warning("the store takes writes again: committing %d held row(s)", len(self.buffer))
+        self.store_down = None
+        self._flush_all()
+
+    def _flush_all(self) -> None:
+        while self.buffer and self.store_down is None:
+            self._flush()
+
+    def _enter_disk_full(self, why: str) -> bool:
+        """Pause kept images, release the reserve and raise the critical alarm once; True if a reserve was freed."""
+        released = self.reserve.release()
+        self.retention.wake()  # prune PASS samples now, not at the next interval
+        if not self.disk_full:
+            self.disk_full = True
+            room = "disk reserve released for verdict rows" if released else "no disk reserve left"
+            self._raise_alarm(Alarm("record", "disk_full", f"data disk {self.cfg.data_dir} is full ({why}); "
+                                    f"kept images paused, {room}", "critical"))
+        return released
+
+    def _watch_disk(self) -> None:
+        """Enter the disk-full state on an image write refused for space; leave it once the reserve fits again."""
+        if self.images.disk_full and not self.disk_full:
+            self._enter_disk_full(f"an image write failed: {self.images.disk_full}")
+        now = time.monotonic()
+        if not self.disk_full or self.store_down is not None or now < self.room_check_at:
+            return
+        self.room_check_at = now + 1.0
+        if self.reserve.allocate(after_full=True):
+            self.disk_full = False
+            self.images.disk_full = None
+            log.warning("data disk has room again: disk reserve allocated, kept images resume")
+            self._write(partial(clear_alarms, self.db, "disk_full", "record", now_ns()))
 
     def _drain_on_stop(self, sock: zmq.Socket[Any]) -> None:
         """Take what is still in flight, then fail what will never be decided."""
@@ -273,7 +368,10 @@ class Record:
             log.error("heatmap for %s seq %d is not a PNG; image kept without it", v.camera, v.seq)
             heatmap = None
         rc = self.cfg.record
-        if v.final != "PASS" or (rc.pass_sample_every and v.seq % rc.pass_sample_every == 0):
+        if self.disk_full:
+            return  # no image, no live view: what room is left is for the rows
+        sample = rc.pass_sample_every and v.seq % rc.pass_sample_every == 0 and not self.retention.disk_low
+        if v.final != "PASS" or sample:
             relpath = image_relpath(v.camera, v.stream, v.seq, v.final, rc.image_format)
             if self.images.submit(relpath, v.camera, pixels, heatmap):
                 v.image = relpath
@@ -289,6 +387,9 @@ class Record:
             self.images.submit(None, v.camera, pixels)
 
     def _on_action(self, action: OperatorAction) -> None:
+        self._write(partial(self._apply_action, action))
+
+    def _apply_action(self, action: OperatorAction) -> None:
         """Apply an operator's action (lot change, review decision) and publish it once committed."""
         try:
             audit_id = apply_action(self.db, action)
@@ -310,9 +411,9 @@ class Record:
                 if event.alarm is not None:
                     self._raise_alarm(event.alarm)
                 else:
-                    clear_alarms(self.db, "disk_low", "record", now_ns())
+                    self._write(partial(clear_alarms, self.db, "disk_low", "record", now_ns()))
             else:
-                mark_pruned(self.db, event.ids, event.t_ns)
+                self._write(partial(mark_pruned, self.db, event.ids, event.t_ns))
                 metrics.IMAGES_PRUNED.inc(len(event.ids))
 
     def _raise_alarm(self, alarm: Alarm) -> None:
@@ -321,6 +422,9 @@ class Record:
         self._on_alarm(alarm)
 
     def _on_alarm(self, alarm: Alarm) -> None:
+        self._write(partial(self._store_alarm, alarm))
+
+    def _store_alarm(self, alarm: Alarm) -> None:
         alarm_id = insert_alarm(self.db, alarm)
         self.events.send_multipart([b"alarm", json.dumps({"id": alarm_id, **alarm.__dict__}).encode()])
 
@@ -350,6 +454,13 @@ class Record:
         self.recorded_order.append(key)
         if len(self.recorded_order) > _RECENT_KEYS:
             self.recorded.discard(self.recorded_order.popleft())
+        if len(self.buffer) >= self.cfg.record.held_rows:  # only while the store refuses writes
+            self.rows_lost += 1
+            metrics.ROWS_LOST.inc()
+            if self.rows_lost % 1000 == 1:
+                log.critical("verdict row for %s seq %d lost: the store refuses writes (%s) and %d rows are held; "
+                             "%d lost so far", v.camera, v.seq, self.store_down, len(self.buffer), self.rows_lost)
+            return
         if not self.buffer:
             self.buffer_since = time.monotonic()
         self.buffer.append(verdict_values(v, self.lot, self.shifts.at(v.t_capture_ns or now_ns())))
@@ -362,17 +473,26 @@ class Record:
         group's `commits` row, which each row points to by `commit_id`. That row is written in the next
         group's transaction (or alone after commit_ms without one): no second commit per group.
         """
-        if not self.buffer:
+        if not self.buffer or self.store_down is not None:
             return
         t = now_ns()
-        commit_id, self.commit_id = self.commit_id, self.commit_id + 1
-        rows = [committed_values(r, t, commit_id) for r in self.buffer]
-        self.buffer = []
-        for model_hash, model_name in set(map(_MODEL, rows)):
-            if model_hash and model_hash not in self.models_seen:
-                self.models_seen.add(model_hash)
-                register_model(self.db, model_hash, model_name or "", str(self.cfg.model.path))
-        insert_rows(self.db, rows, self.unwritten_commit)
+        commit_id = self.commit_id
+        group = self.cfg.record.commit_rows  # rows held through a full disk go in groups too
+        rows = [committed_values(r, t, commit_id) for r in self.buffer[:group]]
+        try:
+            for model_hash, model_name in set(map(_MODEL, rows)):
+                if model_hash and model_hash not in self.models_seen:
+                    register_model(self.db, model_hash, model_name or "", str(self.cfg.model.path))
+                    self.models_seen.add(model_hash)
+            insert_rows(self.db, rows, self.unwritten_commit)
+        except sqlite3.Error as exc:  # the rows stay in the buffer
+            if not is_disk_full(exc):
+                raise
+            self._store_refused(exc)
+            return
+        self.commit_id += 1
+        del self.buffer[:group]
+        self.buffer_since = time.monotonic()
         self.unwritten_commit = None
         t_committed = now_ns()
         event = encode_verdict_group(ROW_COLUMNS, rows, JSON_COLUMNS, commit_id, t_committed,

@@ -1,4 +1,4 @@
-"""Retention of the image archive: disk quota and age, oldest PASS samples first, and the disk-low alarm.
+"""Retention of the image archive: disk quota, free space and age, oldest PASS samples first, and the disk-low alarm.
 
 It runs as a thread inside record and only reads the store; what it removed and the alarms it wants
 raised or cleared go back to record's loop (the single writer) through `events`. FAIL and REVIEW
@@ -55,21 +55,32 @@ class Retention:
         self.data_dir, self.cfg, self.stop = data_dir, cfg, stop
         self.events: queue.SimpleQueue[Pruned | DiskLow] = queue.SimpleQueue()
         self.disk_low = False
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="retention", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def wake(self) -> None:
+        """Run a pass now (the disk filled up, or the line stops)."""
+        self._wake.set()
+
     def _loop(self) -> None:
-        while not self.stop.wait(self.cfg.retention_interval_s):
+        while True:
+            self._wake.wait(self.cfg.retention_interval_s)
+            self._wake.clear()
+            if self.stop.is_set():
+                return
             try:
                 self.run_once()
             except (OSError, sqlite3.Error) as exc:  # retention must never take record down
                 log.error("retention pass failed: %s", exc)
 
     def run_once(self) -> None:
-        """One pass: age limits, then the quota (PASS oldest first), then the disk-low check."""
+        """One pass: age limits, then the quota and the free-space floor (PASS oldest first), then the disk-low
+        check. Each image is pruned once a pass: record marks the rows after the pass."""
         now = now_ns()
+        self._pruned: set[int] = set()
         conn = open_reader(self.data_dir)
         try:
             if self.cfg.pass_max_age_days:
@@ -84,6 +95,10 @@ class Retention:
                 if used > quota:
                     used -= self._prune(conn, "final = 'PASS'", [], budget=used - quota)
                 over_quota = used > quota
+            floor = int(self.cfg.disk_low_free_mb * 2**20)
+            free = shutil.disk_usage(self.data_dir).free
+            if free < floor:  # the disk itself is short of room: PASS samples go first, whatever the quota
+                self._prune(conn, "final = 'PASS'", [], budget=floor - free)
         finally:
             conn.close()
         free_mb = shutil.disk_usage(self.data_dir).free / 2**20
@@ -103,6 +118,8 @@ class Retention:
         rows = conn.execute("SELECT id, image FROM inspections INDEXED BY idx_inspections_kept_images "
                             f"WHERE image IS NOT NULL AND image_pruned_ns IS NULL AND {where} ORDER BY id", params)
         for row_id, image in rows:
+            if row_id in self._pruned:
+                continue
             if budget is not None and freed >= budget:
                 break
             for path in (self.data_dir / image, self.data_dir / heatmap_relpath(image)):
@@ -112,6 +129,7 @@ class Retention:
                 except FileNotFoundError:
                     pass  # already gone (or never written, or no heatmap): the row still says so
             ids.append(row_id)
+        self._pruned.update(ids)
         if ids:
             self.events.put(Pruned(ids, now_ns()))
             log.info("pruned %d image(s), %.1f MB (%s)", len(ids), freed / 2**20, where)

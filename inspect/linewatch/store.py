@@ -128,6 +128,7 @@ class Checkpointer(threading.Thread):
         super().__init__(name="checkpoint", daemon=True)
         self.path, self.stop, self.every_s = data_dir / DB_NAME, stop, every_s
         self.checkpoints = 0
+        self._failing: str | None = None  # the error being reported, so a full disk logs once, not twice a second
 
     def run(self) -> None:
         try:
@@ -148,7 +149,13 @@ class Checkpointer(threading.Thread):
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             self.checkpoints += 1
         except sqlite3.Error as exc:  # the writer's backstop checkpoint still bounds the WAL
-            log.warning("WAL checkpoint failed (retried in %.1f s): %s", self.every_s, exc)
+            if str(exc) != self._failing:
+                log.warning("WAL checkpoint failed (retried every %.1f s): %s", self.every_s, exc)
+            self._failing = str(exc)
+            return
+        if self._failing is not None:
+            log.info("WAL checkpoints work again")
+            self._failing = None
 
 
 def _migrate(db: sqlite_utils.Database, upto: int | None = None) -> None:

@@ -95,6 +95,14 @@ class RecordConfig(_Strict):
     disk_low_free_mb: float = Field(
         1024.0, ge=0, description="Free space on the data disk below this raises a disk_low alarm."
     )
+    disk_reserve_mb: float = Field(
+        64.0, ge=0, le=1_000_000, description="Space kept allocated on the data disk (at most a tenth of it) and "
+        "released when the disk fills, so verdict rows keep committing while images pause (disk_full alarm)."
+    )
+    held_rows: int = Field(
+        200_000, ge=1000, le=10_000_000, description="Verdict rows held in memory while the store refuses writes "
+        "(disk full); they are committed when it takes writes again, rows beyond are counted as lost."
+    )
     retention_interval_s: float = Field(30.0, gt=0, le=86_400, description="How often retention checks the archive.")
 
 

@@ -21,6 +21,7 @@ class PlcConfig(_Strict):
         5.0, gt=0, le=60, description="How long a trigger, lot change or acknowledge waits for its confirmation."
     )
     stop_alarm_kinds: tuple[str, ...] = Field(
-        ("fail_streak", "fail_rate"), description="Critical alarms of these kinds set the line-stop-requested bit "
-        "(streak alarms are critical when failsafe.streak.request_stop is on).",
+        ("fail_streak", "fail_rate", "disk_full"), description="Critical alarms of these kinds set the "
+        "line-stop-requested bit (streak alarms are critical when failsafe.streak.request_stop is on; disk_full "
+        "when the data disk took no more writes).",
     )
