@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from linewatch.model import Model
-from linewatch.registry import holdout_metrics
+from linewatch.model.onnx import Model
+from linewatch.model.registry import holdout_metrics
 from linewatch.training.trainer import TrainOptions, train
 
 RESULTS = Path(__file__).parent / "RESULTS.md"

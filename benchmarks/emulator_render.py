@@ -20,11 +20,11 @@ from typing import Any
 import cv2
 import zmq
 
-from linewatch.acquire import Acquire
+from linewatch.acquire.process import Acquire
 from linewatch.config import parse_config
-from linewatch.emulator import PartEmulator, SceneEmulator
-from linewatch.messages import Endpoints, FrameHeader
-from linewatch.scene import Scene
+from linewatch.emulator.parts import PartEmulator, SceneEmulator
+from linewatch.emulator.scene import Scene
+from linewatch.wire import Endpoints, FrameHeader
 
 ALL_EFFECTS = {
     "product": {"type": "round_part"},

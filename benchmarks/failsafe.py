@@ -23,11 +23,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from linewatch.config import DEFAULT_MODEL, FailsafeConfig
-from linewatch.emulator import PartEmulator
+from linewatch.config import FailsafeConfig
+from linewatch.emulator.parts import PartEmulator
 from linewatch.failsafe import FailSafe
-from linewatch.messages import FrameHeader
-from linewatch.model import Model
+from linewatch.model.onnx import Model
+from linewatch.paths import DEFAULT_MODEL
+from linewatch.wire import FrameHeader
 
 HARD = ("black", "overexposed", "blurred", "shifted", "subtle")
 SECTION = "## Fail-safe (issue 5)"

@@ -3,14 +3,14 @@
     python benchmarks/ort_session.py --gpu                      # what benchmarks/gpu.sh runs
     python benchmarks/ort_session.py --cpu-sweep --sizes 256 1024 --batches 1 4 8
 
-Each row is one way of running the same model on the same frames, built by `linewatch.runtime`
+Each row is one way of running the same model on the same frames, built by `linewatch.model.runtime`
 exactly as a worker builds it: throughput (frames/s) at each batch size, single-frame latency
 p50/p99, and the largest difference of its probabilities from the plain CPU session. 512² and
 1024² are the reference graph with its in-graph pooling scaled (4 px -> 8 / 16 px), so the network
 itself is unchanged and only the pixels grow. A provider that does not load prints
 "not available: <why>" and the run goes on.
 
-Imports only numpy, onnx, onnxruntime and `linewatch.runtime` (found through `inspect/`, no install).
+Imports only numpy, onnx, onnxruntime and `linewatch.model.runtime` (found through `inspect/`, no install).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "inspect"))
-from linewatch.runtime import (  # noqa: E402
+from linewatch.model.runtime import (  # noqa: E402
     CUDA,
     TENSORRT,
     BoundRunner,

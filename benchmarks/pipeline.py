@@ -51,12 +51,12 @@ import onnx
 import yaml
 
 from linewatch.config import LineConfig, parse_config
-from linewatch.emulator import PartEmulator
+from linewatch.emulator.parts import PartEmulator
 from linewatch.failsafe import FailSafe
-from linewatch.failsafe.health import load_model
-from linewatch.messages import FrameHeader
-from linewatch.model import Model
-from linewatch.runtime import SessionSettings
+from linewatch.infer.health import load_model
+from linewatch.model.onnx import Model
+from linewatch.model.runtime import SessionSettings
+from linewatch.wire import FrameHeader
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO / "models" / "reference" / "reference.onnx"

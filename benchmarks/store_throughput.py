@@ -43,7 +43,10 @@ import psutil
 import zmq
 
 from linewatch.config import parse_config
-from linewatch.messages import (
+from linewatch.line.supervisor import prepare_run_dir, resolve_paths
+from linewatch.reports.export import Query, load
+from linewatch.store import Checkpointer, insert_verdicts, open_writer, verdict_row
+from linewatch.wire import (
     KIND_ANNOUNCE,
     KIND_VERDICT,
     KIND_VERDICT_BATCH,
@@ -55,9 +58,6 @@ from linewatch.messages import (
     encode_verdict_batch,
     now_ns,
 )
-from linewatch.report import Query, load
-from linewatch.store import Checkpointer, insert_verdicts, open_writer, verdict_row
-from linewatch.supervisor import prepare_run_dir, resolve_paths
 
 
 def _verdict(seq: int, final: str = "PASS", camera: str = "cam0") -> Verdict:

@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import zmq
 
-from linewatch.acquire import frame_sndbuf
+from linewatch.acquire.process import frame_sndbuf
 from linewatch.config import InferConfig
-from linewatch.frame_ring import FrameReader, FrameRing, default_slots
-from linewatch.messages import Endpoints, FrameHeader, decode_frame, encode_frame
+from linewatch.wire import Endpoints, FrameHeader, decode_frame, encode_frame
+from linewatch.wire.frame_ring import FrameReader, FrameRing, default_slots
 
 SIZES = {"5MP": (2448, 2048), "256²": (256, 256), "512²": (512, 512), "1024²": (1024, 1024)}
 CAMERA = "bench"

@@ -9,9 +9,9 @@ from typing import Any
 
 import zmq
 
-from linewatch.acquire import Acquire
+from linewatch.acquire.process import Acquire
 from linewatch.config import LineConfig, parse_config
-from linewatch.messages import KIND_ALARM, KIND_ANNOUNCE, KIND_VERDICT, Alarm, Endpoints, FrameHeader, Verdict
+from linewatch.wire import KIND_ALARM, KIND_ANNOUNCE, KIND_VERDICT, Alarm, Endpoints, FrameHeader, Verdict
 
 
 class AcquireRig:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from linewatch.camera_commands import send_camera_command
-from linewatch.messages import CameraCommand, Endpoints
+from linewatch.acquire.cli import send_camera_command
+from linewatch.wire import CameraCommand, Endpoints
 from tests.acquire_harness import AcquireRig
 from tests.conftest import count_rows, db_rows, wait_for
 

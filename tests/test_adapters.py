@@ -13,8 +13,8 @@ import pytest
 import yaml
 from onnx import TensorProto, helper
 
-from linewatch.images import heatmap_relpath
-from linewatch.model import Model, ModelError
+from linewatch.model.onnx import Model, ModelError
+from linewatch.store.images import heatmap_relpath
 from tests.conftest import count_rows, db_rows, wait_for
 
 
@@ -159,7 +159,7 @@ def test_unknown_format_is_refused_with_the_reason(tmp_path: Path) -> None:
 @pytest.mark.parametrize("build", [anomalib_model, yolo_cls_model, yolo_det_model, generic_model],
                          ids=["anomalib", "yolo-classify", "yolo-detect", "generic"])
 def test_byo_model_runs_on_the_line(line, tmp_path: Path, build) -> None:
-    from linewatch.model import file_sha256
+    from linewatch.model.onnx import file_sha256
 
     folder = tmp_path / "model"
     folder.mkdir()

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from linewatch.api import create_app
+from linewatch.api.app import create_app
 from linewatch.config import parse_config
-from linewatch.images import image_relpath, save_kept, save_live
-from linewatch.messages import Alarm, Verdict
 from linewatch.store import insert_alarm, insert_verdicts, open_writer, verdict_row
+from linewatch.store.images import image_relpath, save_kept, save_live
+from linewatch.wire import Alarm, Verdict
 
 
 @pytest.fixture

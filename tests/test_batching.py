@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from linewatch.batching import BatchPolicy
 from linewatch.config import ConfigError, parse_config
-from linewatch.messages import KIND_ALARM, KIND_VERDICT
+from linewatch.infer.batching import BatchPolicy
+from linewatch.wire import KIND_ALARM, KIND_VERDICT
 from tests.conftest import REFERENCE_MODEL
 from tests.test_infer_worker import Rig
 

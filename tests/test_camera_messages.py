@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from linewatch.messages import Alarm, CameraCommand, CameraReply, FrameHeader, MessageError, OperatorAction
+from linewatch.wire import Alarm, CameraCommand, CameraReply, FrameHeader, MessageError, OperatorAction
 
 
 def _header_dict(**kw: object) -> dict[str, object]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from linewatch import plc_map as pm
+from linewatch.plc import register_map as pm
 from tests.conftest import count_rows, db_rows, wait_for
 from tests.test_plc import modbus, status
 

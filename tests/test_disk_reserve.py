@@ -9,9 +9,9 @@ import threading
 from pathlib import Path
 
 from linewatch.config import RecordConfig
-from linewatch.disk_reserve import DiskReserve, is_disk_full
-from linewatch.images import image_relpath
-from linewatch.retention import Pruned, Retention
+from linewatch.record.disk import DiskReserve, is_disk_full
+from linewatch.record.retention import Pruned, Retention
+from linewatch.store.images import image_relpath
 from tests.test_retention import _archive, _events
 
 

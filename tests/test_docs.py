@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from linewatch import metrics
-from linewatch import plc_map as pm
 from linewatch.cli import build_parser, config_reference
+from linewatch.plc import register_map as pm
 from tests.conftest import REPO
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from linewatch.emulator import DEFECT_TYPES, PartEmulator
+from linewatch.emulator.parts import DEFECT_TYPES, PartEmulator
 
 
 def test_same_seed_same_parts_other_seed_other_parts() -> None:

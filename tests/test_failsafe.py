@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from linewatch.config import BlurRuleConfig, FailsafeConfig
-from linewatch.emulator import PartEmulator
+from linewatch.emulator.parts import PartEmulator
 from linewatch.failsafe import Decision, FailSafe, RulesetError
 from linewatch.failsafe.backup import build_template
 from linewatch.failsafe.rules import BlurRule, FrameView, Roi
-from linewatch.messages import FrameHeader
-from linewatch.model import Model, ModelInfo
+from linewatch.model.onnx import Model, ModelInfo
+from linewatch.wire import FrameHeader
 from tests.conftest import REFERENCE_MODEL
 
 HDR = FrameHeader("cam0", "s", 0, "p", 0, 0, 256, 256, 1, "uint8", "Mono8")

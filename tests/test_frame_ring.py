@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
-from linewatch.emulator import PartEmulator
-from linewatch.frame_ring import FrameReader, FrameRing, ring_path
-from linewatch.messages import KIND_VERDICT, Endpoints, FrameHeader, MessageError, SlotRelease, Verdict, encode_frame
+from linewatch.emulator.parts import PartEmulator
+from linewatch.wire import KIND_VERDICT, Endpoints, FrameHeader, MessageError, SlotRelease, Verdict, encode_frame
+from linewatch.wire.frame_ring import FrameReader, FrameRing, ring_path
 from tests.acquire_harness import AcquireRig
 from tests.conftest import REFERENCE_MODEL, count_rows, db_rows, wait_for
 from tests.test_infer_worker import Rig
@@ -92,9 +92,9 @@ _WORKER = """
 import sys, time
 from pathlib import Path
 import numpy as np, zmq
-from linewatch.emulator import PartEmulator
-from linewatch.frame_ring import FrameReader
-from linewatch.messages import Endpoints
+from linewatch.emulator.parts import PartEmulator
+from linewatch.wire.frame_ring import FrameReader
+from linewatch.wire import Endpoints
 ep, hold = Endpoints(Path(sys.argv[1])), int(sys.argv[2])
 ctx = zmq.Context()
 pull = ctx.socket(zmq.PULL)
@@ -277,8 +277,8 @@ def test_slots_out_of_the_ring_are_rejected_naming_the_field(tmp_path: Path) -> 
 
 def test_sources_convert_straight_into_the_ring_slot(tmp_path: Path) -> None:
     """The one copy: the conversion out of the driver buffer (GenTL) or the emulator's render lands in the slot."""
+    from linewatch.acquire.sources import open_source
     from linewatch.config import CameraConfig
-    from linewatch.sources import open_source
     from tests.test_genicam import _camera
 
     cameras = [CameraConfig.model_validate(_camera()),  # viky RGBa8 -> Mono8 through cv2, 256x256 (profile)

@@ -19,10 +19,10 @@ import genicam
 import numpy as np
 import pytest
 
+from linewatch.acquire.sources import CameraLost, SourceError
+from linewatch.acquire.sources.genicam import GenicamCamera
 from linewatch.cli import main
 from linewatch.config import CameraConfig
-from linewatch.sources import CameraLost, SourceError
-from linewatch.sources.genicam import GenicamCamera
 from tests.acquire_harness import AcquireRig
 from tests.conftest import REPO, count_rows, db_rows, wait_for
 

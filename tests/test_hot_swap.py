@@ -9,8 +9,8 @@ import cv2
 import onnx
 import pytest
 
-from linewatch.emulator import PartEmulator
-from linewatch.registry import Registry
+from linewatch.emulator.parts import PartEmulator
+from linewatch.model.registry import Registry
 from tests.conftest import REFERENCE_MODEL, count_rows, db_rows, wait_for
 
 pytestmark = pytest.mark.slow

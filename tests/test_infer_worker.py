@@ -17,8 +17,11 @@ import pytest
 import zmq
 
 from linewatch.config import LineConfig, parse_config
-from linewatch.emulator import PartEmulator
-from linewatch.messages import (
+from linewatch.emulator.parts import PartEmulator
+from linewatch.line.child import config_path
+from linewatch.line.supervisor import prepare_run_dir, resolve_paths
+from linewatch.model.onnx import file_sha256
+from linewatch.wire import (
     KIND_ALARM,
     KIND_VERDICT,
     KIND_VERDICT_BATCH,
@@ -29,9 +32,6 @@ from linewatch.messages import (
     encode_frame,
     now_ns,
 )
-from linewatch.model import file_sha256
-from linewatch.process import config_path
-from linewatch.supervisor import prepare_run_dir, resolve_paths
 from tests.conftest import REFERENCE_MODEL, wait_for
 from tests.test_adapters import anomalib_model
 

@@ -8,11 +8,13 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, count_rows, db_rows, http_text, wait_for
+from tests.conftest import REPO, count_rows, db_rows, http_json, http_text, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -109,3 +111,26 @@ def test_killed_record_is_restarted_and_every_frame_still_ends_as_one_row(line) 
     assert any("record died (signal SIGKILL)" in a["message"] for a in alarms)
     check = db_rows(ln.data_dir, "PRAGMA integrity_check")
     assert check[0][0] == "ok"
+
+
+def _readyz(url: str) -> tuple[int, dict[str, object]]:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_readyz_names_a_stopped_worker_while_healthz_stays_ok(line) -> None:
+    ln = line(cameras=[{"name": "cam0", "fps": 10}]).start()
+    assert wait_for(lambda: _readyz(ln.url)[0] == 200, 30, "the line to be ready")
+    worker = ln.ready("infer")[0]["pid"]
+    os.kill(worker, signal.SIGSTOP)  # alive to the supervisor, but silent: only its heartbeat tells
+    try:
+        _, body = wait_for(lambda: (r := _readyz(ln.url))[0] == 503 and r, 15, "readyz to see the worker")
+        assert body == {"status": "not ready", "down": ["infer[0]"]}
+        assert http_json(f"{ln.url}/healthz") == {"status": "ok"}  # liveness: the web app itself
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    assert wait_for(lambda: _readyz(ln.url) == (200, {"status": "ready", "down": []}), 15, "ready again")
+    ln.stop()

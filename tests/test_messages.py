@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from linewatch.messages import (
+from linewatch.wire import (
     FrameHeader,
     MessageError,
     Verdict,

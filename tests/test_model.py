@@ -10,8 +10,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from linewatch.emulator import PartEmulator
-from linewatch.model import Model, ModelError, ModelOutputError, choose_providers, file_sha256
+from linewatch.emulator.parts import PartEmulator
+from linewatch.model.onnx import Model, ModelError, ModelOutputError, choose_providers, file_sha256
 from tests.conftest import REFERENCE_MODEL
 
 META = {"linewatch.labels": '["good", "defect"]', "linewatch.defect_labels": '["defect"]',

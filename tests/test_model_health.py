@@ -14,10 +14,10 @@ import pytest
 from onnx import TensorProto, helper
 
 from linewatch.config import ModelConfig, ModelHealthConfig, StreakConfig
-from linewatch.failsafe.health import ModelFileWatch, ModelHealth
-from linewatch.messages import KIND_ALARM, KIND_VERDICT, Verdict
-from linewatch.model import Model, ModelError, file_sha256
-from linewatch.streaks import StreakWatch
+from linewatch.failsafe.streaks import StreakWatch
+from linewatch.infer.health import ModelFileWatch, ModelHealth
+from linewatch.model.onnx import Model, ModelError, file_sha256
+from linewatch.wire import KIND_ALARM, KIND_VERDICT, Verdict
 from tests.conftest import REFERENCE_MODEL, wait_for
 from tests.test_infer_worker import Rig
 

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from pymodbus.client import ModbusTcpClient
 
-from linewatch import plc_map as pm
 from linewatch.config import ConfigError, parse_config
-from linewatch.plc_state import LineState
-from linewatch.supervisor import Supervisor
+from linewatch.line.supervisor import Supervisor
+from linewatch.plc import register_map as pm
+from linewatch.plc.state import LineState
 from tests.conftest import REFERENCE_MODEL, count_rows, db_rows, wait_for
 
 BIT = pm.STATUS_BITS

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from linewatch.process import mark_ready, read_ready, ready_dir
+from linewatch.wire.ready import mark_ready, read_ready, ready_dir
 
 
 def test_ready_files_are_read_back_by_name_skipping_one_being_written(tmp_path: Path) -> None:
@@ -21,14 +21,14 @@ def test_ready_files_are_read_back_by_name_skipping_one_being_written(tmp_path: 
 
 
 def test_children_run_opencv_on_one_thread() -> None:
-    code = ("import cv2; cv2.setNumThreads(4); from linewatch.process import single_threaded_opencv; "
+    code = ("import cv2; cv2.setNumThreads(4); from linewatch.line.child import single_threaded_opencv; "
             "single_threaded_opencv(); print(cv2.getNumThreads())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "1"
 
 
 def test_children_keep_their_startup_objects_out_of_full_collections() -> None:
-    code = ("import gc, linewatch.infer; from linewatch.process import freeze_startup_objects; "
+    code = ("import gc, linewatch.infer.process; from linewatch.line.child import freeze_startup_objects; "
             "before = gc.get_freeze_count(); freeze_startup_objects(); print(before, gc.get_freeze_count())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     before, after = map(int, out.stdout.split())

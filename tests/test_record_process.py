@@ -18,7 +18,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from linewatch.config import parse_config
-from linewatch.messages import (
+from linewatch.line.supervisor import prepare_run_dir, resolve_paths
+from linewatch.reports.export import Query, load
+from linewatch.store import JSON_COLUMNS
+from linewatch.wire import (
     KIND_ALARM,
     KIND_ANNOUNCE,
     KIND_VERDICT,
@@ -32,9 +35,6 @@ from linewatch.messages import (
     encode_verdict_batch,
     now_ns,
 )
-from linewatch.report import Query, load
-from linewatch.store import JSON_COLUMNS
-from linewatch.supervisor import prepare_run_dir, resolve_paths
 from tests.conftest import db_rows, wait_for
 
 

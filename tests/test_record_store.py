@@ -21,9 +21,10 @@ import pytest
 import zmq
 from fastapi.testclient import TestClient
 
-from linewatch.api import create_app
+from linewatch.api.app import create_app
 from linewatch.config import LineConfig, parse_config
-from linewatch.messages import (
+from linewatch.line.supervisor import prepare_run_dir, resolve_paths
+from linewatch.wire import (
     KIND_ALARM,
     KIND_VERDICT,
     KIND_VERDICTS,
@@ -35,7 +36,6 @@ from linewatch.messages import (
     encode_frame,
     now_ns,
 )
-from linewatch.supervisor import prepare_run_dir, resolve_paths
 from tests.conftest import db_rows, wait_for
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from linewatch.registry import Registry, RegistryError
+from linewatch.model.registry import Registry, RegistryError
 from linewatch.training.trainer import TrainOptions, train
 from tests.test_training import write_parts
 

@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
+from linewatch.acquire.sources import SourceEnded, SourceError
+from linewatch.acquire.sources.replay import ReplayCamera
 from linewatch.cli import main
 from linewatch.config import CameraConfig
-from linewatch.sources import SourceEnded, SourceError
-from linewatch.sources.replay import ReplayCamera
 from tests.acquire_harness import AcquireRig
 from tests.conftest import REPO
 

@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 import pytest
 
-from linewatch.images import image_relpath, save_kept
-from linewatch.messages import Alarm, OperatorAction, Verdict
-from linewatch.report import EXPORT_COLUMNS, ReportError, iso, parse_time
-from linewatch.review_export import MANIFEST_COLUMNS
+from linewatch.reports.export import EXPORT_COLUMNS, ReportError, iso, parse_time
+from linewatch.reports.review_export import MANIFEST_COLUMNS
 from linewatch.store import apply_action, insert_alarm, insert_verdicts, open_reader, open_writer, verdict_row
+from linewatch.store.images import image_relpath, save_kept
+from linewatch.wire import Alarm, OperatorAction, Verdict
 
 T0 = parse_time("2026-03-04T06:00", "t0")
 N = 3000
@@ -140,7 +140,7 @@ def test_pdf_pages_render_and_text_carries_every_section(store: Path, tmp_path: 
 def test_rest_download_matches_the_cli(store: Path, tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from linewatch.api import create_app
+    from linewatch.api.app import create_app
     from linewatch.config import parse_config
 
     client = TestClient(create_app(parse_config({"data_dir": str(store), "runtime_dir": str(tmp_path / "run")})))
@@ -187,7 +187,7 @@ def test_bad_requests_exit_2_naming_the_problem(store: Path, tmp_path: Path, arg
 
 
 def test_no_store_is_a_clear_error(tmp_path: Path) -> None:
-    from linewatch.report import Query, export
+    from linewatch.reports.export import Query, export
 
     with pytest.raises(ReportError, match="no store to report on"):
         export(tmp_path, Query(0, 10), "csv", tmp_path / "x.csv")

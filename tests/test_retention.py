@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from linewatch.config import RecordConfig, ShiftConfig
-from linewatch.images import ImageWriter, heatmap_relpath, image_relpath, load_overlay, save_kept
-from linewatch.lots import shift_at
-from linewatch.messages import Verdict, now_ns
-from linewatch.retention import DAY_NS, DiskLow, Pruned, Retention, archive_bytes
+from linewatch.record.retention import DAY_NS, DiskLow, Pruned, Retention, archive_bytes
+from linewatch.record.shifts import shift_at
 from linewatch.store import insert_verdicts, mark_pruned, open_writer, verdict_row
+from linewatch.store.images import ImageWriter, heatmap_relpath, image_relpath, load_overlay, save_kept
+from linewatch.wire import Verdict, now_ns
 
 
 def test_kept_images_png_is_lossless_and_jpeg_follows_quality(tmp_path: Path) -> None:

@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 
 from linewatch.config import LineConfig
-from linewatch.emulator import PartEmulator
-from linewatch.model import Model, ModelError
-from linewatch.runtime import (
+from linewatch.emulator.parts import PartEmulator
+from linewatch.model.onnx import Model, ModelError
+from linewatch.model.runtime import (
     CPU,
     CUDA,
     TENSORRT,
@@ -171,7 +171,7 @@ def test_auto_falls_back_from_a_gpu_provider_that_does_not_really_load(monkeypat
     and quietly runs on the CPU. Here the real ORT is asked for CUDA (its libraries are missing)."""
     if not missing_libraries(CUDA) or CUDA not in ort.get_available_providers():
         pytest.skip("CUDA really loads here (or is not built in): the silent fallback cannot happen")
-    import linewatch.runtime as runtime
+    import linewatch.model.runtime as runtime
 
     monkeypatch.setattr(runtime, "provider_attempts", lambda request: [[CUDA, CPU], [CPU]])
     model = Model(REFERENCE_MODEL, providers="auto")

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from linewatch.acquire.sources.emulated import EmulatorCamera
 from linewatch.config import CameraConfig
-from linewatch.emulator import PartEmulator, SceneEmulator
-from linewatch.products import inject_defect, render_product
-from linewatch.scene import DEFECT_KINDS, Scene, SceneError, conditions_at, load_scene
-from linewatch.sources.emulated import EmulatorCamera
+from linewatch.emulator.parts import PartEmulator, SceneEmulator
+from linewatch.emulator.products import inject_defect, render_product
+from linewatch.emulator.scene import DEFECT_KINDS, Scene, SceneError, conditions_at, load_scene
 from tests.conftest import REPO
 
 SCENES = sorted((REPO / "cameras" / "scenes").glob("*.yaml"))

@@ -8,14 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from linewatch.messages import (
-    Alarm,
-    MessageError,
-    OperatorAction,
-    Verdict,
-    decode_verdict_group,
-    encode_verdict_group,
-)
 from linewatch.store import (
     JSON_COLUMNS,
     ROW_COLUMNS,
@@ -38,6 +30,14 @@ from linewatch.store import (
     row_to_api,
     verdict_row,
     verdict_values,
+)
+from linewatch.wire import (
+    Alarm,
+    MessageError,
+    OperatorAction,
+    Verdict,
+    decode_verdict_group,
+    encode_verdict_group,
 )
 from tests.conftest import wait_for
 

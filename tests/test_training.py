@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from linewatch.emulator import PartEmulator
-from linewatch.model import Model
+from linewatch.emulator.parts import PartEmulator
+from linewatch.model.onnx import Model
 from linewatch.training.dataset import DatasetError, load_dataset, stratified_split
 from linewatch.training.evaluate import auroc, choose_band, evaluate
 from linewatch.training.network import InputSpec, build_net, export_onnx, preprocess

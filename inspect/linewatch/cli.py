@@ -10,17 +10,18 @@ from pathlib import Path
 
 import yaml
 
-from linewatch.config import REPO_ROOT, ConfigError, LineConfig, load_config
+from linewatch import paths
+from linewatch.config import ConfigError, LineConfig, load_config
 
 #: Modules that add their own subcommands: each has `add_commands(subparsers)`.
-COMMAND_MODULES: tuple[str, ...] = ("linewatch.report_cli", "linewatch.train_cli", "linewatch.camera_commands",
-                                       "linewatch.failsafe.cli", "linewatch.models_cli",)
+COMMAND_MODULES: tuple[str, ...] = ("linewatch.reports.cli", "linewatch.training.cli", "linewatch.acquire.cli",
+                                       "linewatch.failsafe.cli", "linewatch.model.cli",)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from linewatch.model import Model, ModelError
-    from linewatch.process import setup_logging
-    from linewatch.supervisor import StartError, Supervisor
+    from linewatch.line.child import setup_logging
+    from linewatch.line.supervisor import StartError, Supervisor
+    from linewatch.model.onnx import Model, ModelError
 
     setup_logging("supervisor")
     cfg = load_config(args.config)
@@ -69,8 +70,8 @@ def config_reference() -> str:
             if isinstance(inner, type) and hasattr(inner, "model_fields"):
                 nested.append((inner, f"{prefix}.{name}" if prefix else name, ann is not inner))
             default = f.get_default(call_default_factory=True)
-            if isinstance(default, Path) and default.is_absolute():
-                default = Path("<checkout>") / default.relative_to(REPO_ROOT)
+            if isinstance(default, Path) and default.is_relative_to(paths.HOME):
+                default = Path("$LINEWATCH_HOME") / default.relative_to(paths.HOME)
             shown = json.loads(json.dumps(default, default=str)) if not hasattr(default, "model_dump") else "(section)"
             if isinstance(default, list) and default and hasattr(default[0], "model_dump"):
                 shown = f"[{len(default)} item(s)]"
@@ -94,7 +95,7 @@ def _cmd_config_docs(args: argparse.Namespace) -> int:
 
 
 def _cmd_child(args: argparse.Namespace) -> int:
-    from linewatch.process import child_main
+    from linewatch.line.child import child_main
 
     return child_main(args.role, args.index, Path(args.run_dir))
 

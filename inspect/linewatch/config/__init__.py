@@ -5,7 +5,7 @@ Errors are reported with their path in the YAML (`cameras[0].exposure_us: must b
 One module per concern: base (paths, errors), cameras, failsafe, line (the top level), loading.
 """
 
-from linewatch.config.base import DEFAULT_MODEL, PACKAGE_ROOT, REPO_ROOT, ConfigError, _Strict
+from linewatch.config.base import ConfigError, _Strict
 from linewatch.config.cameras import CameraConfig, EmulatorSource, GenicamSource, ReplaySource, SourceConfig
 from linewatch.config.failsafe import (
     BlurRuleConfig,
@@ -31,7 +31,7 @@ from linewatch.config.loading import _format_error, from_json, load_config, pars
 from linewatch.config.plc import PlcConfig
 
 __all__ = [
-    "DEFAULT_MODEL", "PACKAGE_ROOT", "REPO_ROOT", "ApiConfig", "BlurRuleConfig", "CameraConfig", "ConfigError",
+    "ApiConfig", "BlurRuleConfig", "CameraConfig", "ConfigError",
     "DarkSpotRuleConfig", "EmulatorSource", "ExposureRuleConfig", "FailsafeConfig", "GenicamSource", "InferConfig",
     "LineConfig", "ModelConfig", "ModelHealthConfig", "PlcConfig", "PresenceRuleConfig", "RecordConfig", "ReplaySource",
     "ShiftConfig", "SourceConfig", "StatisticsRuleConfig", "StreakConfig", "SupervisorConfig", "TemplateRuleConfig",

@@ -1,16 +1,8 @@
-"""What every config module shares: paths, the error type and the strict base model."""
+"""What every config module shares: the error type and the strict base model."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import BaseModel, ConfigDict
-
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-#: The repository root when running from a checkout (models/ and cameras/ live there).
-REPO_ROOT = PACKAGE_ROOT.parent.parent
-#: The registry's link to the model active for the default recipe (`linewatch models promote` moves it).
-DEFAULT_MODEL = REPO_ROOT / "models" / "active" / "default.onnx"
 
 
 class ConfigError(Exception):

@@ -9,6 +9,8 @@ from pydantic import Field, field_validator
 
 from linewatch.config.base import _Strict
 
+MAX_CAMERAS = 64  # a line's cameras: the PLC register map has a camera block and a trigger coil for each
+
 
 class EmulatorSource(_Strict):
     """Synthetic parts rendered on the fly (no hardware needed)."""

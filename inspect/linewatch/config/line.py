@@ -7,11 +7,11 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from linewatch.config.base import DEFAULT_MODEL, _Strict
-from linewatch.config.cameras import CameraConfig
+from linewatch.config.base import _Strict
+from linewatch.config.cameras import MAX_CAMERAS, CameraConfig
 from linewatch.config.failsafe import FailsafeConfig
 from linewatch.config.plc import PlcConfig
-from linewatch.plc_map import MAX_CAMERAS
+from linewatch.paths import DEFAULT_MODEL
 
 
 class ModelConfig(_Strict):

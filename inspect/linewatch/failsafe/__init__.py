@@ -27,8 +27,8 @@ from linewatch.failsafe.rules import (
     PresenceRule,
     StatisticsRule,
 )
-from linewatch.messages import Final, FrameHeader
-from linewatch.model import ModelInfo
+from linewatch.model.onnx import ModelInfo
+from linewatch.wire import Final, FrameHeader
 
 __all__ = ["ConfidenceBandRule", "Decision", "FailSafe", "FrameView", "RulesetError"]
 

@@ -17,7 +17,7 @@ from linewatch.config import load_config
 
 def _cmd_show(args: argparse.Namespace) -> int:
     from linewatch.failsafe import FailSafe, RulesetError
-    from linewatch.model import Model, ModelError
+    from linewatch.model.onnx import Model, ModelError
 
     cfg = load_config(args.config)
     try:
@@ -40,7 +40,7 @@ def _cmd_template(args: argparse.Namespace) -> int:
             print(f"error: {args.images}: needs readable images of good parts", file=sys.stderr)
             return 2
     else:
-        from linewatch.emulator import PartEmulator
+        from linewatch.emulator.parts import PartEmulator
 
         emu = PartEmulator(seed=args.seed, defect_rate=0.0)
         frames = [emu.render(s).pixels for s in range(args.count)]

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from linewatch.config import BlurRuleConfig, ExposureRuleConfig, PresenceRuleConfig, StatisticsRuleConfig
-from linewatch.messages import Final, FrameHeader
+from linewatch.wire import Final, FrameHeader
 
 MEDIAN_SAMPLES = 40_000  # pixels of a window an ROI median is taken from (a regular subsample beyond that)
 PRESENCE_MIN_SIDE = 86  # the part is located on the smallest halving at least this many pixels across

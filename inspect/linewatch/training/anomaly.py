@@ -99,7 +99,7 @@ def train_anomaly(data: Path, out_dir: Path, opts: Any, log: Any = print) -> dic
     """Train on the good images of `data`; evaluate on synthetic anomalies and on real defects if present."""
     import torch
 
-    from linewatch.model import Model
+    from linewatch.model.onnx import Model
 
     t0 = time.monotonic()
     torch.manual_seed(opts.seed)

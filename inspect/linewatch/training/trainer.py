@@ -256,7 +256,7 @@ def _predict(torch: Any, net: Any, x: Any) -> Any:
 
 def _parity(torch: Any, net: Any, temperature: float, spec: InputSpec, frames: np.ndarray, onnx_path: Path) -> float:
     """PyTorch and ONNX Runtime must agree within 1e-4 on real images, or the export is refused."""
-    from linewatch.model import Model
+    from linewatch.model.onnx import Model
 
     with torch.no_grad():
         ref = torch.softmax(net(preprocess(torch, torch.from_numpy(frames), spec)) / temperature, dim=1).numpy()

@@ -1,0 +1,1 @@
+"""acquire: one process per camera — its source, triggers, the frame ring it writes, its control socket."""

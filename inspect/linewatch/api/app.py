@@ -1,0 +1,174 @@
+"""api: the web app — touchscreen HMI, REST API, live events (SSE) and Prometheus /metrics.
+
+It only reads: results through read-only SQLite connections, live events from record's PUB
+socket, metrics from the multiprocess directory every process writes to.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvicorn
+import zmq
+import zmq.asyncio
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+
+from linewatch.api.cameras import camera_router
+from linewatch.api.qa import qa_router
+from linewatch.config import LineConfig
+from linewatch.paths import STATIC_DIR
+from linewatch.store import read_rows, row_to_api
+from linewatch.store.images import IMAGES_DIR, live_path
+from linewatch.wire import KIND_VERDICTS, Endpoints, decode_verdict_group
+from linewatch.wire.ready import child_name, down, line_children, mark_ready, read_ready
+
+log = logging.getLogger("api")
+STATIC = STATIC_DIR
+
+
+def _workers(run_dir: Path) -> list[dict[str, Any]]:
+    return [info for name, info in read_ready(run_dir).items() if name.startswith("infer")]
+
+
+def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
+    """The app; `stop` ends open event streams so a shutdown never waits on a browser."""
+    stop = stop or threading.Event()
+    app = FastAPI(title="linewatch", version="0.1.0", docs_url="/api/docs", openapi_url="/api/openapi.json")
+    data_dir, run_dir = cfg.data_dir, cfg.run_dir
+    endpoints = Endpoints(run_dir)
+    zctx = zmq.asyncio.Context()
+    (data_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+
+    def query(sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        return read_rows(data_dir, sql, params)
+
+    @app.get("/", include_in_schema=False)
+    def hmi() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/api/status")
+    def status() -> dict[str, Any]:
+        counts = {"PASS": 0, "FAIL": 0, "REVIEW": 0}
+        for r in query("SELECT final, count(*) AS n FROM inspections WHERE final != 'PASS' GROUP BY final"):
+            counts[r["final"]] = r["n"]  # through the FAIL/REVIEW index; PASS rows are the rest
+        total = sum(r["n"] for r in query("SELECT count(*) AS n FROM inspections"))
+        counts["PASS"] = total - counts["FAIL"] - counts["REVIEW"]
+        last = query("SELECT * FROM inspections ORDER BY id DESC LIMIT 1")
+        active = query("SELECT count(*) AS n FROM alarms WHERE acknowledged_by IS NULL")
+        workers = _workers(run_dir)
+        model = ({"hash": workers[0].get("sha256"), "name": workers[0].get("model"),
+                  "providers": workers[0].get("providers", [])} if workers else None)
+        return {
+            "line": cfg.line, "recipe": cfg.recipe, "cameras": [c.name for c in cfg.cameras], "model": model,
+            "triggers": {c.name: c.trigger for c in cfg.cameras},
+            "workers": workers, "counts": {**counts, "total": total},
+            "yield": counts["PASS"] / total if total else None,
+            "alarms_active": active[0]["n"] if active else 0, "last": row_to_api(last[0]) if last else None,
+            "rules_only": any(w.get("rules_only") for w in workers),  # a worker decides on rules alone
+        }
+
+    @app.get("/api/inspections")
+    def inspections(limit: int = Query(50, ge=1, le=1000), camera: str | None = None,
+                    final: str | None = Query(None, pattern="^(PASS|FAIL|REVIEW)$")) -> list[dict[str, Any]]:
+        sql, params = "SELECT * FROM inspections WHERE 1=1", []
+        if camera:
+            sql += " AND camera = ?"
+            params.append(camera)
+        if final:
+            sql += " AND final = ?" + (" AND final != 'PASS'" if final != "PASS" else "")  # the FAIL/REVIEW index
+            params.append(final)
+        sql += " ORDER BY id DESC LIMIT ?"
+        return [row_to_api(r) for r in query(sql, (*params, limit))]
+
+    @app.get("/api/alarms")
+    def alarms(active: bool = False, limit: int = Query(50, ge=1, le=1000)) -> list[dict[str, Any]]:
+        where = "WHERE acknowledged_by IS NULL" if active else ""
+        return [dict(r) for r in query(f"SELECT * FROM alarms {where} ORDER BY id DESC LIMIT ?", (limit,))]
+
+    @app.get("/api/cameras/{camera}/live.jpg")
+    def live(camera: str) -> FileResponse:
+        if camera not in {c.name for c in cfg.cameras}:
+            raise HTTPException(404, f"unknown camera {camera!r}")
+        path = live_path(data_dir, camera)
+        if not path.is_file():
+            raise HTTPException(404, f"no image from camera {camera!r} yet")
+        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/events", response_class=EventSourceResponse)
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        sub = zctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 1000)
+        sub.subscribe(b"")
+        sub.connect(endpoints.events)
+        try:
+            yield ServerSentEvent(event="hello", data={"line": cfg.line})
+            while not stop.is_set():
+                if await sub.poll(250):
+                    kind, payload = await sub.recv_multipart()
+                    if kind == KIND_VERDICTS:  # one group commit: one SSE `verdict` per row, as the HMI reads it
+                        for row in decode_verdict_group(payload):
+                            yield ServerSentEvent(event="verdict", raw_data=orjson.dumps(row).decode())
+                    else:
+                        yield ServerSentEvent(event=kind.decode(), raw_data=payload.decode())
+        finally:
+            sub.close()
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics_endpoint() -> Response:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        """Liveness of the web app alone (a probe that restarts the whole line must not use readiness)."""
+        return {"status": "ok"}
+
+    expected = [child_name(cfg, role, i) for role, i in line_children(cfg)]
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> JSONResponse:
+        """Ready when every child of the line serves and beats; 503 naming what is down otherwise."""
+        missing = down(cfg.run_dir, expected)
+        if missing:
+            return JSONResponse({"status": "not ready", "down": missing}, status_code=503)
+        return JSONResponse({"status": "ready", "down": []})
+
+    app.include_router(qa_router(cfg))
+    app.include_router(camera_router(cfg))
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/images", StaticFiles(directory=data_dir / IMAGES_DIR, check_dir=False), name="images")
+    return app
+
+
+class Api:
+    def __init__(self, cfg: LineConfig, index: int, stop: threading.Event):
+        self.cfg, self.stop = cfg, stop
+
+    def run(self) -> None:
+        app = create_app(self.cfg, self.stop)
+        config = uvicorn.Config(app, host=self.cfg.api.host, port=self.cfg.api.port, log_level="warning",
+                                timeout_graceful_shutdown=2, access_log=False)
+        server = uvicorn.Server(config)
+
+        def _watch() -> None:
+            while not server.started and not self.stop.wait(0.05):
+                pass
+            if server.started:
+                mark_ready(self.cfg.run_dir, "api", url=f"http://{self.cfg.api.host}:{self.cfg.api.port}")
+            self.stop.wait()
+            server.should_exit = True
+
+        threading.Thread(target=_watch, daemon=True).start()
+        server.run()

@@ -1,0 +1,1 @@
+"""The built-in camera emulator: rendered parts with known defects, scene files, optics."""

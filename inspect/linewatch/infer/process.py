@@ -1,0 +1,378 @@
+"""infer: one or more workers, load-balanced by ZeroMQ. Model + fail-safe -> one verdict per frame.
+
+A frame that cannot be read, or that the model is not made for, still gets a verdict (FAIL with
+its reason). When the model cannot be loaded or run, gives bad output or is too slow, the worker
+enters rules-only mode: parts get the fail-safe's safe verdict and an alarm is raised, until the
+model is healthy again. The worker follows the configured model file: a changed file is loaded and
+warmed up beside the running model and swapped in between batches (a corrupt one means rules-only).
+
+Frames are run in micro-batches (`batching.BatchPolicy` decides how long to wait for one to fill),
+copied into the model's reused input buffer (`Model.batch_buffer`). Every verdict carries its stage times;
+they tile capture to decision without gap or overlap:
+acquire (capture -> sent) + transport (sent, or the worker getting free if later, -> received here)
++ queue (waiting for the worker to get free + received -> batch start)
++ preprocess (batch start -> model start: decoding, input-sanity rules, filling the buffer)
++ inference (the model run of the batch) + failsafe (model end -> this frame's verdict, so it
+includes the decisions of the frames before it in the batch) = t_decided - t_capture.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zmq
+
+from linewatch import metrics
+from linewatch.config import LineConfig
+from linewatch.failsafe import Decision, FailSafe, FrameView, RulesetError
+from linewatch.infer.batching import BatchPolicy
+from linewatch.infer.health import ModelFileWatch, ModelHealth, load_model
+from linewatch.model.onnx import Model, ModelError, ModelOutputError
+from linewatch.model.runtime import SessionSettings
+from linewatch.store.images import png_bytes
+from linewatch.wire import (
+    KIND_VERDICT,
+    KIND_VERDICT_BATCH,
+    Endpoints,
+    FrameHeader,
+    MessageError,
+    Verdict,
+    encode_verdict_batch,
+    now_ns,
+    peek_identity,
+)
+from linewatch.wire.channels import AlarmSender
+from linewatch.wire.frame_ring import FrameReader
+from linewatch.wire.ready import mark_ready
+
+log = logging.getLogger("infer")
+
+
+@dataclass
+class _Job:
+    header: FrameHeader
+    raw_header: Any  # as received: sent back with a kept image, not serialised again
+    pixels: np.ndarray
+    t_received_ns: int
+    t_pickup_ns: int  # sent, or when the worker got free to take it if later: transport starts here
+    view: FrameView | None = None
+    decision: Decision | None = None
+    probs: np.ndarray | None = None
+    heatmap: np.ndarray | None = None  # the model's anomaly map for this frame, when it has one
+
+
+class Infer:
+    def __init__(self, cfg: LineConfig, index: int, stop: threading.Event):
+        self.cfg, self.index, self.stop = cfg, index, stop
+        self.name = f"infer[{index}]"
+        self.endpoints = Endpoints(cfg.run_dir)
+        self.model: Model | None = None
+        self.health = ModelHealth(cfg.failsafe.model_health.recover_after)
+        self.frame_shape: tuple[int, ...] | None = None
+        self._last_live: dict[str, float] = {}
+        self._last_reject_alarm = 0.0
+        ic = cfg.infer
+        self.batching = BatchPolicy(ic.max_batch, ic.batch_wait_ms, ic.latency_target_ms)
+
+    def _use_model(self, loaded: Model | ModelError, alarms: AlarmSender) -> None:
+        """Swap in a loaded model (or drop the old one when the configured file is unusable)."""
+        if self.model is not None:
+            for p in self.model.providers:
+                metrics.MODEL_INFO.labels(self.name, self.model.info.name, self.model.info.sha256, p).set(0)
+        self.model = loaded if isinstance(loaded, Model) else None
+        if self.model is not None:
+            self.frame_shape = self.model.frame_shape
+        try:
+            self.failsafe = FailSafe(self.cfg.failsafe, self.frame_shape, self.model.info if self.model else None)
+        except RulesetError as exc:
+            self.model, loaded = None, ModelError(f"fail-safe rules for this model: {exc}")
+            self.failsafe = FailSafe(self.cfg.failsafe)  # rules that need no model; `run` checked the rest
+        if self.model is None:
+            assert isinstance(loaded, ModelError)
+            self._fault("model_unavailable", str(loaded), alarms)
+        else:
+            info = self.model.info
+            for p in self.model.providers:
+                metrics.MODEL_INFO.labels(self.name, info.name, info.sha256, p).set(1)
+            for reason in self.model.fallbacks:  # auto fell back from a GPU provider: runs, but slower
+                alarms.raise_alarm("model_provider_fallback", f"{self.name}: {reason}; running on "
+                                   f"{self.model.providers[0]}", "warning")
+            if self.health.loaded():
+                alarms.raise_alarm("model_recovered", f"{self.name}: model {info.name} ({info.sha256[:12]}) "
+                                   "loaded and healthy; rules-only mode ended", "info")
+            self._publish_health()
+
+    def _fault(self, kind: str, reason: str, alarms: AlarmSender) -> None:
+        """A model fault: enter (or stay in) rules-only mode; alarm on entering."""
+        if self.health.failed(reason):
+            alarms.raise_alarm(kind, f"{self.name}: {reason}; rules-only mode, parts get the safe verdict "
+                               f"({self.cfg.failsafe.model_down_verdict})", "critical")
+        self._publish_health()
+
+    def _publish_health(self) -> None:
+        metrics.MODEL_UP.labels(self.name).set(0 if self.health.rules_only else 1)
+        metrics.RULES_ONLY.labels(self.name).set(1 if self.health.rules_only else 0)
+        info = self.model.info if self.model else None
+        mark_ready(self.cfg.run_dir, self.name, model=info.name if info else None,
+                   sha256=info.sha256 if info else None, providers=self.model.providers if self.model else [],
+                   model_error=self.health.fault if self.model is None else None,
+                   rules_only=self.health.rules_only, fault=self.health.fault, ruleset_hash=self.failsafe.ruleset_hash)
+
+    def _follow_model_file(self, alarms: AlarmSender) -> None:
+        loaded = self.watch.poll()
+        if loaded is not None:
+            self._use_model(loaded, alarms)
+
+    def run(self) -> None:
+        ctx: zmq.Context[Any] = zmq.Context()
+        pull = ctx.socket(zmq.PULL)
+        pull.setsockopt(zmq.RCVHWM, self.cfg.infer.frame_queue)
+        pull.setsockopt(zmq.LINGER, 0)
+        for cam in self.cfg.cameras:
+            pull.connect(self.endpoints.frames(cam.name))
+        out = ctx.socket(zmq.PUSH)
+        out.setsockopt(zmq.SNDHWM, 10_000)
+        out.setsockopt(zmq.SNDTIMEO, 1000)
+        out.setsockopt(zmq.LINGER, 2000)
+        out.connect(self.endpoints.record)
+        alarms = AlarmSender(ctx, self.endpoints, self.name)
+        self.frames = FrameReader(ctx, self.endpoints)  # pixels inline or in a camera's shared-memory ring
+        self._pin(alarms)  # before the model loads, so ONNX Runtime's threads inherit the core
+        session = SessionSettings.for_line(self.cfg)
+        self.watch = ModelFileWatch(self.cfg.model, self.cfg.failsafe.model_health, session)
+        try:
+            first: Model | ModelError = load_model(self.cfg.model, session)
+        except ModelError as exc:
+            first = exc
+        self._use_model(first, alarms)
+        try:
+            while not self.stop.is_set():
+                self._follow_model_file(alarms)
+                t_ready = now_ns()  # free to take frames: one sent before this waited for the worker, not the wire
+                if not pull.poll(100):
+                    continue
+                for message in self.process(self._collect(pull), alarms, t_ready):
+                    try:
+                        out.send_multipart(message, copy=False)
+                    except zmq.Again:
+                        log.error("record not accepting verdicts; the deadline watch will fail these parts")
+                self.frames.flush()  # the batch's ring slots go back to acquire
+        finally:
+            self.frames.close()
+            alarms.close()
+            pull.close()
+            out.close()
+            ctx.term()
+
+    def _pin(self, alarms: AlarmSender) -> None:
+        """Pin this worker to its core (`infer.cpus`); a core that cannot be used alarms and runs unpinned."""
+        cpus = self.cfg.infer.cpus
+        if not cpus:
+            return
+        cpu = cpus[self.index % len(cpus)]
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError as exc:
+            alarms.raise_alarm("cpu_pinning", f"{self.name}: cannot pin to CPU {cpu} ({exc.strerror}); "
+                               f"running unpinned (this machine has CPUs {sorted(os.sched_getaffinity(0))})")
+            return
+        log.info("%s pinned to CPU %d", self.name, cpu)
+
+    def _collect(self, pull: zmq.Socket[Any]) -> list[tuple[Any, int]]:
+        """Every frame already queued (up to max_batch), then more while the batch policy says to wait."""
+        batch: list[tuple[Any, int]] = []
+        limit = self.batching.max_batch
+        while len(batch) < limit:
+            try:
+                batch.append((pull.recv_multipart(flags=zmq.NOBLOCK, copy=False), now_ns()))
+                continue
+            except zmq.Again:
+                pass
+            if not batch:
+                break
+            wait = self.batching.wait_ms(len(batch), (now_ns() - batch[0][1]) / 1e6)
+            if wait <= 0 or not pull.poll(math.ceil(wait)):
+                break
+        return batch
+
+    def process(self, batch: list[tuple[Any, int]], alarms: AlarmSender,
+                t_ready: int = 0) -> list[list[Any]]:
+        """Decide every frame of a batch of (message, time received); return the messages for record: one
+        per verdict with an image, one `verdict_batch` for the others.
+
+        `t_ready`: when the worker got free to receive them (the time a frame sent earlier spent waiting
+        for the worker counts as queue, not transport)."""
+        t_batch = now_ns()
+        jobs: list[_Job] = []
+        results: list[tuple[Verdict, list[Any]]] = []
+        for msg, t_received in batch:
+            try:
+                header, pixels = self.frames.decode(msg)
+            except MessageError as exc:
+                results.extend(self._reject(msg, exc, alarms))
+                continue
+            self.batching.arrived(header.t_sent_ns)
+            job = _Job(header, msg[0], pixels, t_received, min(max(header.t_sent_ns, t_ready), t_received))
+            job.decision, job.view = self.failsafe.check_frame(header, pixels)
+            jobs.append(job)
+        ready = [j for j in jobs if j.decision is None]
+        t_model = t_done = 0
+        if ready and self.model is not None:
+            t_model, t_done = self._run_model(ready, alarms)
+        if not t_done:
+            t_model = t_done = now_ns()
+        for j in ready:
+            if j.decision is None and (j.probs is None or self.health.rules_only):
+                j.decision = self.failsafe.model_down(f"rules-only mode: {self.health.fault}", j.view)
+        for j in jobs:
+            results.append(self._verdict(j, t_batch, t_model, t_done))
+        return _messages(results)
+
+    def _batch(self, jobs: list[_Job]) -> np.ndarray:
+        """The jobs' frames as one batch: in the model's own reused input buffer when they have its frame
+        shape (on a GPU that buffer is what IOBinding copies from), else stacked (adapters that resize)."""
+        assert self.model is not None
+        px = jobs[0].pixels
+        if px.shape == self.model.frame_shape and px.dtype == np.uint8:
+            buf = self.model.batch_buffer(len(jobs))
+            for i, j in enumerate(jobs):
+                buf[i] = j.pixels
+            return buf
+        return np.stack([j.pixels for j in jobs])
+
+    def _run_model(self, ready: list[_Job], alarms: AlarmSender) -> tuple[int, int]:
+        """Run the model on a batch; a fault gives these parts the safe verdict. Returns its start and end (ns)."""
+        assert self.model is not None
+        groups: dict[tuple[tuple[int, ...], str], list[_Job]] = {}  # one model run per frame shape
+        for j in ready:
+            groups.setdefault((j.pixels.shape, j.pixels.dtype.str), []).append(j)
+        t_model = now_ns()
+        try:
+            for group in groups.values():
+                probs, maps = self.model.run_with_maps(self._batch(group))
+                for i, (j, p) in enumerate(zip(group, probs, strict=True)):
+                    j.probs, j.heatmap = p, None if maps is None else maps[i]
+        except ModelError as exc:
+            rule = "model_output" if isinstance(exc, ModelOutputError) else "model_error"
+            self._fault(rule, str(exc), alarms)
+            for j in ready:
+                j.probs = j.heatmap = None
+                j.decision = self.failsafe.model_down(str(exc), j.view, f"rule:{rule}")
+            return t_model, now_ns()
+        t_done = now_ns()
+        infer_ms = (t_done - t_model) / 1e6
+        metrics.INFERENCE_SECONDS.observe(infer_ms / 1e3)
+        budget = self.cfg.failsafe.model_health.latency_budget_ms
+        if infer_ms > budget:
+            reason = f"model_latency: batch of {len(ready)} took {infer_ms:.4g} ms > threshold {budget:.4g} ms"
+            self._fault("model_latency", reason, alarms)
+            for j in ready:
+                j.probs = j.heatmap = None  # too late to be trusted
+                j.decision = self.failsafe.model_down(reason, j.view, "rule:model_latency")
+            return t_model, t_done
+        self.batching.ran(len(ready), infer_ms)
+        if self.health.ran_clean():
+            alarms.raise_alarm("model_recovered", f"{self.name}: model healthy again; rules-only mode ended", "info")
+            self._publish_health()
+        return t_model, t_done
+
+    def _verdict(self, j: _Job, t_batch: int, t_model: int, t_done: int) -> tuple[Verdict, list[Any]]:
+        info = self.model.info if self.model else None
+        label = score = probs = None
+        if j.probs is not None and info is not None:
+            probs = {name: float(x) for name, x in zip(info.labels, j.probs, strict=True)}
+            score = float(sum(probs[name] for name in info.defect_labels))
+            label = info.labels[int(np.argmax(j.probs))]
+            if j.decision is None:
+                j.decision = self.failsafe.decide(j.view, probs)
+        decision = j.decision
+        assert decision is not None
+        h = j.header
+        t_decided = now_ns()
+        timings = _stage_timings(h, j.t_pickup_ns, j.t_received_ns, t_batch, t_model, t_done, t_decided)
+        verdict = Verdict(
+            camera=h.camera, stream=h.stream, seq=h.seq, part_id=h.part_id, final=decision.final,
+            decided_by=decision.decided_by, reasons=list(decision.reasons), recipe=self.cfg.recipe,
+            model_hash=info.sha256 if info else None, model_name=info.name if info else None,
+            ruleset_hash=self.failsafe.ruleset_hash, label=label, score=score, probs=probs,
+            t_capture_ns=h.t_capture_ns, t_sent_ns=h.t_sent_ns, t_received_ns=j.t_received_ns,
+            t_decided_ns=t_decided, timings_ms=timings, worker=self.name, truth=h.truth,
+        )
+        pixels: list[Any] = []
+        if self._wants_image(verdict):
+            pixels = [j.raw_header, self.frames.image(h, j.pixels)]  # taken before the ring slot goes back
+            if j.heatmap is not None:  # kept beside the image: a small grey PNG at the map's resolution
+                pixels.append(png_bytes((j.heatmap * 255).astype(np.uint8)))
+        overwritten = self.frames.finish(h)
+        if overwritten is not None:  # the slot was reclaimed mid-inspection: no verdict on mixed pixels
+            verdict, pixels = Verdict.not_inspected(h, self.cfg.recipe, overwritten), []
+            verdict.worker = self.name
+            return verdict, pixels
+        metrics.FRAMES_INSPECTED.labels(h.camera).inc()
+        if decision.decided_by.startswith("rule:"):
+            metrics.FAILSAFE_OVERRIDES.labels(decision.decided_by.removeprefix("rule:"), decision.final).inc()
+        return verdict, pixels
+
+    def _wants_image(self, v: Verdict) -> bool:
+        rc = self.cfg.record
+        if v.final != "PASS" or (rc.pass_sample_every and v.seq % rc.pass_sample_every == 0):
+            return True
+        now = time.monotonic()
+        if rc.live_view_hz and now - self._last_live.get(v.camera, 0.0) >= 1.0 / rc.live_view_hz:
+            self._last_live[v.camera] = now
+            return True
+        return False
+
+    def _reject(self, msg: list[Any], exc: MessageError, alarms: AlarmSender) -> list[tuple[Verdict, list[Any]]]:
+        """A malformed frame: a not-inspected FAIL when it can be traced to a part, else an alarm."""
+        reason = str(exc)
+        metrics.MESSAGES_REJECTED.labels("infer", reason.split(":")[0]).inc()
+        log.error("rejected frame message: %s", reason)
+        ident = peek_identity(bytes(msg[0])) if msg else None
+        if ident is not None:
+            cam, stream, seq = ident
+            v = Verdict(camera=cam, stream=stream, seq=seq, part_id=f"{cam}-{stream}-{seq}", final="FAIL",
+                        decided_by="not_inspected", reasons=[f"malformed frame: {reason}"],
+                        recipe=self.cfg.recipe, ruleset_hash=self.failsafe.ruleset_hash,
+                        t_decided_ns=now_ns(), worker=self.name)
+            return [(v, [])]
+        if time.monotonic() - self._last_reject_alarm > 10:
+            self._last_reject_alarm = time.monotonic()
+            alarms.raise_alarm("malformed_message", f"{self.name} rejected an untraceable frame message: {reason}")
+        return []
+
+
+def _messages(results: list[tuple[Verdict, list[Any]]]) -> list[list[Any]]:
+    """A verdict with its image parts travels alone; the batch's other verdicts go as one message."""
+    plain = [v for v, image in results if not image]
+    messages = [[KIND_VERDICT, v.to_bytes(), *image] for v, image in results if image]
+    if len(plain) == 1:
+        messages.append([KIND_VERDICT, plain[0].to_bytes()])
+    elif plain:
+        messages.append([KIND_VERDICT_BATCH, encode_verdict_batch(plain)])
+    return messages
+
+
+_STAGES = ("acquire", "transport", "queue", "preprocess", "inference", "failsafe")
+_STAGE_METRICS = [metrics.STAGE_SECONDS.labels(stage) for stage in _STAGES]  # resolved once, not per frame
+
+
+def _stage_timings(h: FrameHeader, t_pickup: int, t_received: int, t_batch: int, t_model: int, t_done: int,
+                   t_decided: int) -> dict[str, float]:
+    """Per-stage ms of one frame (see the module docstring); also observed in the stage histogram."""
+    spans = (h.t_sent_ns - (h.t_capture_ns or h.t_sent_ns), t_received - t_pickup,
+             (t_pickup - h.t_sent_ns) + (t_batch - t_received), t_model - t_batch, t_done - t_model,
+             t_decided - t_done)
+    timings = {}
+    for i, stage in enumerate(_STAGES):
+        ns = spans[i]
+        timings[stage] = round(ns / 1e6, 4)
+        _STAGE_METRICS[i].observe(ns / 1e9)
+    return timings

@@ -1,0 +1,168 @@
+"""The composition root: `linewatch run` starts the line's processes in order and keeps them alive.
+
+Start order: record (the store must be listening first), infer workers (model loaded and warm),
+api, plc (when enabled: the PLC sees the line come up), then acquire (frames flow only when someone
+can decide them). Stop is the reverse. A child that dies is restarted with exponential backoff and
+an alarm is recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from linewatch.config import LineConfig, to_json
+from linewatch.line.child import config_path
+from linewatch.wire.ready import child_name, line_children, ready_dir
+
+log = logging.getLogger("supervisor")
+MAX_IPC_PATH = 100  # Linux sun_path limit is 107 bytes
+
+
+class StartError(Exception):
+    """The line cannot start (bad model, socket path too long, a child never became ready)."""
+
+
+@dataclass
+class ChildProc:
+    role: str
+    index: int
+    name: str
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    failures: int = 0
+    restart_at: float | None = None
+    restarts: int = field(default=0)
+
+
+def resolve_paths(cfg: LineConfig) -> LineConfig:
+    """Absolute paths, so every child sees the same files whatever its working directory."""
+    data_dir = cfg.data_dir.resolve()
+    run_dir = (cfg.runtime_dir or data_dir / "run").resolve()
+    # absolute(), not resolve(): a registry link (models/active/<recipe>.onnx) must stay a link to watch
+    model = cfg.model.model_copy(update={"path": cfg.model.path.absolute()})
+    return cfg.model_copy(update={"data_dir": data_dir, "runtime_dir": run_dir, "model": model})
+
+
+def prepare_run_dir(cfg: LineConfig) -> None:
+    run_dir = cfg.run_dir
+    longest = max(len(str(run_dir / f"frames-{c.name}.sock")) for c in cfg.cameras)
+    if longest > MAX_IPC_PATH:
+        raise StartError(f"runtime_dir: {run_dir} is too long for ipc:// sockets ({longest} > {MAX_IPC_PATH} chars)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("ready", "metrics"):
+        shutil.rmtree(run_dir / stale, ignore_errors=True)
+    (run_dir / "metrics").mkdir()
+    config_path(run_dir).write_text(to_json(cfg))
+
+
+class Supervisor:
+    def __init__(self, cfg: LineConfig):
+        self.cfg = resolve_paths(cfg)
+        self.stop = threading.Event()
+        self.children = [ChildProc(role, i, child_name(self.cfg, role, i)) for role, i in line_children(self.cfg)]
+
+    def _spawn(self, child: ChildProc) -> None:
+        cmd = [sys.executable, "-m", "linewatch", "child", child.role, str(child.index),
+               "--run-dir", str(self.cfg.run_dir)]
+        child.proc = subprocess.Popen(cmd, env=os.environ.copy())
+        child.started_at = time.monotonic()
+        child.restart_at = None
+        log.info("started %s (pid %d)", child.name, child.proc.pid)
+
+    def _wait_ready(self, child: ChildProc, timeout: float) -> None:
+        marker = ready_dir(self.cfg.run_dir) / child.name
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and not self.stop.is_set():
+            if marker.exists():
+                return
+            if child.proc is not None and child.proc.poll() is not None:
+                raise StartError(f"{child.name} exited with code {child.proc.returncode} while starting")
+            time.sleep(0.05)
+        if not self.stop.is_set():
+            raise StartError(f"{child.name} not ready after {timeout:.0f} s")
+
+    def run(self) -> int:
+        prepare_run_dir(self.cfg)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.cfg.run_dir / "metrics")
+        import zmq
+
+        from linewatch import metrics
+        from linewatch.wire import Endpoints
+        from linewatch.wire.channels import AlarmSender
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda s, f: self.stop.set())
+        ctx: zmq.Context[Any] = zmq.Context()
+        alarms = AlarmSender(ctx, Endpoints(self.cfg.run_dir), "supervisor")
+        try:
+            for child in self.children:
+                if self.stop.is_set():
+                    break
+                self._spawn(child)
+                self._wait_ready(child, 60.0 if child.role == "infer" else 15.0)
+            log.info("line %s running: http://%s:%d", self.cfg.line, self.cfg.api.host, self.cfg.api.port)
+            while not self.stop.wait(0.2):
+                self._watch(alarms, metrics.RESTARTS)
+        except StartError as exc:
+            log.error("cannot start the line: %s", exc)
+            return 1
+        finally:
+            self._stop_all()
+            alarms.close()
+            ctx.term()
+        return 0
+
+    def _watch(self, alarms: Any, restarts: Any) -> None:
+        from prometheus_client import multiprocess
+
+        low, high = self.cfg.supervisor.restart_backoff_s
+        now = time.monotonic()
+        for child in self.children:
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    self._spawn(child)
+                continue
+            if child.proc is None or child.proc.poll() is None:
+                continue
+            code = child.proc.returncode
+            multiprocess.mark_process_dead(child.proc.pid)  # type: ignore[no-untyped-call]
+            (ready_dir(self.cfg.run_dir) / child.name).unlink(missing_ok=True)
+            child.failures = 1 if now - child.started_at > 60 else child.failures + 1
+            delay = min(high, low * 2 ** (child.failures - 1))
+            child.restart_at = now + delay
+            child.restarts += 1
+            restarts.labels(child.name).inc()
+            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            alarms.raise_alarm("process_restart", f"{child.name} died ({how}); restarting in {delay:.1f} s")
+
+    def _stop_all(self) -> None:
+        """Reverse start order: acquire, api/plc/infer, record; whatever is left after the grace is killed."""
+        budget_end = time.monotonic() + self.cfg.supervisor.stop_timeout_s
+        stages = [["acquire"], ["api", "plc", "infer"], ["record"]]
+        for roles in stages:
+            group = [c for c in self.children if c.role in roles and c.proc and c.proc.poll() is None]
+            for c in group:
+                assert c.proc is not None
+                c.proc.send_signal(signal.SIGTERM)
+            for c in group:
+                assert c.proc is not None
+                try:
+                    c.proc.wait(timeout=max(0.05, budget_end - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    log.error("%s did not stop in time; killing it", c.name)
+                    c.proc.kill()
+                    c.proc.wait()
+        from linewatch.wire.frame_ring import clear_stale_rings
+
+        for cam in self.cfg.cameras:  # a killed acquire cannot remove its shared-memory frame ring
+            clear_stale_rings(self.cfg.run_dir, cam.name)
+        log.info("line stopped")

@@ -1,0 +1,1 @@
+"""The model: an ONNX file with its contract, the ONNX Runtime session, format adapters, the registry."""

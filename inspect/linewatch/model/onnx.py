@@ -1,0 +1,160 @@
+"""Loading and running an ONNX model, with its contract read from the file's own metadata.
+
+A model is identified by the SHA-256 of its file. Its `metadata_props` say what it expects
+(`linewatch.*` keys: labels, input layout and size); the worker only reshapes uint8 pixels,
+all float work happens inside the graph.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from linewatch.model.adapters import Adapter, AdapterError, choose_adapter
+from linewatch.model.runtime import BoundRunner, ProviderError, SessionSettings, open_session, provider_attempts
+
+log = logging.getLogger(__name__)
+
+
+class ModelError(Exception):
+    """The model file cannot be used (missing, corrupt, wrong contract, provider unavailable)."""
+
+
+class ModelOutputError(ModelError):
+    """The model ran but its output breaks the contract (wrong shape, NaN/inf)."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: Path
+    sha256: str
+    name: str
+    labels: tuple[str, ...]
+    defect_labels: frozenset[str]
+    layout: str
+    height: int
+    width: int
+    channels: int
+    metadata: dict[str, str] = field(default_factory=dict)
+    adapter: str = "native"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def choose_providers(request: str) -> list[str]:
+    """The provider list ONNX Runtime is asked for first (`auto`: only GPU providers whose libraries load)."""
+    try:
+        return provider_attempts(request)[0]
+    except ProviderError as exc:
+        raise ModelError(str(exc)) from None
+
+
+class Model:
+    """An ONNX Runtime session plus the contract it was exported with."""
+
+    def __init__(self, path: Path | str, providers: str = "auto", intra_op_threads: int = 1,
+                 settings: SessionSettings | None = None):
+        path = Path(path)
+        if not path.is_file():
+            raise ModelError(f"model {path}: file not found")
+        try:  # read once: the hash and the session come from the same bytes, even if the file changes
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ModelError(f"model {path}: cannot read it ({exc.strerror})") from None
+        sha = hashlib.sha256(data).hexdigest()
+        self.settings = settings or SessionSettings(providers=providers, intra_op_threads=intra_op_threads)
+        try:
+            opened = open_session(data, self.settings, sha)
+        except ProviderError as exc:
+            raise ModelError(f"model {path}: {exc}") from None
+        except Exception as exc:  # onnxruntime raises its own untyped errors: translate at the boundary
+            raise ModelError(f"model {path}: ONNX Runtime cannot load it ({str(exc).strip()[:300]})") from None
+        self.session = opened.session
+        self.providers: list[str] = opened.providers  # what really runs, read back from the session
+        self.fallbacks = opened.fallbacks  # GPU providers given up on (auto): worth an alarm
+        for reason in opened.fallbacks:
+            log.error("model %s: %s; running on %s instead", path.name, reason, opened.providers[0])
+        meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        outputs = self.session.get_outputs()
+        if not outputs or outputs[0].type != "tensor(float)":
+            raise ModelError(f"model {path}: first output must be a float tensor")
+        try:
+            self.adapter = choose_adapter(path, meta, self.session.get_inputs(), outputs)
+        except AdapterError as exc:
+            raise ModelError(str(exc)) from None
+        a = self.adapter
+        self.info = ModelInfo(
+            path=path, sha256=sha, name=meta.get("linewatch.name", path.stem), labels=a.labels,
+            defect_labels=a.defect_labels, layout=a.layout, height=a.height, width=a.width, channels=a.channels,
+            metadata=meta, adapter=a.kind,
+        )
+        self._output_names = [o.name for o in outputs]
+        self._bound = (BoundRunner(opened, self.settings.batch_sizes, self.settings.device_id)
+                       if self.settings.binds(opened.device) else None)
+        self._buffers: dict[int, np.ndarray] = {}  # plain path: one batch buffer per size, reused
+        self._frames_in = type(a).feed is Adapter.feed  # the frames are the graph's input, as they are
+        log.info("model %s (%s, %s) loaded on %s%s", self.info.name, sha[:12], a.kind, ", ".join(self.providers),
+                 " with CUDA graphs" if opened.cuda_graph else "")
+
+    def _batch_shape(self, n: int) -> tuple[int, ...]:
+        i = self.info
+        return (n, i.height, i.width) if i.layout == "NHW" else (n, i.height, i.width, i.channels)
+
+    def warm_up(self) -> None:
+        """Run every prepared batch size once (a CUDA graph: until captured), so the first part is not slow."""
+        runs = self._bound.warm_up_runs() if self._bound is not None else 1
+        for n in self.settings.batch_sizes:
+            for _ in range(runs):
+                self.run(np.zeros(self._batch_shape(n), np.uint8))
+
+    def batch_buffer(self, n: int) -> np.ndarray:
+        """A uint8 array for a batch of `n` frames to be filled in place and passed to `run`: with IOBinding
+        it is the model's own input buffer (reused for every batch of that size; no copy when run)."""
+        if self._bound is not None and self._frames_in:
+            return self._bound.host_buffer(self.adapter.input_name, self._batch_shape(n), np.dtype(np.uint8))
+        buf = self._buffers.get(n)
+        if buf is None:
+            buf = self._buffers[n] = np.empty(self._batch_shape(n), np.uint8)
+        return buf
+
+    @property
+    def frame_shape(self) -> tuple[int, ...] | None:
+        """The frame the model requires, or None when its adapter resizes any frame."""
+        i = self.info
+        if not self.adapter.fixed_frame:
+            return None
+        return (i.height, i.width) if i.layout == "NHW" else (i.height, i.width, i.channels)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, labels), good class first, for a uint8 batch of frames."""
+        return self.run_with_maps(batch)[0]
+
+    def run_with_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class probabilities and, for a model with an anomaly map, the maps (N, h, w) in [0, 1]."""
+        try:
+            feed = self.adapter.feed(batch)
+            raw = self._bound.run(feed) if self._bound is not None else self.session.run(None, feed)
+            outputs = dict(zip(self._output_names, raw, strict=True))
+            probs = self.adapter.probabilities(outputs)
+            maps = self.adapter.heatmaps(outputs)
+        except Exception as exc:  # onnxruntime's errors are untyped
+            raise ModelError(f"model {self.info.name}: inference failed ({str(exc).strip()[:300]})") from None
+        probs = np.asarray(probs)
+        expected = (batch.shape[0], len(self.info.labels))
+        if probs.shape != expected:
+            raise ModelOutputError(f"model {self.info.name}: output shape {probs.shape}, expected {expected}")
+        if not np.all(np.isfinite(probs)):
+            raise ModelOutputError(f"model {self.info.name}: output contains NaN or inf")
+        if maps is not None and (len(maps) != batch.shape[0] or not np.all(np.isfinite(maps))):
+            raise ModelOutputError(f"model {self.info.name}: anomaly map has shape {maps.shape} or NaN/inf values")
+        return probs, maps

@@ -1,0 +1,222 @@
+"""The model registry in `models/`: content-addressed versions, the active model per recipe, the gate.
+
+A model is the SHA-256 of its ONNX file. `index.json` names the versions and records which is
+active for each recipe and what was active before (for rollback). Nothing becomes active without
+passing `validate` (file, metadata, input contract) and, when promoting over an active model, the
+holdout comparison: worse escape rate or accuracy beyond the tolerance is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from linewatch.model.onnx import Model, ModelError, file_sha256
+from linewatch.paths import MODELS_DIR
+
+DEFAULT_ROOT = MODELS_DIR
+
+
+class RegistryError(Exception):
+    """A registry operation is refused; the message says why (and, for the gate, shows the comparison)."""
+
+
+@dataclass(frozen=True)
+class Version:
+    sha256: str
+    name: str
+    file: Path
+    card: dict[str, Any]
+    added: str
+
+
+def holdout_metrics(model: Model, holdout: Path) -> dict[str, Any]:
+    """PASS/FAIL metrics of `model` on a labelled holdout (folder or manifest), at the model's own band."""
+    from linewatch.training.dataset import load_dataset
+    from linewatch.training.evaluate import evaluate
+
+    info = model.info
+    ds = load_dataset(holdout)
+    ds.load((info.width, info.height), info.channels)
+    assert ds.images is not None and ds.targets is not None
+    probs = np.concatenate([model.run(ds.images[i:i + 64]) for i in range(0, len(ds.images), 64)])
+    defect_idx = [i for i, lab in enumerate(info.labels) if lab in info.defect_labels]
+    p_defect = probs[:, defect_idx].sum(axis=1)
+    binary = np.stack([1 - p_defect, p_defect], axis=1)
+    band = model_band(info.metadata)
+    return evaluate(binary, (ds.targets != 0).astype(np.int64), ["good", "defect"], band)
+
+
+def model_band(meta: dict[str, str]) -> tuple[float, float]:
+    """The defect-probability band a model ships (`linewatch.class_bands` on its good label), else none."""
+    try:
+        bands = json.loads(meta.get("linewatch.class_bands", "{}"))
+        labels = json.loads(meta["linewatch.labels"])
+        defects = set(json.loads(meta["linewatch.defect_labels"]))
+    except (KeyError, ValueError):
+        return 0.5, 0.5
+    good = [lab for lab in labels if lab not in defects]
+    if len(good) == 1 and good[0] in bands:
+        lo, hi = bands[good[0]]
+        return round(1 - hi, 4), round(1 - lo, 4)
+    return 0.5, 0.5
+
+
+class Registry:
+    def __init__(self, root: Path = DEFAULT_ROOT):
+        self.root = Path(root).resolve()
+        self.index_path = self.root / "index.json"
+
+    def _load(self) -> dict[str, Any]:
+        if not self.index_path.exists():
+            return {"versions": {}, "active": {}, "history": {}}
+        try:
+            data: dict[str, Any] = json.loads(self.index_path.read_text())
+        except ValueError as exc:
+            raise RegistryError(f"{self.index_path}: not valid JSON ({exc})") from None
+        return data
+
+    def _save(self, data: dict[str, Any]) -> None:
+        tmp = self.index_path.with_name("index.json.tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self.index_path)
+
+    def versions(self) -> list[Version]:
+        data = self._load()
+        out = []
+        for sha, v in data["versions"].items():
+            card_path = self.root / v["card"] if v.get("card") else None
+            card = json.loads(card_path.read_text()) if card_path and card_path.exists() else {}
+            out.append(Version(sha, v["name"], self.root / v["file"], card, v["added"]))
+        return sorted(out, key=lambda v: v.added)
+
+    def active(self, recipe: str) -> Version | None:
+        sha = self._load()["active"].get(recipe)
+        return self.find(sha) if sha else None
+
+    def active_by_recipe(self) -> dict[str, str]:
+        return dict(self._load()["active"])
+
+    def find(self, ref: str) -> Version:
+        """A version by full or abbreviated hash, or by name (the newest of that name)."""
+        matches = [v for v in self.versions() if v.sha256.startswith(ref.lower()) or v.name == ref]
+        if not matches:
+            raise RegistryError(f"no model {ref!r} in {self.root}")
+        if len({v.sha256 for v in matches}) > 1 and not any(v.name == ref for v in matches):
+            raise RegistryError(f"{ref!r} is ambiguous: " + ", ".join(v.sha256[:12] for v in matches))
+        return matches[-1]
+
+    def add(self, onnx_file: Path) -> Version:
+        """Validate a file and store it content-addressed (with its card when one lies beside it)."""
+        model = validate(onnx_file)
+        sha = model.info.sha256
+        data = self._load()
+        if sha in data["versions"]:
+            return self.find(sha)
+        if onnx_file.resolve().is_relative_to(self.root.resolve()):
+            folder = onnx_file.resolve().parent  # already inside the registry (e.g. the bundled model)
+        else:
+            folder = self.root / f"{model.info.name}-{sha[:12]}"
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(onnx_file, folder / onnx_file.name)
+            for extra in ("card.json", "CARD.md"):
+                if (onnx_file.parent / extra).exists():
+                    shutil.copy2(onnx_file.parent / extra, folder / extra)
+        card = folder / "card.json"
+        if file_sha256(folder / onnx_file.name) != sha:
+            raise RegistryError(f"copy of {onnx_file} does not match its hash; disk problem?")
+        data["versions"][sha] = {
+            "name": model.info.name, "file": str((folder / onnx_file.name).relative_to(self.root.resolve())),
+            "card": str(card.relative_to(self.root.resolve())) if card.exists() else None,
+            "added": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        self._save(data)
+        return self.find(sha)
+
+    def promote(self, ref: str, recipe: str, holdout: Path | None, tolerance: float = 0.01) -> dict[str, Any]:
+        """Make a version active for a recipe if it passes the gate; returns the comparison."""
+        path = Path(ref)
+        candidate = self.add(path) if path.suffix == ".onnx" and path.exists() else self.find(ref)
+        model = validate(candidate.file)
+        current = self.active(recipe)
+        report: dict[str, Any] = {"recipe": recipe, "candidate": candidate.sha256, "active": None}
+        if current is not None and current.sha256 == candidate.sha256:
+            raise RegistryError(f"{candidate.sha256[:12]} is already active for recipe {recipe!r}")
+        if current is not None:
+            if holdout is None:
+                raise RegistryError(f"recipe {recipe!r} has an active model: promotion needs --holdout to compare")
+            report["active"] = current.sha256
+            cand_m = holdout_metrics(model, holdout)
+            curr_m = holdout_metrics(validate(current.file), holdout)
+            report["metrics"] = {"candidate": cand_m, "active": curr_m}
+            worse = []
+            if cand_m["escape_rate"] > curr_m["escape_rate"] + tolerance:
+                worse.append(f"escape rate {cand_m['escape_rate']:.4f} > {curr_m['escape_rate']:.4f} + {tolerance}")
+            if cand_m["accuracy"] < curr_m["accuracy"] - tolerance:
+                worse.append(f"accuracy {cand_m['accuracy']:.4f} < {curr_m['accuracy']:.4f} - {tolerance}")
+            if worse:
+                report["refused"] = worse
+                raise RegistryError("promotion refused: candidate is worse than the active model: " + "; ".join(worse)
+                                    + "\n" + comparison_table(report))
+        elif holdout is not None:
+            report["metrics"] = {"candidate": holdout_metrics(model, holdout)}
+        data = self._load()
+        history = data["history"].setdefault(recipe, [])
+        if current is not None:
+            history.append(current.sha256)
+        data["active"][recipe] = candidate.sha256
+        self._save(data)
+        self._link_active(recipe, data["versions"][candidate.sha256]["file"])
+        return report
+
+    def active_path(self, recipe: str) -> Path:
+        """`models/active/<recipe>.onnx`: a link to the active version, the path a line's config names.
+        Workers watch it, so promote and rollback swap the running line's model."""
+        return self.root / "active" / f"{recipe}.onnx"
+
+    def _link_active(self, recipe: str, version_file: str) -> None:
+        link = self.active_path(recipe)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        tmp = link.with_name(f".{link.name}.tmp")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(Path("..") / version_file)
+        os.replace(tmp, link)
+
+    def rollback(self, recipe: str) -> Version:
+        data = self._load()
+        history = data["history"].get(recipe) or []
+        if not history:
+            raise RegistryError(f"recipe {recipe!r} has no earlier model to roll back to")
+        previous = history.pop()
+        validate(self.root / data["versions"][previous]["file"])
+        data["active"][recipe] = previous
+        self._save(data)
+        self._link_active(recipe, data["versions"][previous]["file"])
+        return self.find(previous)
+
+
+def validate(onnx_file: Path) -> Model:
+    """Load the file as the worker would (contract, metadata, a test inference); RegistryError if unusable."""
+    try:
+        model = Model(onnx_file, providers="cpu")
+        model.warm_up()
+    except ModelError as exc:
+        raise RegistryError(str(exc)) from None
+    return model
+
+
+def comparison_table(report: dict[str, Any]) -> str:
+    metrics = report.get("metrics", {})
+    names = [n for n in ("candidate", "active") if n in metrics]
+    rows = ["metric".ljust(20) + "".join(n.rjust(12) for n in names)]
+    for key in ("accuracy", "escape_rate", "false_reject_rate", "review_rate", "f1", "auroc"):
+        rows.append(key.ljust(20) + "".join(
+            (f"{metrics[n][key]:.4f}" if metrics[n].get(key) is not None else "n/a").rjust(12) for n in names))
+    return "\n".join(rows)

@@ -1,0 +1,344 @@
+"""plc: the Modbus TCP server the line's PLC polls (status, counters, verdicts) and writes (triggers, lot).
+
+It only follows and asks: the state comes from record's event stream, the workers' ready files and
+read-only queries of the alarm table; a trigger goes to acquire's control socket, a lot change or
+an alarm acknowledge to record (the single writer) as an operator action by `plc`. A bad request is
+answered with a Modbus exception and noted in `last_error`; nothing a PLC writes stops the process.
+The register map is in plc/register_map.py and docs/modbus.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+from collections.abc import Coroutine
+from typing import Any
+
+import orjson
+import zmq
+import zmq.asyncio
+from pymodbus.constants import ExcCodes
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from linewatch import metrics
+from linewatch.config import LineConfig
+from linewatch.plc import register_map as pm
+from linewatch.plc.state import LineState
+from linewatch.store import read_rows
+from linewatch.wire import (
+    KIND_ACTION,
+    KIND_VERDICTS,
+    CameraCommand,
+    CameraReply,
+    Endpoints,
+    MessageError,
+    OperatorAction,
+    decode_verdict_group,
+)
+from linewatch.wire.ready import mark_ready
+
+log = logging.getLogger("plc")
+_READS = {1, 2, 3, 4}
+_COIL_WRITES = {5, 15}
+
+
+class PlcError(Exception):
+    """The plc process cannot serve (its port is taken or the address is wrong)."""
+
+
+_ACK, _RESET, _LOT = (pm.fixed(name).address for name in ("ack_alarms", "reset_line_stop", "commit_lot"))
+_BUSY = pm.COMMAND_STATES["busy"]
+
+
+class Plc:
+    def __init__(self, cfg: LineConfig, index: int, stop: threading.Event):
+        self.cfg, self.stop, self.pc = cfg, stop, cfg.plc
+        self.endpoints = Endpoints(cfg.run_dir)
+        self.state = LineState(cfg)
+        self.coils = {a: False for start, count in pm.spans("coil", len(cfg.cameras))
+                      for a in range(start, start + count)}
+        self.lot_text = [0] * pm.LOT_REGISTERS
+        self.confirmations: dict[str, asyncio.Future[int]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except PlcError as exc:
+            log.error("%s", exc)
+            raise SystemExit(2) from None
+
+    async def _main(self) -> None:
+        self.zctx = zmq.asyncio.Context()
+        self.sub = self.zctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.RCVHWM, 100_000)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.subscribe(b"")
+        self.sub.connect(self.endpoints.events)
+        self.to_record = self.zctx.socket(zmq.PUSH)
+        self.to_record.setsockopt(zmq.LINGER, 1000)
+        self.to_record.setsockopt(zmq.SNDHWM, 1000)
+        self.to_record.connect(self.endpoints.record)
+        await asyncio.sleep(0.2)  # the subscription reaches record before the baseline is read
+        self.state.load_baseline()
+        host, port = self.pc.host, self.pc.port
+        server = ModbusTcpServer(self._device(), address=(host, port), trace_connect=_on_connect, trace_pdu=_on_pdu)
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError as exc:
+            raise PlcError(f"plc: cannot listen on {host}:{port} ({exc}); is the port in use? set plc.port") from None
+        mark_ready(self.cfg.run_dir, "plc", modbus=f"{host}:{port}")
+        log.info("Modbus TCP server on %s:%d (register map v%d)", host, port, pm.MAP_VERSION)
+        loops = [asyncio.create_task(self._follow_events(), name="events"),
+                 asyncio.create_task(self._refresh(), name="refresh"),
+                 asyncio.create_task(self._heartbeat(), name="heartbeat")]
+        try:
+            while not self.stop.is_set():
+                await asyncio.sleep(0.05)
+                for task in loops:
+                    if task.done():  # a loop that ended leaves stale registers: exit, the supervisor restarts us
+                        raise PlcError(f"plc: the {task.get_name()} loop stopped: {task.exception()!r}")
+        finally:
+            for task in [*loops, *self.tasks]:
+                task.cancel()
+            await server.shutdown()  # type: ignore[no-untyped-call]
+            self.sub.close()
+            self.to_record.close()
+            self.zctx.term()
+
+    def _device(self) -> SimDevice:
+        """The register blocks of the map (`plc_map.spans`); values are rendered per request."""
+        n = len(self.cfg.cameras)
+
+        def bits(table: pm.Table) -> list[SimData]:
+            return [SimData(start, values=[False] * count, datatype=DataType.BITS)
+                    for start, count in pm.spans(table, n)]
+
+        def words(table: pm.Table) -> list[SimData]:
+            return [SimData(start, count=count, values=0, datatype=DataType.REGISTERS)
+                    for start, count in pm.spans(table, n)]
+
+        return SimDevice(0, simdata=(bits("coil"), bits("discrete"), words("holding"), words("input")),
+                         action=self._on_request)
+
+    # -- requests (called by pymodbus for every read and write, before it answers) --
+
+    async def _on_request(self, fc: int, start: int, address: int, count: int, registers: list[int],
+                          values: list[int] | list[bool] | None) -> ExcCodes | None:
+        try:
+            if values is None:
+                if fc in (2, 4):  # discrete inputs and input registers show the state as of now
+                    self._render(fc, start, registers)
+                return None
+            if fc in _COIL_WRITES:
+                return self._write_coils(address, [bool(v) for v in values])
+            return self._write_lot_text(address, [int(v) for v in values])
+        except Exception:  # a fault here must not take the PLC link down: logged, counted, answered
+            log.exception("PLC request fc %d at %d failed", fc, address)
+            self._error("internal")
+            return ExcCodes.DEVICE_FAILURE
+
+    def _render(self, fc: int, start: int, registers: list[int]) -> None:
+        if fc == 2:
+            registers[0] = self.state.status_word()  # discrete inputs 0-15: the block's one register
+            return
+        for addr, value in self.state.input_registers().items():
+            registers[addr - start] = value
+
+    def _write_lot_text(self, address: int, values: list[int]) -> ExcCodes | None:
+        if not pm.ascii_bytes_ok(values):
+            self._error("lot_not_ascii")
+            return ExcCodes.ILLEGAL_VALUE
+        self.lot_text[address: address + len(values)] = values
+        return None
+
+    def _write_coils(self, address: int, values: list[bool]) -> ExcCodes | None:
+        addrs = range(address, address + len(values))
+        if any(a not in self.coils for a in addrs):
+            self._error("bad_address")
+            return ExcCodes.ILLEGAL_ADDRESS
+        rising = [a for a, v in zip(addrs, values, strict=True) if v and not self.coils[a]]
+        for a in rising:  # refuse the whole write before starting any of it
+            if a >= pm.TRIGGER_BASE:
+                cam = self.state.cameras[a - pm.TRIGGER_BASE]
+                if not cam.software:
+                    self._error("trigger_mode")
+                    return ExcCodes.ILLEGAL_VALUE
+                if cam.trigger_status == _BUSY:
+                    self._error("busy")
+                    return ExcCodes.DEVICE_BUSY
+            elif (a == _ACK and self.state.ack_status == _BUSY) or (a == _LOT and self.state.lot_status == _BUSY):
+                self._error("busy")
+                return ExcCodes.DEVICE_BUSY
+        for a, v in zip(addrs, values, strict=True):
+            self.coils[a] = v
+        for a in rising:  # a command is busy from this answer on: a second pulse before its task starts is refused
+            if a == _ACK:
+                self.state.ack_status = _BUSY
+                self._spawn(self._ack_alarms(), "ack")
+            elif a == _RESET:
+                self.state.stop_latched = False
+                log.info("line stop request reset by the PLC")
+                metrics.PLC_COMMANDS.labels("reset_line_stop", "done").inc()
+            elif a == _LOT:
+                self.state.lot_status = _BUSY
+                self._spawn(self._commit_lot(), "lot")
+            else:
+                self.state.cameras[a - pm.TRIGGER_BASE].trigger_status = _BUSY
+                self._spawn(self._trigger(a - pm.TRIGGER_BASE), f"trigger:{a - pm.TRIGGER_BASE}")
+        return None
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], command: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._guarded(coro, command))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _guarded(self, coro: Coroutine[Any, Any, None], command: str) -> None:
+        """A command that raises ends as failed (never stuck at busy); the fault is logged and counted."""
+        try:
+            await coro
+        except Exception:  # keeps the PLC link serving; logged and counted, the command shows failed
+            log.exception("PLC command %s failed", command)
+            failed = pm.COMMAND_STATES["failed"]
+            if command.startswith("trigger:"):
+                self.state.cameras[int(command.split(":")[1])].trigger_status = failed
+            else:
+                setattr(self.state, f"{command}_status", failed)
+            self._error("internal")
+
+    def _error(self, name: str) -> None:
+        self.state.last_error = pm.ERRORS.get(name, 0)
+        self.state.error_count = (self.state.error_count + 1) & 0xFFFF
+        metrics.PLC_ERRORS.labels(name).inc()
+        log.warning("PLC request refused or failed: %s", name)
+
+    # -- commands (run in the background; their outcome shows in status registers) --
+
+    async def _trigger(self, index: int) -> None:
+        cam = self.state.cameras[index]  # its trigger_status is busy (set by the pulse) until this ends
+        sock = self.zctx.socket(zmq.REQ)  # one per trigger: a REQ that timed out cannot be reused
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(self.endpoints.control(cam.name))
+            await sock.send(CameraCommand(cmd="trigger").to_bytes())
+            if not await sock.poll(int(self.pc.command_timeout_s * 1000)):
+                return self._trigger_done(index, None, "trigger_timeout")
+            reply = CameraReply.from_bytes(await sock.recv())
+        except MessageError as exc:
+            log.error("camera %s: bad trigger reply: %s", cam.name, exc)
+            return self._trigger_done(index, None, "trigger_failed")
+        finally:
+            sock.close()
+        if not reply.ok:
+            log.warning("camera %s: trigger took no frame: %s", cam.name, reply.error)
+        self._trigger_done(index, reply.seq, None if reply.ok else "trigger_failed")
+
+    def _trigger_done(self, index: int, seq: int | None, error: str | None) -> None:
+        cam = self.state.cameras[index]
+        if seq is not None:
+            cam.trigger_seq = seq
+        cam.trigger_status = pm.COMMAND_STATES["failed" if error else "done"]
+        metrics.PLC_COMMANDS.labels("trigger", "failed" if error else "done").inc()
+        if error:
+            self._error(error)
+
+    async def _commit_lot(self) -> None:
+        """Runs with `lot_status` busy (set by the pulse); it ends done or failed."""
+        raw = b"".join(r.to_bytes(2, "big") for r in self.lot_text)
+        text, _, rest = raw.partition(b"\0")
+        lot = text.decode("ascii")
+        if not lot or lot != lot.strip() or rest.strip(b"\0"):
+            return self._command_failed("lot", "lot_invalid")
+        ok = await self._send_action(OperatorAction("set_lot", "plc", uuid.uuid4().hex, {"lot": lot}))
+        if not ok:
+            return self._command_failed("lot", "lot_not_confirmed")
+        self.state.lot, self.state.lot_status = lot, pm.COMMAND_STATES["done"]
+        metrics.PLC_COMMANDS.labels("lot", "done").inc()
+        log.info("lot %s set by the PLC", lot)
+
+    async def _ack_alarms(self) -> None:
+        ids = [r[0] for r in read_rows(self.cfg.data_dir, "SELECT id FROM alarms WHERE acknowledged_by IS NULL")]
+        sent = [self._send_action(OperatorAction("ack_alarm", "plc", uuid.uuid4().hex, {"alarm_id": i}))
+                for i in ids]
+        if not all(await asyncio.gather(*sent)):
+            return self._command_failed("ack", "ack_not_confirmed")
+        self.state.ack_status = pm.COMMAND_STATES["done"]
+        metrics.PLC_COMMANDS.labels("ack", "done").inc()
+        self.state.refresh_alarms()
+
+    def _command_failed(self, command: str, error: str) -> None:
+        setattr(self.state, f"{command}_status", pm.COMMAND_STATES["failed"])
+        metrics.PLC_COMMANDS.labels(command, "failed").inc()
+        self._error(error)
+
+    async def _send_action(self, action: OperatorAction) -> bool:
+        """Send to record; True once its audit row is committed (seen as an event, or in the store)."""
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.confirmations[action.request_id] = done
+        try:
+            await self.to_record.send_multipart([KIND_ACTION, action.to_bytes()], flags=zmq.NOBLOCK)
+            await asyncio.wait_for(done, self.pc.command_timeout_s)
+            return True
+        except (TimeoutError, zmq.Again):
+            rows = read_rows(self.cfg.data_dir, "SELECT id FROM operator_actions WHERE request_id = ?",
+                             [action.request_id])
+            if not rows:
+                log.error("record did not confirm %s %s", action.action, action.detail)
+            return bool(rows)
+        finally:
+            self.confirmations.pop(action.request_id, None)
+
+    # -- following the line --
+
+    async def _follow_events(self) -> None:
+        while True:
+            parts = await self.sub.recv_multipart()
+            try:
+                if len(parts) != 2:
+                    raise ValueError(f"{len(parts)} parts")
+                kind = parts[0]
+                if kind == KIND_VERDICTS:
+                    for row in decode_verdict_group(parts[1], json_columns=False):
+                        self.state.on_verdict(row)
+                elif kind == b"alarm":
+                    self.state.on_alarm(orjson.loads(parts[1]))
+                elif kind == b"action":
+                    self._on_action(orjson.loads(parts[1]))
+            except (ValueError, KeyError, TypeError) as exc:
+                metrics.MESSAGES_REJECTED.labels("plc", "event").inc()
+                log.error("unreadable event from record: %s", exc)
+
+    def _on_action(self, event: dict[str, Any]) -> None:
+        if event["action"] == "set_lot":
+            self.state.lot = str(event["detail"]["lot"])
+        waiting = self.confirmations.get(str(event["request_id"]))
+        if waiting is not None and not waiting.done():
+            waiting.set_result(int(event["id"]))
+
+    async def _refresh(self) -> None:
+        while True:
+            self.state.refresh_processes()
+            self.state.refresh_alarms()
+            await asyncio.sleep(self.pc.refresh_ms / 1e3)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.pc.heartbeat_ms / 1e3)
+            self.state.heartbeat = (self.state.heartbeat + 1) & 0xFFFF
+
+
+def _on_connect(connected: bool) -> None:
+    metrics.PLC_CLIENTS.inc() if connected else metrics.PLC_CLIENTS.dec()
+
+
+def _on_pdu(sending: bool, pdu: ModbusPDU) -> ModbusPDU:
+    if not sending:
+        metrics.PLC_REQUESTS.labels(str(pdu.function_code)).inc()
+    elif isinstance(pdu, ExceptionResponse):
+        metrics.PLC_EXCEPTIONS.labels(str(pdu.exception_code)).inc()
+    return pdu
+

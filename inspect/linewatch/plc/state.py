@@ -1,0 +1,180 @@
+"""What the PLC reads: counters, latest verdict per camera, alarms and health, rendered as registers.
+
+Counters start from the store (read once at start) and follow record's verdict events; an event
+whose row was already in that first count (recorded at or before the newest row counted) is not
+counted twice. Alarm state comes from alarm events for speed and from the alarm table for truth
+(acknowledgements and cleared conditions are not published as events).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from linewatch.config import LineConfig
+from linewatch.plc import register_map as pm
+from linewatch.store import current_lot, open_reader, read_rows
+from linewatch.wire.ready import read_ready
+
+COUNTS = ("total", "pass", "fail", "review", "not_inspected")
+_NOT_INSPECTED = ("timeout", "not_inspected")
+DISK_ALARMS = ("disk_low", "disk_full")  # either sets the disk_low status bit
+
+
+@dataclass
+class CameraView:
+    name: str
+    software: bool  # cameras[].trigger == software: the PLC may trigger it
+    verdict: int = 0
+    seq: int = 0
+    decided_by: int = 0
+    trigger_status: int = 0
+    trigger_seq: int = 0
+    state: int = 0
+    lost: bool = False  # a camera_lost alarm not yet followed by camera_back
+    pid: int | None = None  # of its acquire process: a new process starts with a fresh view of the camera
+
+
+class LineState:
+    def __init__(self, cfg: LineConfig):
+        self.cfg = cfg
+        self.cameras = [CameraView(c.name, c.trigger == "software") for c in cfg.cameras]
+        self._by_name = {c.name: c for c in self.cameras}
+        self.counts = dict.fromkeys(COUNTS, 0)
+        self.baseline_ns = 0
+        self.lot = ""
+        self.heartbeat = self.last_error = self.error_count = self.lot_status = self.ack_status = 0
+        self.stop_latched = False
+        self.last_alarm_id = 0
+        self.flags = dict.fromkeys(("line_running", "rules_only", "critical_alarm", "disk_low",
+                                    "alarm_unacknowledged"), False)
+
+    def load_baseline(self) -> None:
+        """Counters, latest verdicts, lot and latched alarms as the store has them now."""
+        d = self.cfg.data_dir
+        for r in read_rows(d, "SELECT final, decided_by IN ('timeout', 'not_inspected') AS lost, count(*) AS n, "
+                              "max(t_recorded_ns) AS t FROM inspections GROUP BY 1, 2"):
+            self._count(r["final"], bool(r["lost"]), int(r["n"]))
+            self.baseline_ns = max(self.baseline_ns, int(r["t"] or 0))
+        for r in read_rows(d, "SELECT camera, final, seq, decided_by FROM inspections "
+                              "WHERE id IN (SELECT max(id) FROM inspections GROUP BY camera)"):
+            self._latest(dict(r))
+        try:
+            conn = open_reader(d)
+            try:
+                self.lot = current_lot(conn) or ""
+            finally:
+                conn.close()
+        except sqlite3.OperationalError:
+            self.lot = ""  # no store yet
+        kinds = tuple(self.cfg.plc.stop_alarm_kinds)
+        if kinds and read_rows(d, f"SELECT 1 FROM alarms WHERE acknowledged_by IS NULL AND severity = 'critical' "
+                                  f"AND kind IN ({', '.join('?' * len(kinds))}) LIMIT 1", kinds):
+            self.stop_latched = True  # a stop request the PLC may not have seen before this process restarted
+        for cam in self.cameras:
+            last = read_rows(d, "SELECT kind FROM alarms WHERE source = ? AND kind IN ('camera_lost', 'camera_back') "
+                                "ORDER BY id DESC LIMIT 1", (f"acquire[{cam.name}]",))
+            cam.lost = bool(last) and last[0]["kind"] == "camera_lost"
+        top = read_rows(d, "SELECT max(id) AS id FROM alarms")
+        self.last_alarm_id = int(top[0]["id"] or 0) if top else 0
+        self.refresh_processes()
+        self.refresh_alarms()
+
+    def _count(self, final: str, lost: bool, n: int) -> None:
+        self.counts["total"] += n
+        key = final.lower()
+        if key in self.counts:
+            self.counts[key] += n
+        if lost:
+            self.counts["not_inspected"] += n
+
+    def _latest(self, row: Mapping[str, Any]) -> None:
+        cam = self._by_name.get(str(row["camera"]))
+        if cam is None:
+            return  # a camera no longer configured
+        decided = str(row["decided_by"])
+        cam.verdict = pm.VERDICT_CODES.get(str(row["final"]), 0)
+        cam.seq = int(row["seq"])
+        cam.decided_by = pm.DECIDER_CODES.get("rule" if decided.startswith("rule:") else decided, 0)
+
+    def on_verdict(self, row: Mapping[str, Any]) -> None:
+        if int(row["t_recorded_ns"]) <= self.baseline_ns:
+            return  # already in the count read at start
+        self._count(str(row["final"]), row["decided_by"] in _NOT_INSPECTED, 1)
+        self._latest(row)
+
+    def on_alarm(self, alarm: Mapping[str, Any]) -> None:
+        """An alarm event (or a row found in the table); each alarm id is applied once."""
+        alarm_id = int(alarm["id"])
+        if alarm_id <= self.last_alarm_id:
+            return
+        self.last_alarm_id = alarm_id
+        kind, severity, source = str(alarm["kind"]), str(alarm["severity"]), str(alarm["source"])
+        self.flags["alarm_unacknowledged"] = True
+        if severity == "critical":
+            self.flags["critical_alarm"] = True
+            if kind in self.cfg.plc.stop_alarm_kinds:
+                self.stop_latched = True
+        if kind in DISK_ALARMS:
+            self.flags["disk_low"] = True
+        cam = self._by_name.get(source.removeprefix("acquire[").removesuffix("]"))
+        if cam is not None and kind in ("camera_lost", "camera_back"):
+            cam.lost = kind == "camera_lost"
+            cam.state = pm.CAMERA_STATES["lost" if cam.lost else "streaming"]
+
+    def refresh_alarms(self) -> None:
+        """Alarms missed as events, then what is unacknowledged or uncleared now."""
+        d = self.cfg.data_dir
+        for r in read_rows(d, "SELECT id, kind, severity, source FROM alarms WHERE id > ? ORDER BY id",
+                           (self.last_alarm_id,)):
+            self.on_alarm(dict(r))
+        rows = read_rows(d, "SELECT coalesce(sum(acknowledged_by IS NULL), 0) AS unack, "
+                            "coalesce(sum(acknowledged_by IS NULL AND severity = 'critical'), 0) AS critical, "
+                            "coalesce(sum(kind IN ('disk_low', 'disk_full') AND t_cleared_ns IS NULL), 0) AS disk "
+                            "FROM alarms")
+        if rows:
+            self.flags["alarm_unacknowledged"] = rows[0]["unack"] > 0
+            self.flags["critical_alarm"] = rows[0]["critical"] > 0
+            self.flags["disk_low"] = rows[0]["disk"] > 0
+
+    def refresh_processes(self) -> None:
+        """Line health from the ready files the children write (and the supervisor removes when one dies)."""
+        infos = read_ready(self.cfg.run_dir)
+        workers = [infos.get(f"infer[{i}]") for i in range(self.cfg.infer.workers)]
+        self.flags["rules_only"] = any(w and w.get("rules_only") for w in workers)
+        acquires = [infos.get(f"acquire[{c.name}]") for c in self.cameras]
+        self.flags["line_running"] = "record" in infos and all(workers) and all(acquires)
+        for cam, info in zip(self.cameras, acquires, strict=True):
+            if info is None:
+                cam.state = pm.CAMERA_STATES["unknown"]
+                continue
+            if info.get("pid") != cam.pid:
+                cam.pid, cam.lost = info.get("pid"), False  # a new acquire alarms again if the camera is away
+            away = cam.lost or info.get("camera") == "away"
+            cam.state = pm.CAMERA_STATES["lost" if away else "streaming"]
+
+    def status_word(self) -> int:
+        bits = {**self.flags, "line_stop_requested": self.stop_latched,
+                "camera_lost": any(c.state == pm.CAMERA_STATES["lost"] for c in self.cameras)}
+        return sum(1 << pm.STATUS_BITS[name] for name, on in bits.items() if on)
+
+    def input_registers(self) -> dict[int, int]:
+        """Every input register by address, as of now, laid out by the map (`plc_map`)."""
+        values: dict[str, int | str] = {
+            "status": self.status_word(), "heartbeat": self.heartbeat, "map_version": pm.MAP_VERSION,
+            "cameras": len(self.cameras), "last_error": self.last_error, "error_count": self.error_count,
+            "lot_status": self.lot_status, "ack_status": self.ack_status, "lot": self.lot,
+            **{f"count_{name}": n for name, n in self.counts.items()}}
+        regs = _layout([r for r in pm.FIXED if r.table == "input"], values)
+        for i, cam in enumerate(self.cameras):
+            regs.update(_layout(pm.camera_registers(i, "input"), {
+                "verdict": cam.verdict, "verdict_seq": cam.seq, "decided_by": cam.decided_by,
+                "trigger_status": cam.trigger_status, "trigger_seq": cam.trigger_seq, "camera_state": cam.state}))
+        return regs
+
+
+def _layout(registers: list[pm.Register], values: Mapping[str, int | str]) -> dict[int, int]:
+    return {address: word for r in registers
+            for address, word in enumerate(pm.encode(r, values[r.name]), start=r.address)}

@@ -1,0 +1,1 @@
+"""record: the single writer — verdict rows, the deadline watch, kept images, retention, the full disk."""

@@ -1,0 +1,1 @@
+"""Reports for QA: the export (CSV/JSON), the PDF report and the review export."""

@@ -1,0 +1,65 @@
+"""`linewatch report` (QA export) and `linewatch review export` (labelled dataset for retraining)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from linewatch.config import load_config
+from linewatch.reports.export import FORMATS, Query, ReportError, export, parse_time
+from linewatch.reports.review_export import export_reviews
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data_dir) if args.data_dir else load_config(args.config).data_dir
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    try:
+        q = Query(parse_time(args.t_from, "--from"), parse_time(args.t_to, "--to"), args.lot, args.camera)
+        n = export(_data_dir(args), q, args.format, Path(args.out))
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.out}: {n} inspection(s), {args.format}")
+    return 0
+
+
+def _cmd_review_export(args: argparse.Namespace) -> int:
+    try:
+        t_from = parse_time(args.t_from, "--from") if args.t_from else 0
+        t_to = parse_time(args.t_to, "--to") if args.t_to else 2**63 - 1
+        n = export_reviews(_data_dir(args), Path(args.out), t_from, t_to)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.out}: {n} reviewed image(s), manifest.csv")
+    return 0
+
+
+def _store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML config file (for data_dir)")
+    p.add_argument("--data-dir", help="the line's data directory (overrides the config)")
+
+
+def add_commands(sub: Any) -> None:
+    rep = sub.add_parser("report", help="QA export of a time window as CSV, JSON or PDF")
+    rep.add_argument("--from", dest="t_from", required=True, help="start, ISO 8601 (local time without offset)")
+    rep.add_argument("--to", dest="t_to", required=True, help="end (exclusive), ISO 8601")
+    rep.add_argument("--lot", help="only this lot")
+    rep.add_argument("--camera", help="only this camera")
+    rep.add_argument("--format", choices=FORMATS, required=True)
+    rep.add_argument("--out", required=True, help="output file")
+    _store_args(rep)
+    rep.set_defaults(func=_cmd_report)
+
+    review = sub.add_parser("review", help="operator review decisions")
+    review_sub = review.add_subparsers(dest="review_command", required=True)
+    exp = review_sub.add_parser("export", help="reviewed images as a labelled dataset folder + manifest.csv")
+    exp.add_argument("--out", required=True, help="dataset folder")
+    exp.add_argument("--from", dest="t_from", help="reviews from, ISO 8601")
+    exp.add_argument("--to", dest="t_to", help="reviews before, ISO 8601")
+    _store_args(exp)
+    exp.set_defaults(func=_cmd_review_export)

@@ -1,0 +1,44 @@
+"""Read-only access for every process but record: connections that never block the writer."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from linewatch.store.schema import DB_NAME
+
+
+def open_reader(data_dir: Path) -> sqlite3.Connection:
+    """A read-only connection that never blocks the writer."""
+    conn = sqlite3.connect(f"file:{data_dir / DB_NAME}?mode=ro", uri=True, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+def read_rows(data_dir: Path, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    """A read-only query for the api; no rows (not an error) before record has created the store."""
+    try:
+        conn = open_reader(data_dir)
+    except sqlite3.OperationalError:
+        return []  # no store yet: the line has not recorded anything
+    try:
+        return conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+    finally:
+        conn.close()
+
+
+def current_lot(conn: sqlite3.Connection | sqlite_utils.Database) -> str | None:
+    """The lot set by the latest `set_lot` action, None before any."""
+    row = conn.execute("SELECT detail FROM operator_actions WHERE action = 'set_lot' ORDER BY id DESC LIMIT 1"
+                       ).fetchone()
+    return str(json.loads(row[0])["lot"]) if row else None

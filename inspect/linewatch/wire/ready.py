@@ -1,0 +1,86 @@
+"""Ready files: each serving child says so in the run directory; the supervisor, api and plc read them.
+
+A ready file is the line's health contract between processes: written when a child serves, removed by
+the supervisor when it dies, read by anyone who must know what runs (readiness, the PLC status word).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from linewatch.config import LineConfig
+
+#: A child beats (touches its ready file) this often; one silent for STALE_S is down (stopped, hung, dead).
+BEAT_S = 1.0
+STALE_S = 5.0
+
+
+def child_name(cfg: LineConfig, role: str, index: int) -> str:
+    """The name a child has in logs, alarms, metrics and the ready folder."""
+    if role == "acquire":
+        return f"acquire[{cfg.cameras[index].name}]"
+    return f"infer[{index}]" if role == "infer" else role
+
+
+def line_children(cfg: LineConfig) -> list[tuple[str, int]]:
+    """(role, index) of every child of the line, in start order: record first (the store must be
+    listening), then the workers (model loaded and warm), api, plc, and acquire last."""
+    return [("record", 0), *(("infer", i) for i in range(cfg.infer.workers)), ("api", 0),
+            *([("plc", 0)] if cfg.plc.enabled else []), *(("acquire", i) for i in range(len(cfg.cameras)))]
+
+
+def ready_dir(run_dir: Path) -> Path:
+    return run_dir / "ready"
+
+
+def mark_ready(run_dir: Path, name: str, **info: Any) -> None:
+    """Tell the supervisor (and the api) that this child is serving; `info` describes it."""
+    d = ready_dir(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".{name}.tmp"
+    tmp.write_text(json.dumps({"name": name, "pid": os.getpid(), **info}))
+    os.replace(tmp, d / name)
+
+
+def read_ready(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """What each serving child wrote with `mark_ready`, by name (one being replaced right now is left out),
+    with `beat_age_s`: seconds since its last heartbeat."""
+    d = ready_dir(run_dir)
+    infos: dict[str, dict[str, Any]] = {}
+    now = time.time()
+    for f in sorted(d.glob("[!.]*")) if d.is_dir() else []:
+        try:
+            infos[f.name] = {**json.loads(f.read_text()), "beat_age_s": max(0.0, now - f.stat().st_mtime)}
+        except (OSError, ValueError):
+            continue
+    return infos
+
+
+def down(run_dir: Path, expected: list[str]) -> list[str]:
+    """The expected children that are not serving: no ready file, or no heartbeat for STALE_S."""
+    infos = read_ready(run_dir)
+    return [name for name in expected if name not in infos or infos[name]["beat_age_s"] > STALE_S]
+
+
+def start_heartbeat(run_dir: Path, name: str, stop: threading.Event) -> threading.Thread:
+    """Touch this child's ready file every BEAT_S once it exists: a stopped or dead process falls silent.
+    (A thread, so a main loop stuck in a long call still beats; its own watchdogs cover that.)"""
+
+    def beat() -> None:
+        path = ready_dir(run_dir) / name
+        while not stop.wait(BEAT_S):
+            try:
+                os.utime(path)
+            except FileNotFoundError:
+                continue  # not serving yet
+            except OSError:
+                continue  # e.g. a full disk: the beat comes back with room
+
+    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+    thread.start()
+    return thread
