@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test setup setup-dev system-deps lint typecheck clean reference-model
+.PHONY: run test check setup setup-dev system-deps lint typecheck clean reference-model
 
 $(BIN)/linewatch: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,10 @@ system-deps:
 
 test: setup-dev lint
 	$(BIN)/python -m pytest -q
+
+# The fast lane while working: lint and every test not marked slow (the full `make test` runs them all).
+check: setup-dev lint
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # The bundled reference model, in one command: emulator parts -> linewatch train -> the registry.
 reference-model: $(VENV)/.dev

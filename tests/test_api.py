@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,43 @@ def test_inspections_filters_and_images(client: TestClient) -> None:
     assert live.status_code == 200 and live.headers["content-type"] == "image/jpeg"
 
 
+def _raw_get(app: object, path: str) -> tuple[int, bytes]:
+    """A GET with the path exactly as given, as uvicorn hands it over (HTTP clients normalise `..` away)."""
+    sent: list[dict[str, object]] = []
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "headers": [], "root_path": "",
+             "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1)}
+
+    async def exchange() -> None:
+        requested, done = False, asyncio.Event()
+
+        async def receive() -> dict[str, object]:
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await done.wait()  # the client hangs up only once the whole answer is in
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                done.set()
+
+        await app(scope, receive, send)  # type: ignore[operator]
+
+    asyncio.run(exchange())
+    return int(sent[0]["status"]), b"".join(bytes(m.get("body", b"")) for m in sent[1:])  # type: ignore[arg-type]
+
+
+def test_an_image_path_cannot_climb_out_of_the_archive(client: TestClient, tmp_path: Path) -> None:
+    assert (tmp_path / "linewatch.db").is_file()  # what a traversal would serve
+    kept = client.get("/api/inspections", params={"final": "FAIL"}).json()[0]["image"]
+    assert _raw_get(client.app, "/" + kept)[0] == 200  # the raw path reaches the archive at all
+    status, body = _raw_get(client.app, "/images/../linewatch.db")
+    assert status == 404 and b"SQLite format" not in body
+
+
 @pytest.mark.parametrize(
     ("url", "status", "text"),
     [
@@ -56,7 +94,6 @@ def test_inspections_filters_and_images(client: TestClient) -> None:
         ("/api/inspections?limit=abc", 422, "valid integer"),
         ("/api/inspections?final=MAYBE", 422, "pattern"),
         ("/api/cameras/nope/live.jpg", 404, "unknown camera 'nope'"),
-        ("/images/../linewatch.db", 404, ""),
     ],
 )
 def test_bad_requests_get_clear_errors(client: TestClient, url: str, status: int, text: str) -> None:

@@ -9,8 +9,8 @@ import threading
 from pathlib import Path
 
 from linewatch.config import RecordConfig
-from linewatch.record.disk import DiskReserve, is_disk_full
 from linewatch.record.retention import Pruned, Retention
+from linewatch.store.disk import DiskReserve, is_disk_full
 from linewatch.store.images import image_relpath
 from tests.test_retention import _archive, _events
 

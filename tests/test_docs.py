@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from linewatch import metrics
 from linewatch.cli import build_parser, config_reference
+from linewatch.line.child import ROLES
 from linewatch.plc import register_map as pm
+from linewatch.wire import Endpoints
 from tests.conftest import REPO
 
 
@@ -45,3 +47,14 @@ def test_every_modbus_register_is_documented() -> None:
     missing = [row for row in rows if row not in doc]
     assert not missing, f"document these Modbus registers, status bits or errors in docs/modbus.md: {missing}"
     assert f"Version of this register map ({pm.MAP_VERSION})" in doc
+
+
+def test_architecture_names_every_process_and_socket() -> None:
+    doc = (REPO / "docs" / "architecture.md").read_text()
+    missing = [f"process {role}" for role in ROLES if f"| `{role}` | `{role}/` |" not in doc]
+    endpoints = [name for name, value in vars(Endpoints).items() if not name.startswith("_") and name != "run_dir"]
+    for name in endpoints:
+        shown = f"`{name}(camera)`" if callable(getattr(Endpoints, name)) else f"`{name}`"
+        if f"| {shown} |" not in doc:
+            missing.append(f"socket {shown}")
+    assert endpoints and not missing, f"document these in docs/architecture.md: {missing}"

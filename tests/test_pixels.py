@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from linewatch.acquire.sources.pixels import FORMATS, PixelFormatError, buffer_view, mosaic, to_line_format
+from linewatch.pixels import FORMATS, PixelFormatError, buffer_view, mosaic, to_line_format
 
 RGB = (200, 60, 20)  # a saturated orange, so a swapped channel order shows
 

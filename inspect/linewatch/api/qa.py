@@ -21,9 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
 from linewatch.config import LineConfig
-from linewatch.record.shifts import shift_at
 from linewatch.reports.export import Query as ReportQuery
 from linewatch.reports.export import ReportError, export, parse_time
+from linewatch.shifts import shift_at
 from linewatch.store import current_lot, open_reader, read_rows
 from linewatch.store.images import load_overlay
 from linewatch.wire import KIND_ACTION, Endpoints, OperatorAction, now_ns

@@ -14,8 +14,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from linewatch.acquire.sources.pixels import mosaic
 from linewatch.emulator.scene import CameraEffects, LineSpec
+from linewatch.pixels import mosaic
 
 Array = np.ndarray[Any, Any]
 NOMINAL_EXPOSURE_US = 5000.0  # exposure at which a radiance of 255 fills the well

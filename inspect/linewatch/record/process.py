@@ -26,9 +26,8 @@ import zmq
 from linewatch import metrics
 from linewatch.config import LineConfig
 from linewatch.failsafe.streaks import StreakWatch
-from linewatch.record.disk import DiskReserve, is_disk_full
 from linewatch.record.retention import DiskLow, Retention
-from linewatch.record.shifts import ShiftClock
+from linewatch.shifts import ShiftClock
 from linewatch.store import (
     JSON_COLUMNS,
     ROW_COLUMNS,
@@ -48,6 +47,7 @@ from linewatch.store import (
     register_model,
     verdict_values,
 )
+from linewatch.store.disk import DiskReserve, is_disk_full
 from linewatch.store.images import ImageWriter, image_relpath
 from linewatch.wire import (
     KIND_ACTION,

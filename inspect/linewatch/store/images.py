@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from linewatch.record.disk import is_disk_full
+from linewatch.store.disk import is_disk_full
 
 log = logging.getLogger("images")
 IMAGES_DIR = "images"

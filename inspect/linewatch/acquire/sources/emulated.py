@@ -14,10 +14,10 @@ import time
 import numpy as np
 
 from linewatch.acquire.sources import FrameBuffers, Grabbed, SourceError
-from linewatch.acquire.sources.pixels import line_shape, to_line_format
 from linewatch.config import CameraConfig, EmulatorSource
 from linewatch.emulator.parts import PartEmulator, SceneEmulator
 from linewatch.emulator.scene import load_scene
+from linewatch.pixels import line_shape, to_line_format
 
 
 class EmulatorCamera:

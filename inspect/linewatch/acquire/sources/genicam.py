@@ -19,9 +19,9 @@ from typing import Any
 from harvesters.core import Callback
 
 from linewatch.acquire.sources import CameraLost, FrameBuffers, Grabbed, SourceError
-from linewatch.acquire.sources.pixels import PixelFormatError, buffer_view, line_shape, to_line_format
 from linewatch.acquire.sources.profile import Profile, ProfileError, apply_profile, load_profile
 from linewatch.config import CameraConfig, GenicamSource
+from linewatch.pixels import PixelFormatError, buffer_view, line_shape, to_line_format
 
 log = logging.getLogger("genicam")
 ACCESS_STATUS = {0: "unknown", 1: "available", 2: "read-only", 3: "no access", 4: "busy",

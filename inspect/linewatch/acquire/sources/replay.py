@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 
 from linewatch.acquire.sources import Grabbed, SourceEnded, SourceError
-from linewatch.acquire.sources.pixels import to_line_format
 from linewatch.config import CameraConfig, ReplaySource
 from linewatch.paths import resolve
+from linewatch.pixels import to_line_format
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 MANIFEST = "manifest.jsonl"

@@ -1,0 +1,89 @@
+"""The house rules, read from the code: lower layers never import higher ones, processes never import
+each other, and no import circle exists (module-level imports, as Python runs them)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import REPO
+
+SOURCE = REPO / "inspect"
+PROCESSES = {"acquire", "infer", "record", "api", "plc"}
+_FOUNDATION = {"clock", "paths", "metrics", "config", "pixels", "shifts"}
+#: what each library may import besides itself (CLI modules, `*.cli`, sit on top and may import anything)
+BASE = {
+    "clock": set(), "paths": set(), "metrics": set(), "config": {"paths"}, "pixels": set(), "shifts": {"config"},
+    "wire": _FOUNDATION,
+    "store": _FOUNDATION | {"wire"},
+    "emulator": _FOUNDATION | {"wire"},
+    "training": _FOUNDATION | {"wire", "model"},
+    "model": _FOUNDATION | {"wire", "training"},
+    "failsafe": _FOUNDATION | {"wire", "store", "model"},
+    "reports": _FOUNDATION | {"wire", "store", "failsafe"},
+}
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for f in SOURCE.rglob("*.py"):
+        name = ".".join(f.relative_to(SOURCE).with_suffix("").parts).removesuffix(".__init__")
+        mods[name] = f
+    return mods
+
+
+def _imports(f: Path, mods: dict[str, Path], top_level: bool) -> set[str]:
+    tree = ast.parse(f.read_text())
+    out = set()
+    for node in tree.body if top_level else ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("linewatch"):
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                out.add(full if full in mods else node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("linewatch"))
+    return out
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_no_module_imports_a_higher_layer_or_another_process() -> None:
+    mods = _modules()
+    wrong = []
+    for module, f in sorted(mods.items()):
+        mine = _package(module)
+        if module.endswith(".cli") or module == "linewatch.cli":
+            continue
+        for target in _imports(f, mods, top_level=False):
+            theirs = _package(target)
+            if theirs == mine or theirs == "":
+                continue
+            if mine in BASE:
+                allowed = theirs in BASE[mine]
+            else:  # a process: libraries only, never another process or the line above them
+                allowed = mine not in PROCESSES or theirs not in (*PROCESSES, "line")
+            if not allowed:
+                wrong.append(f"{module} imports {target}")
+    assert wrong == []
+
+
+def test_no_import_circle() -> None:
+    mods = _modules()
+    graph = {m: {t for t in _imports(f, mods, top_level=True) if t in mods} for m, f in mods.items()}
+    circles, done = [], set()
+
+    def visit(module: str, path: list[str]) -> None:
+        for target in sorted(graph[module]):
+            if target in path:
+                circles.append(" -> ".join([*path[path.index(target):], target]))
+            elif target not in done:
+                visit(target, [*path, target])
+        done.add(module)
+
+    for module in sorted(graph):
+        if module not in done:
+            visit(module, [module])
+    assert circles == []
