@@ -7,7 +7,8 @@
 experts; defective = probability >= 0.5. Split 75/25 stratified by label and cell type
 (mono/poly), as in Deitsch et al. 2019. Trains with the project's own trainer on the 75 % (its
 validation split for early stopping and calibration comes out of that), then evaluates the exported
-ONNX model on the untouched 25 %. Prints and appends the figures to benchmarks/RESULTS.md.
+ONNX model on the untouched 25 %. Prints the figures and their row for the table in
+benchmarks/RESULTS.md.
 
 Defaults: the `fine` architecture at the full 300 px (cracks are one or two pixels wide: halving
 the image erased them and the model stayed near the majority-class rate), all eight 90-degree
@@ -31,8 +32,6 @@ import numpy as np
 from linewatch.model.onnx import Model
 from linewatch.model.registry import holdout_metrics
 from linewatch.training.trainer import TrainOptions, train
-
-RESULTS = Path(__file__).parent / "RESULTS.md"
 
 
 def _elpv_rows() -> list[dict[str, str]]:
@@ -113,21 +112,13 @@ def main() -> int:
                                      "band", "model_alone")},
     }
     print(json.dumps(result, indent=2))
-    t = result["test"]
+    t, alone = result["test"], result["test"]["model_alone"]
     command = "".join(f" {a}" for a in sys.argv[1:])
-    with RESULTS.open("a") as f:
-        f.write(
-            f"\n### ELPV ({time.strftime('%Y-%m-%d')}): `.venv/bin/python benchmarks/elpv.py{command}`\n\n"
-            f"{len(train_rows)} train / {len(test_rows)} test cells (75/25 stratified by label and cell type), "
-            f"trained from scratch in {result['train_seconds']} s on this 2-core CPU ({result['epochs_run']} epochs, "
-            f"best {result['best_epoch']}, `{args.arch}` network at {args.net_size} px); {result['total_seconds']} s "
-            f"with evaluation; load average {load_before[0]:.1f} before, {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} "
-            f"(1/5/15 min) after. "
-            f"Test set: accuracy {t['accuracy']:.3f} (published VGG-19 with ImageNet weights: 0.884; goal 0.90), "
-            f"F1 {t['f1']:.3f}, AUROC {t['auroc']}, with the calibrated band {t['band']}: escape rate "
-            f"{t['escape_rate']:.3f}, false-reject rate {t['false_reject_rate']:.3f}, REVIEW rate "
-            f"{t['review_rate']:.3f} (model alone: escape {t['model_alone']['escape_rate']:.3f}, false reject "
-            f"{t['model_alone']['false_reject_rate']:.3f}).\n")
+    print("\nThe row for the table in benchmarks/RESULTS.md:")
+    print(f"| `benchmarks/elpv.py{command}` | {result['epochs_run']} ({result['best_epoch']}) "
+          f"| {result['train_seconds']} | {t['accuracy']:.3f} | {t['f1']:.3f} | {t['auroc']:.3f} "
+          f"| [{t['band'][0]:.3f}, {t['band'][1]:.3f}] | {t['escape_rate']:.3f} / {t['false_reject_rate']:.3f} / "
+          f"{t['review_rate']:.3f} | {alone['escape_rate']:.3f} / {alone['false_reject_rate']:.3f} |")
     return 0
 
 

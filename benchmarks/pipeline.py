@@ -25,7 +25,8 @@ the reference's output).
 Stage times come from each row (`timings_ms` of the worker, the group commit of record); they add
 up to the capture-to-commit latency, which the results check (`stages_minus_latency_max_abs_ms`).
 
-Results go to benchmarks/results/pipeline.json; RESULTS.md and the README summarise them.
+Results go to benchmarks/results/pipeline.json (`--out`); benchmarks/RESULTS.md shows them as `table()`
+prints them.
 """
 
 from __future__ import annotations
@@ -412,18 +413,53 @@ def main() -> int:
 
 
 def table(r: dict[str, Any]) -> str:
-    """The README's Speed table."""
-    lines = ["| frame | bare session parts/s (1 frame ms) | line max parts/s (ratio) | p50 / p99 / p99.9 ms "
-             "at 50 % | at 90 % | not inspected | transport share |", "|---|---|---|---|---|---|---|"]
+    """The run's figures as benchmarks/RESULTS.md shows them (tests/test_docs.py checks RESULTS.md against
+    benchmarks/results/pipeline.json through this function)."""
+
+    def p(run: dict[str, Any]) -> str:
+        return f"{run['latency_ms_p50']} / {run['latency_ms_p99']} / {run['latency_ms_p999']}"
+
+    lines = ["| frame | bare session parts/s (1 frame ms) | line max parts/s, 0 drops (x bare; x bare + fail-safe) "
+             "| p50 / p99 / p99.9 ms at 50 % (p99 bound: ratio) | p50 / p99 / p99.9 ms at 90 % "
+             "| transport alone ms (share of interval at max) | not inspected / silently lost at 50 % and 90 % |",
+             "|---|---|---|---|---|---|---|"]
     for s in r["sizes"]:
-        h, n = s["at_load"]["50%"], s["at_load"]["90%"]
+        half, most, bare, ratios = s["at_load"]["50%"], s["at_load"]["90%"], s["bare"], s["ratios"]
+        bound = 2 * bare["single_frame_ms"] + 5
         lines.append(
-            f"| {s['side']}² Mono8 | {s['bare']['parts_per_s']:.0f} ({s['bare']['single_frame_ms']:.2f}) | "
-            f"{s['max_sustained_per_s']:.0f} ({s['ratios']['throughput_vs_bare']}) | "
-            f"{h.get('latency_ms_p50')} / {h.get('latency_ms_p99')} / {h.get('latency_ms_p999')} | "
-            f"{n.get('latency_ms_p50')} / {n.get('latency_ms_p99')} / {n.get('latency_ms_p999')} | "
-            f"{h.get('not_inspected')} + {n.get('not_inspected')} ({h.get('missing')} + {n.get('missing')} silent) | "
-            f"{s['ratios']['transport_share_of_interval_at_max']} |")
+            f"| {s['side']}² Mono8 | {bare['parts_per_s']:.0f} ({bare['single_frame_ms']:.2f}) "
+            f"| {s['max_sustained_per_s']:.0f} ({ratios['throughput_vs_bare']:.2f}x; "
+            f"{ratios['throughput_vs_bare_with_failsafe']:.2f}x) "
+            f"| {p(half)} ({bound:.2f}: {ratios['p99_at_50pct_vs_bound']:.2f}x) | {p(most)} "
+            f"| {s['transport_alone']['ms_per_frame']:.3f} "
+            f"({100 * ratios['transport_alone_share_of_interval_at_max']:.1f} %) "
+            f"| {half['not_inspected'] + most['not_inspected']} / {half['missing'] + most['missing']} |")
+    lines += ["", "The worker's work per frame, one frame at a time (ms), against the bare session at its best batch:",
+              "", "| frame | input rules | model | decision | bare session, best batch (ms a frame) |",
+              "|---|---|---|---|---|"]
+    for s in r["sizes"]:
+        work, best = s["bare"]["with_failsafe_ms"], s["bare"]["best_batch"]
+        per_frame = s["bare"]["batch_ms"][str(best)] / best
+        lines.append(f"| {s['side']}² | {work['input_rules']} | {work['model']} | {work['decision']} "
+                     f"| {per_frame:.3f} (batch {best}) |")
+    lines += ["", "Stage medians at 50 % load (ms); they add up to the capture → commit p50:", "",
+              f"| frame | {' | '.join(STAGES)} | latency p50 |", "|---" * (len(STAGES) + 2) + "|"]
+    for s in r["sizes"]:
+        half = s["at_load"]["50%"]
+        lines.append(f"| {s['side']}² | {' | '.join(str(half['stage_ms_p50'][k]) for k in STAGES)} "
+                     f"| {half['latency_ms_p50']} |")
+    if r.get("scaling"):
+        sc = r["scaling"]
+        lines += ["", f"Scaling at {sc['side']}² (line max parts/s, 0 drops): 1 worker {sc['1 worker']:.0f}, "
+                  f"2 workers {sc['2 workers']:.0f}, 2 workers pinned to cores {sc['2 workers pinned']:.0f}."]
+    if r.get("streams"):
+        st, a = r["streams"], r["anchors"]
+        lines += ["", f"{st['streams']} cameras x {st['fps_each']:g} fps at {st['side']}²: {st['frames']} frames, "
+                  f"{st['not_inspected']} not inspected, {st['missing']} silently lost; capture → commit p50 / p99 / "
+                  f"p99.9 {p(st)} ms. Reference ({a['source']}): p50 / p99 {a['p50_ms_at_10fps']} / "
+                  f"{a['p99_ms_at_10fps']} ms at 10 fps, {a['p50_ms_unthrottled']} ms p50 unthrottled, "
+                  f"{100 * a['silently_dropped_at_24_streams_x_10fps']:.0f} % of frames silently dropped at "
+                  "24 streams x 10 fps."]
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -11,12 +12,22 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from linewatch.clock import Moment, mono_ns
+from linewatch.config import LineConfig, parse_config
+from linewatch.emulator.parts import PartEmulator
+from linewatch.line.supervisor import prepare_run_dir, resolve_paths
+from linewatch.wire import KIND_VERDICT, KIND_VERDICT_BATCH, Endpoints, FrameHeader, Verdict, encode_frame
+from linewatch.wire.ready import ready_dir
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_MODEL = REPO / "models" / "reference" / "reference.onnx"
@@ -65,6 +76,21 @@ def db_rows(data_dir: Path, sql: str, params: tuple[Any, ...] = ()) -> list[sqli
 def count_rows(data_dir: Path) -> int:
     rows = db_rows(data_dir, "SELECT count(*) AS n FROM inspections")
     return int(rows[0]["n"]) if rows else 0
+
+
+def max_seq(data_dir: Path) -> int:
+    """The highest sequence number committed so far (-1 before the first row)."""
+    rows = db_rows(data_dir, "SELECT max(seq) AS s FROM inspections")
+    return int(rows[0]["s"]) if rows and rows[0]["s"] is not None else -1
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples in a Prometheus text exposition, over those with `labels`."""
+    total = 0.0
+    for m in re.finditer(rf"^{name}(?:{{([^}}]*)}})? (\S+)$", text, re.M):
+        if all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
 
 
 class Line:
@@ -141,3 +167,120 @@ def line(tmp_path: Path) -> Iterator[Callable[..., Line]]:
     yield make
     for ln in started:
         ln.kill_tree()
+
+
+def start_child(role: str, name: str, cfg: LineConfig) -> subprocess.Popen[bytes]:
+    """One process of the line, started the way the supervisor starts it, on cfg's prepared run directory;
+    returns once it is ready (its ready file exists)."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(cfg.run_dir / "metrics")}
+    proc = subprocess.Popen([sys.executable, "-m", "linewatch", "child", role, "0", "--run-dir", str(cfg.run_dir)],
+                            env=env)
+    wait_for(lambda: (ready_dir(cfg.run_dir) / name).exists() or proc.poll() is not None, 60, name)
+    assert proc.poll() is None, f"{name} exited with code {proc.returncode} while starting"
+    return proc
+
+
+def subscribe(sub: zmq.Socket[Any], endpoint: str) -> None:
+    """Connect a SUB socket and wait for its handshake with the publisher: the subscription goes out right behind
+    it, so what is published from then on reaches the socket (a PUB drops what nobody has subscribed to yet)."""
+    monitor = sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    try:
+        sub.connect(endpoint)
+        wait_for(lambda: monitor.poll(100) and recv_monitor_message(monitor), 30, f"a subscription to {endpoint}")
+    finally:
+        sub.disable_monitor()
+        monitor.close(linger=0)
+
+
+class RecordRig:
+    """record as a real child process; the test pushes into it like acquire and the workers do (`push`) and
+    listens to its events (`sub`, on the kinds in `events`). `start()` again after `close()` or a kill: the same
+    store opens again. The owner terms `ctx` at the end."""
+
+    def __init__(self, tmp: Path, record: dict[str, Any], events: bytes = b""):
+        self.cfg: LineConfig = resolve_paths(parse_config({"data_dir": str(tmp), "record": record}))
+        self.events = events
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.socks: list[zmq.Socket[Any]] = []
+        self.start()
+
+    def start(self) -> None:
+        self._close_sockets()
+        prepare_run_dir(self.cfg)
+        self.proc = start_child("record", "record", self.cfg)
+        ep = Endpoints(self.cfg.run_dir)
+        self.push = self.ctx.socket(zmq.PUSH)
+        self.push.setsockopt(zmq.LINGER, 0)
+        self.push.connect(ep.record)
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.RCVHWM, 0)  # keep every acknowledgement
+        self.sub.subscribe(self.events)
+        self.socks = [self.push, self.sub]
+        subscribe(self.sub, ep.events)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self._close_sockets()
+
+    def _close_sockets(self) -> None:
+        for sock in self.socks:
+            sock.close(linger=0)
+        self.socks = []
+
+
+class InferRig:
+    """One infer child; the test plays acquire (frames) and record (verdicts, alarms)."""
+
+    def __init__(self, tmp: Path, model: Path, **overrides: Any):
+        cfg = resolve_paths(parse_config({"data_dir": str(tmp), "model": {"path": str(model)}, **overrides}))
+        prepare_run_dir(cfg)
+        self.cfg: LineConfig = cfg
+        ep = Endpoints(cfg.run_dir)
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.frames = self.ctx.socket(zmq.PUSH)
+        self.frames.bind(ep.frames("cam0"))
+        self.record = self.ctx.socket(zmq.PULL)
+        self.record.bind(ep.record)
+        self.proc = start_child("infer", "infer[0]", cfg)
+        self.emu = PartEmulator(seed=3, defect_rate=0.5)
+        self.batched: deque[Verdict] = deque()
+
+    def header(self, seq: int, **kw: Any) -> FrameHeader:
+        captured = Moment.now()  # as acquire stamps a part: wall time once, then monotonic time
+        fields = dict(camera="cam0", stream="test", seq=seq, part_id=f"p{seq}", t_capture_ns=captured.wall_ns,
+                      t_capture_mono_ns=captured.mono_ns, t_sent_ns=captured.wall_at(mono_ns()), width=256,
+                      height=256, channels=1, dtype="uint8", pixel_format="Mono8")
+        return FrameHeader(**{**fields, **kw})
+
+    def send_part(self, seq: int) -> None:
+        self.frames.send_multipart(encode_frame(self.header(seq), self.emu.render(seq).pixels))
+
+    def receive(self, timeout_ms: int = 10_000) -> tuple[bytes, Any]:
+        """The next message; the verdicts of a `verdict_batch` come one by one, as record takes them."""
+        if self.batched:
+            return KIND_VERDICT, self.batched.popleft()
+        assert self.record.poll(timeout_ms), "no message from the worker"
+        parts = self.record.recv_multipart()
+        if parts[0] == KIND_VERDICT:
+            return KIND_VERDICT, Verdict.from_bytes(parts[1])
+        if parts[0] == KIND_VERDICT_BATCH:
+            verdicts, errors = Verdict.many_from_bytes(parts[1])
+            assert not errors and len(verdicts) > 1, errors  # a lone verdict travels as `verdict`
+            self.batched.extend(verdicts)
+            return self.receive(timeout_ms)
+        return parts[0], json.loads(parts[1])
+
+    def next_verdict(self) -> Verdict:
+        while True:
+            kind, msg = self.receive()
+            if kind == KIND_VERDICT:
+                return msg  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.frames.close(linger=0)
+        self.record.close(linger=0)
+        self.ctx.term()

@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
-from linewatch.acquire.cli import send_camera_command
 from linewatch.wire import CameraCommand, Endpoints
+from linewatch.wire.camera_client import request_camera
 from tests.acquire_harness import AcquireRig
 from tests.conftest import count_rows, db_rows, wait_for
 
 
 def _trigger(rig: AcquireRig, part_id: str | None = None) -> Any:
-    return send_camera_command(Endpoints(rig.cfg.run_dir).control(rig.cfg.cameras[0].name),
-                               CameraCommand(cmd="trigger", part_id=part_id), timeout_s=5.0)
+    command = CameraCommand(cmd="trigger", part_id=part_id)
+    return request_camera(Endpoints(rig.cfg.run_dir), rig.cfg.cameras[0].name, command, timeout_s=5.0)
 
 
 def test_software_trigger_takes_exactly_one_frame_per_trigger(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import urllib.request
 from pathlib import Path
@@ -13,9 +14,10 @@ import pytest
 import yaml
 from onnx import TensorProto, helper
 
+from linewatch.model.adapters import FORMATS, ModelFile
 from linewatch.model.onnx import Model, ModelError
 from linewatch.store.images import heatmap_relpath
-from tests.conftest import count_rows, db_rows, wait_for
+from tests.conftest import REFERENCE_MODEL, count_rows, db_rows, wait_for
 
 
 def _save(path: Path, nodes: list, inputs: list, outputs: list, inits: list | None = None,
@@ -106,8 +108,10 @@ def test_anomalib_score_and_normalisation(tmp_path: Path) -> None:
     m = Model(anomalib_model(tmp_path))
     assert (m.info.adapter, m.info.labels, m.frame_shape) == ("anomalib", ("good", "defect"), None)
     assert m.run(DARK)[0, 1] > 0.9 > 0.1 > m.run(BRIGHT)[0, 1]
-    probs, maps = m.run_with_maps(np.concatenate([DARK[:1], BRIGHT[:1]]))  # each frame's map beside its scores
+    pred = m.predict(np.concatenate([DARK[:1], BRIGHT[:1]]))  # each frame's map beside its scores
+    probs, maps = pred.probs, pred.anomaly_maps
     assert maps is not None and maps.shape[0] == 2 == probs.shape[0]
+    assert pred.detections is None
     assert maps[0].mean() > 0.9 > 0.1 > maps[1].mean(), (maps[0].mean(), maps[1].mean())
     sidecar = tmp_path / "norm"
     sidecar.mkdir()
@@ -125,12 +129,16 @@ def test_yolo_classifier_puts_good_first(tmp_path: Path) -> None:
 def test_yolo_detector_nms_and_defect_classes(tmp_path: Path) -> None:
     m = Model(yolo_det_model(tmp_path))
     assert m.info.adapter == "yolo-detect"
-    dark = m.run(DARK)
-    assert dark[0, 1] == pytest.approx(1 - 10 / 255, abs=1e-4)  # 'scratch' makes it a defect, 'label' does not
-    dets = m.adapter.detections[0]
-    assert [d["label"] for d in dets] == ["scratch", "scratch"]  # three boxes, two overlapping: NMS keeps two
-    assert m.run(BRIGHT)[0, 1] < 0.05
-    assert {d["label"] for d in m.adapter.detections[0]} == {"label"}  # boxes found, none of a defect class
+    dark = m.predict(DARK)
+    assert dark.probs[0, 1] == pytest.approx(1 - 10 / 255, abs=1e-4)  # 'scratch' makes it a defect, 'label' not
+    assert dark.detections is not None and len(dark.detections) == len(DARK) and dark.anomaly_maps is None
+    dets = dark.detections[0]
+    assert [d.label for d in dets] == ["scratch", "scratch"]  # three boxes, two overlapping: NMS keeps two
+    bright = m.predict(BRIGHT)
+    assert bright.probs[0, 1] < 0.05
+    assert bright.detections is not None
+    assert {d.label for d in bright.detections[0]} == {"label"}  # boxes found, none of a defect class
+    assert [d.label for d in dark.detections[0]] == ["scratch", "scratch"]  # a later batch leaves it as it was
 
 
 def test_generic_sidecar(tmp_path: Path) -> None:
@@ -139,6 +147,21 @@ def test_generic_sidecar(tmp_path: Path) -> None:
     assert m.info.defect_labels == {"crack", "dent"}
     p = m.run(DARK)
     assert p.shape == (2, 3) and p[0].argmax() == 1 and abs(p[0].sum() - 1) < 1e-5
+
+
+@pytest.mark.parametrize(("build", "key"), [(lambda tmp: REFERENCE_MODEL, "native"), (anomalib_model, "anomalib"),
+                                            (yolo_cls_model, "yolo"), (yolo_det_model, "yolo"),
+                                            (generic_model, "generic")],
+                         ids=["native", "anomalib", "yolo-classify", "yolo-detect", "generic"])
+def test_each_format_is_found_by_its_key_and_its_adapter_holds_no_batch_state(tmp_path: Path, build, key) -> None:
+    m = Model(build(tmp_path))
+    sidecar = m.info.path.with_suffix(".yaml")
+    model_file = ModelFile(m.info.path, m.info.metadata, m.session.get_inputs(), m.session.get_outputs(),
+                           yaml.safe_load(sidecar.read_text()) if sidecar.exists() else {})
+    assert next(k for k, f in FORMATS.items() if f.recognises(model_file)) == key  # the first that claims it
+    assert FORMATS[key].create(model_file) == m.adapter
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m.adapter.labels = ("x",)  # type: ignore[misc]
 
 
 def test_unknown_format_is_refused_with_the_reason(tmp_path: Path) -> None:

@@ -11,8 +11,7 @@ import pytest
 from linewatch.config import ConfigError, parse_config
 from linewatch.infer.batching import BatchPolicy
 from linewatch.wire import KIND_ALARM, KIND_VERDICT
-from tests.conftest import REFERENCE_MODEL
-from tests.test_infer_worker import Rig
+from tests.conftest import REFERENCE_MODEL, InferRig
 
 
 def _measured(policy: BatchPolicy, interval_ms: float, run_ms: dict[int, float]) -> BatchPolicy:
@@ -101,7 +100,7 @@ def _stage_sum(v: object) -> float:
 
 
 def test_worker_batches_frames_within_the_fixed_wait_and_stages_add_up(tmp_path: Path) -> None:
-    rig = Rig(tmp_path, REFERENCE_MODEL, infer={"max_batch": 4, "batch_wait_ms": 400})
+    rig = InferRig(tmp_path, REFERENCE_MODEL, infer={"max_batch": 4, "batch_wait_ms": 400})
     try:
         for seq in range(4):
             rig.send_part(seq)
@@ -119,7 +118,7 @@ def test_worker_batches_frames_within_the_fixed_wait_and_stages_add_up(tmp_path:
 
 
 def test_adaptive_worker_does_not_hold_frames_at_a_low_rate(tmp_path: Path) -> None:
-    rig = Rig(tmp_path, REFERENCE_MODEL, infer={"max_batch": 8})
+    rig = InferRig(tmp_path, REFERENCE_MODEL, infer={"max_batch": 8})
     try:
         verdicts = []
         for seq in range(10):
@@ -135,14 +134,14 @@ def test_adaptive_worker_does_not_hold_frames_at_a_low_rate(tmp_path: Path) -> N
 
 def test_worker_pins_itself_to_its_core_or_alarms(tmp_path: Path) -> None:
     core = sorted(os.sched_getaffinity(0))[-1]
-    rig = Rig(tmp_path / "a", REFERENCE_MODEL, infer={"cpus": [core]})
+    rig = InferRig(tmp_path / "a", REFERENCE_MODEL, infer={"cpus": [core]})
     try:
         assert os.sched_getaffinity(rig.proc.pid) == {core}
         rig.send_part(0)
         assert rig.next_verdict().seq == 0
     finally:
         rig.close()
-    rig = Rig(tmp_path / "b", REFERENCE_MODEL, infer={"cpus": [4095]})
+    rig = InferRig(tmp_path / "b", REFERENCE_MODEL, infer={"cpus": [4095]})
     try:
         kind, alarm = rig.receive()
         assert kind == KIND_ALARM and alarm["kind"] == "cpu_pinning" and "CPU 4095" in alarm["message"]

@@ -5,30 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REFERENCE_MODEL, count_rows, db_rows, http_json, http_text, wait_for
+from tests.conftest import REFERENCE_MODEL, count_rows, db_rows, http_json, http_text, max_seq, metric, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def _metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for m in re.finditer(rf"^{name}(?:{{([^}}]*)}})? (\S+)$", text, re.M):
-        if all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
-
-
-def _max_seq(data_dir: Path) -> int:
-    rows = db_rows(data_dir, "SELECT max(seq) AS s FROM inspections")
-    return int(rows[0]["s"]) if rows and rows[0]["s"] is not None else -1
 
 
 def test_corrupt_model_file_mid_run_means_rules_only_then_recovery(line, tmp_path: Path) -> None:
@@ -46,15 +31,15 @@ def test_corrupt_model_file_mid_run_means_rules_only_then_recovery(line, tmp_pat
              30, "rules-only verdicts")
     status = http_json(f"{ln.url}/api/status")
     assert status["rules_only"] is True and "cannot load" in status["workers"][0]["fault"]
-    assert _metric(http_text(f"{ln.url}/metrics"), "linewatch_rules_only", worker="infer[0]") == 1
+    assert metric(http_text(f"{ln.url}/metrics"), "linewatch_rules_only", worker="infer[0]") == 1
     wait_for(lambda: count_rows(ln.data_dir) >= 160, 60, "rules-only for a while")
 
     shutil.copy(REFERENCE_MODEL, tmp_path / "good.onnx")
     os.replace(tmp_path / "good.onnx", model)
     wait_for(lambda: not http_json(f"{ln.url}/api/status")["rules_only"], 30, "recovery")
     metrics = http_text(f"{ln.url}/metrics")
-    assert _metric(metrics, "linewatch_rules_only", worker="infer[0]") == 0
-    assert _metric(metrics, "linewatch_failsafe_overrides_total", rule="model_unavailable", final="FAIL") > 0
+    assert metric(metrics, "linewatch_rules_only", worker="infer[0]") == 0
+    assert metric(metrics, "linewatch_failsafe_overrides_total", rule="model_unavailable", final="FAIL") > 0
     wait_for(lambda: count_rows(ln.data_dir) >= frames, 60, f"{frames} rows")
     ln.stop()
 
@@ -80,14 +65,13 @@ def test_hung_worker_gives_timeout_fails_and_its_late_verdicts_are_ignored(line)
     worker = ln.ready("infer")[0]["pid"]
     os.kill(worker, signal.SIGSTOP)  # hangs mid-stream, frames in its queue and in flight
     try:
-        hung_at = _max_seq(ln.data_dir)
-        time.sleep(2.5)
-        timed_out = db_rows(ln.data_dir, "SELECT seq FROM inspections WHERE decided_by = 'timeout'")
-        assert timed_out, "the deadline watch fails the parts the hung worker holds"
+        hung_at = max_seq(ln.data_dir)
+        wait_for(lambda: db_rows(ln.data_dir, "SELECT seq FROM inspections WHERE decided_by = 'timeout'"), 15,
+                 "the deadline watch to fail the parts the hung worker holds")
     finally:
         os.kill(worker, signal.SIGCONT)
     wait_for(lambda: count_rows(ln.data_dir) >= frames, 60, f"{frames} rows")
-    late = _metric(http_text(f"{ln.url}/metrics"), "linewatch_late_verdicts_total")
+    late = metric(http_text(f"{ln.url}/metrics"), "linewatch_late_verdicts_total")
     ln.stop()
 
     rows = db_rows(ln.data_dir, "SELECT seq, final, decided_by, reasons FROM inspections ORDER BY seq")

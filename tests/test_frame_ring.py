@@ -19,8 +19,7 @@ from linewatch.emulator.parts import PartEmulator
 from linewatch.wire import KIND_VERDICT, Endpoints, FrameHeader, MessageError, SlotRelease, Verdict, encode_frame
 from linewatch.wire.frame_ring import FrameReader, FrameRing, ring_path
 from tests.acquire_harness import AcquireRig
-from tests.conftest import REFERENCE_MODEL, count_rows, db_rows, wait_for
-from tests.test_infer_worker import Rig
+from tests.conftest import REFERENCE_MODEL, InferRig, count_rows, db_rows, wait_for
 
 CAMERA = {"name": "cam0", "fps": 100, "source": {"type": "emulator"}}
 
@@ -192,7 +191,7 @@ def test_a_frame_whose_slot_was_reclaimed_mid_inspection_is_not_trusted(tmp_path
 
 
 def test_a_worker_process_reads_slots_keeps_images_and_hands_slots_back(tmp_path: Path) -> None:
-    rig = Rig(tmp_path, REFERENCE_MODEL, record={"pass_sample_every": 1})
+    rig = InferRig(tmp_path, REFERENCE_MODEL, record={"pass_sample_every": 1})
     ring = FrameRing(rig.cfg.run_dir, "cam0", "test", 4, 256 * 256)
     ring.listen(rig.ctx, Endpoints(rig.cfg.run_dir).releases("cam0"))
     try:

@@ -3,104 +3,37 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 import pytest
-import zmq
 
-from linewatch.config import LineConfig, parse_config
 from linewatch.emulator.parts import PartEmulator
 from linewatch.line.child import config_path
-from linewatch.line.supervisor import prepare_run_dir, resolve_paths
 from linewatch.model.onnx import file_sha256
 from linewatch.wire import (
     KIND_ALARM,
     KIND_VERDICT,
     KIND_VERDICT_BATCH,
-    Endpoints,
     FrameHeader,
     Verdict,
     decode_frame,
     encode_frame,
-    now_ns,
 )
-from tests.conftest import REFERENCE_MODEL, wait_for
+from tests.conftest import REFERENCE_MODEL, InferRig
 from tests.test_adapters import anomalib_model
 
 
-class Rig:
-    """One infer child; the test plays acquire (frames) and record (verdicts, alarms)."""
-
-    def __init__(self, tmp: Path, model: Path, **overrides: Any):
-        cfg = resolve_paths(parse_config({"data_dir": str(tmp), "model": {"path": str(model)}, **overrides}))
-        prepare_run_dir(cfg)
-        self.cfg: LineConfig = cfg
-        ep = Endpoints(cfg.run_dir)
-        self.ctx: zmq.Context[Any] = zmq.Context()
-        self.frames = self.ctx.socket(zmq.PUSH)
-        self.frames.bind(ep.frames("cam0"))
-        self.record = self.ctx.socket(zmq.PULL)
-        self.record.bind(ep.record)
-        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(cfg.run_dir / "metrics")}
-        self.proc = subprocess.Popen([sys.executable, "-m", "linewatch", "child", "infer", "0",
-                                      "--run-dir", str(cfg.run_dir)], env=env)
-        wait_for(lambda: (cfg.run_dir / "ready" / "infer[0]").exists(), 30, "the worker")
-        self.emu = PartEmulator(seed=3, defect_rate=0.5)
-        self.batched: deque[Verdict] = deque()
-
-    def header(self, seq: int, **kw: Any) -> FrameHeader:
-        fields = dict(camera="cam0", stream="test", seq=seq, part_id=f"p{seq}", t_capture_ns=now_ns(),
-                      t_sent_ns=now_ns(), width=256, height=256, channels=1, dtype="uint8", pixel_format="Mono8")
-        return FrameHeader(**{**fields, **kw})
-
-    def send_part(self, seq: int) -> None:
-        self.frames.send_multipart(encode_frame(self.header(seq), self.emu.render(seq).pixels))
-
-    def receive(self, timeout_ms: int = 10_000) -> tuple[bytes, Any]:
-        """The next message; the verdicts of a `verdict_batch` come one by one, as record takes them."""
-        if self.batched:
-            return KIND_VERDICT, self.batched.popleft()
-        assert self.record.poll(timeout_ms), "no message from the worker"
-        parts = self.record.recv_multipart()
-        if parts[0] == KIND_VERDICT:
-            return KIND_VERDICT, Verdict.from_bytes(parts[1])
-        if parts[0] == KIND_VERDICT_BATCH:
-            verdicts, errors = Verdict.many_from_bytes(parts[1])
-            assert not errors and len(verdicts) > 1, errors  # a lone verdict travels as `verdict`
-            self.batched.extend(verdicts)
-            return self.receive(timeout_ms)
-        return parts[0], json.loads(parts[1])
-
-    def next_verdict(self) -> Verdict:
-        while True:
-            kind, msg = self.receive()
-            if kind == KIND_VERDICT:
-                return msg  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-        self.frames.close(linger=0)
-        self.record.close(linger=0)
-        self.ctx.term()
-
-
 @pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    r = Rig(tmp_path, REFERENCE_MODEL)
+def rig(tmp_path: Path) -> Iterator[InferRig]:
+    r = InferRig(tmp_path, REFERENCE_MODEL)
     yield r
     r.close()
 
 
-def test_good_frame_gets_a_model_verdict_with_hash_and_timings(rig: Rig) -> None:
+def test_good_frame_gets_a_model_verdict_with_hash_and_timings(rig: InferRig) -> None:
     rig.send_part(0)
     v = rig.next_verdict()
     assert (v.camera, v.stream, v.seq) == ("cam0", "test", 0)
@@ -122,7 +55,7 @@ def test_good_frame_gets_a_model_verdict_with_hash_and_timings(rig: Rig) -> None
          True, "dtype"),
     ],
 )
-def test_malformed_frames_are_refused_and_the_worker_keeps_running(rig: Rig, parts: list[bytes],
+def test_malformed_frames_are_refused_and_the_worker_keeps_running(rig: InferRig, parts: list[bytes],
                                                                    expect_verdict: bool, reason: str) -> None:
     rig.frames.send_multipart(parts)
     kind, msg = rig.receive()
@@ -140,7 +73,7 @@ def test_malformed_frames_are_refused_and_the_worker_keeps_running(rig: Rig, par
 def test_a_burst_of_imageless_verdicts_goes_to_record_as_batches(tmp_path: Path) -> None:
     """Frames waiting together are decided together; their verdicts travel as one `verdict_batch` message
     each (record's per-row cost), every frame exactly once, in order within a batch."""
-    rig = Rig(tmp_path, REFERENCE_MODEL, infer={"max_batch": 4, "batch_wait_ms": 50},
+    rig = InferRig(tmp_path, REFERENCE_MODEL, infer={"max_batch": 4, "batch_wait_ms": 50},
               record={"pass_sample_every": 0, "live_view_hz": 0})
     try:
         good = PartEmulator(seed=4, defect_rate=0.0)
@@ -173,7 +106,7 @@ def test_a_batch_of_mixed_frame_sizes_runs_per_size_and_each_frame_keeps_its_own
     byo = tmp_path / "byo"
     byo.mkdir()
     rules_off = {name: {"enabled": False} for name in ("exposure", "presence", "blur", "statistics", "dark_spot")}
-    rig = Rig(tmp_path, anomalib_model(byo), infer={"max_batch": 4, "batch_wait_ms": 200},
+    rig = InferRig(tmp_path, anomalib_model(byo), infer={"max_batch": 4, "batch_wait_ms": 200},
               record={"pass_sample_every": 1, "live_view_hz": 0}, failsafe=rules_off)
     try:
         frames = [((100, 120), 60), ((80, 96), 200), ((100, 120), 200), ((80, 96), 60)]
@@ -202,7 +135,7 @@ def test_a_batch_of_mixed_frame_sizes_runs_per_size_and_each_frame_keeps_its_own
         rig.close()
 
 
-def test_wrong_sized_frame_fails_by_rule(rig: Rig) -> None:
+def test_wrong_sized_frame_fails_by_rule(rig: InferRig) -> None:
     rig.frames.send_multipart(encode_frame(rig.header(5, width=128, height=64), np.zeros((64, 128), np.uint8)))
     v = rig.next_verdict()
     assert (v.final, v.decided_by) == ("FAIL", "rule:frame_shape")
@@ -212,7 +145,7 @@ def test_wrong_sized_frame_fails_by_rule(rig: Rig) -> None:
 def test_corrupt_model_gives_safe_verdicts_and_an_alarm(tmp_path: Path) -> None:
     bad = tmp_path / "corrupt.onnx"
     bad.write_bytes(REFERENCE_MODEL.read_bytes()[:5000])  # truncated: a copy interrupted mid-write
-    rig = Rig(tmp_path, bad)
+    rig = InferRig(tmp_path, bad)
     try:
         kind, alarm = rig.receive()
         assert kind == KIND_ALARM and alarm["kind"] == "model_unavailable" and str(bad) in alarm["message"]

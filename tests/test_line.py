@@ -4,26 +4,22 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, count_rows, db_rows, http_json, http_text, wait_for
+from tests.conftest import REPO, count_rows, db_rows, http_json, http_text, max_seq, metric, wait_for
 
 pytestmark = pytest.mark.slow
 
 FRAMES = 500
 ACCURACY_TOLERANCE = 0.03  # 500 parts: the sampling error alone is ~0.004 at 99 % accuracy
-
-
-def _metric(text: str, name: str) -> float:
-    return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
 def test_line_inspects_every_frame_exactly_once(line) -> None:
@@ -34,7 +30,7 @@ def test_line_inspects_every_frame_exactly_once(line) -> None:
     wait_for(lambda: count_rows(ln.data_dir) >= 300, 60, "more verdicts")
     second = http_text(f"{ln.url}/metrics")
     for name in ("linewatch_frames_acquired_total", "linewatch_frames_inspected_total", "linewatch_verdicts_total"):
-        assert _metric(second, name) > _metric(first, name) > 0, name
+        assert metric(second, name) > metric(first, name) > 0, name
     assert "linewatch_inference_seconds_bucket" in second
     assert "linewatch_end_to_end_seconds_bucket" in second
     lint = subprocess.run(["promtool", "check", "metrics"], input=second, capture_output=True, text=True)
@@ -94,19 +90,36 @@ def test_corrupt_model_refuses_to_start_with_a_clear_error(line, tmp_path: Path)
 
 
 def test_killed_record_is_restarted_and_every_frame_still_ends_as_one_row(line) -> None:
-    frames = 300
+    frames, deadline_s, piled_up = 480, 1.0, 60
     ln = line(cameras=[{"name": "cam0", "fps": 40, "max_frames": frames}],
-              record={"deadline_ms": 1000}).start()
+              record={"deadline_ms": deadline_s * 1000}).start()
     wait_for(lambda: count_rows(ln.data_dir) >= 60, 60, "the first verdicts")
     old_pid = ln.ready("record")[0]["pid"]
-    os.kill(old_pid, signal.SIGKILL)  # loses whatever it held in memory: pending frames, uncommitted rows
+    os.kill(old_pid, signal.SIGSTOP)  # deaf, not dead: announcements and verdicts pile up in its sockets
+    stopped_at = time.monotonic()
+    try:
+        committed = max_seq(ln.data_dir)  # a stopped record commits nothing more
+
+        def acquired_past_deadline() -> int:
+            """Frames acquired so far, once `piled_up` of them wait for record and the first is past its deadline."""
+            n = int(metric(http_text(f"{ln.url}/metrics"), "linewatch_frames_acquired_total"))
+            return n if n > committed + piled_up and time.monotonic() - stopped_at > 1.5 * deadline_s else 0
+
+        acquired_at_kill = wait_for(acquired_past_deadline, 30,
+                                    f"{piled_up} parts to pile up and pass their deadline while record is stopped")
+    finally:
+        os.kill(old_pid, signal.SIGKILL)  # loses whatever it held: pending parts, queued messages, uncommitted rows
+    in_flight = range(committed + 1, acquired_at_kill)
     wait_for(lambda: [r for r in ln.ready("record") if r["pid"] != old_pid], 30, "record's restart")
-    wait_for(lambda: count_rows(ln.data_dir) >= frames, 60, f"{frames} rows")
+    wait_for(lambda: count_rows(ln.data_dir) >= frames, 90, f"{frames} rows")
     ln.stop()
 
     rows = db_rows(ln.data_dir, "SELECT seq, final, decided_by FROM inspections ORDER BY seq")
     assert [r["seq"] for r in rows] == list(range(frames)), "a sequence number is missing or repeated"
-    assert all(r["final"] == "FAIL" for r in rows if r["decided_by"] in ("timeout", "not_inspected"))
+    assert len(in_flight) >= piled_up, "parts were in flight when record was killed"
+    failed = [r for r in rows if r["decided_by"] in ("timeout", "not_inspected")]
+    assert [r for r in failed if r["seq"] in in_flight], "parts whose messages record lost end as FAIL rows"
+    assert all(r["final"] == "FAIL" for r in failed)
     alarms = db_rows(ln.data_dir, "SELECT message FROM alarms WHERE kind = 'process_restart'")
     assert any("record died (signal SIGKILL)" in a["message"] for a in alarms)
     check = db_rows(ln.data_dir, "PRAGMA integrity_check")

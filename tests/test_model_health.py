@@ -18,8 +18,7 @@ from linewatch.failsafe.streaks import StreakWatch
 from linewatch.infer.health import ModelFileWatch, ModelHealth
 from linewatch.model.onnx import Model, ModelError, file_sha256
 from linewatch.wire import KIND_ALARM, KIND_VERDICT, Verdict
-from tests.conftest import REFERENCE_MODEL, wait_for
-from tests.test_infer_worker import Rig
+from tests.conftest import REFERENCE_MODEL, InferRig, wait_for
 
 META = {"linewatch.labels": '["good", "defect"]', "linewatch.defect_labels": '["defect"]',
         "linewatch.input_layout": "NHW", "linewatch.input_height": "256", "linewatch.input_width": "256",
@@ -51,7 +50,7 @@ def _frame_model(path: Path, body: str) -> Path:
     return path
 
 
-def _collect(rig: Rig, verdicts: int, alarm_kind: str) -> tuple[list[Verdict], dict]:
+def _collect(rig: InferRig, verdicts: int, alarm_kind: str) -> tuple[list[Verdict], dict]:
     """Read the worker's messages until `verdicts` verdicts and an alarm of `alarm_kind` have come."""
     got: list[Verdict] = []
     alarm: dict = {}
@@ -64,7 +63,7 @@ def _collect(rig: Rig, verdicts: int, alarm_kind: str) -> tuple[list[Verdict], d
     return got, alarm
 
 
-def _ready(rig: Rig) -> dict:
+def _ready(rig: InferRig) -> dict:
     return json.loads((rig.cfg.run_dir / "ready" / "infer[0]").read_text())  # type: ignore[no-any-return]
 
 
@@ -76,7 +75,7 @@ def test_model_file_replaced_by_a_faulty_one_gives_the_safe_verdict_and_rules_on
     that breaks it already on the warm-up frame is never swapped in (`model_unavailable`)."""
     current = tmp_path / "m.onnx"
     shutil.copy(REFERENCE_MODEL, current)
-    rig = Rig(tmp_path, current, failsafe={"model_health": {"reload_check_s": 0.1}})
+    rig = InferRig(tmp_path, current, failsafe={"model_health": {"reload_check_s": 0.1}})
     try:
         rig.send_part(0)
         assert rig.next_verdict().model_hash == file_sha256(REFERENCE_MODEL)
@@ -101,7 +100,7 @@ def test_model_file_replaced_by_a_faulty_one_gives_the_safe_verdict_and_rules_on
 
 
 def test_a_batch_over_the_latency_budget_gets_the_safe_verdict(tmp_path: Path) -> None:
-    rig = Rig(tmp_path, REFERENCE_MODEL, failsafe={"model_health": {"latency_budget_ms": 0.001}})
+    rig = InferRig(tmp_path, REFERENCE_MODEL, failsafe={"model_health": {"latency_budget_ms": 0.001}})
     try:
         for seq in range(3):
             rig.send_part(seq)

@@ -4,11 +4,8 @@ reach every following row, review decisions, kept images written off the commit 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,53 +15,28 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-import zmq
 from fastapi.testclient import TestClient
 
 from linewatch.api.app import create_app
-from linewatch.config import LineConfig, parse_config
-from linewatch.line.supervisor import prepare_run_dir, resolve_paths
 from linewatch.wire import (
     KIND_ALARM,
     KIND_VERDICT,
     KIND_VERDICTS,
     Alarm,
-    Endpoints,
     FrameHeader,
     Verdict,
     decode_verdict_group,
     encode_frame,
     now_ns,
 )
-from tests.conftest import db_rows, wait_for
+from tests.conftest import RecordRig, db_rows, wait_for
 
 
-class Rig:
-    """record as a real child process, a PUSH socket into it and a SUB socket on its events."""
+class Rig(RecordRig):
+    """record with its `record` settings; the test listens to committed rows (`verdicts` events) only."""
 
     def __init__(self, tmp: Path, record: dict[str, Any]):
-        self.cfg: LineConfig = resolve_paths(parse_config({"data_dir": str(tmp), "record": record}))
-        self.ctx: zmq.Context[Any] = zmq.Context()
-        self.socks: list[zmq.Socket[Any]] = []
-        self.start()
-
-    def start(self) -> None:
-        self._close_sockets()
-        prepare_run_dir(self.cfg)
-        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.cfg.run_dir / "metrics")}
-        self.proc = subprocess.Popen([sys.executable, "-m", "linewatch", "child", "record", "0",
-                                      "--run-dir", str(self.cfg.run_dir)], env=env)
-        wait_for(lambda: (self.cfg.run_dir / "ready" / "record").exists(), 30, "record")
-        ep = Endpoints(self.cfg.run_dir)
-        self.push = self.ctx.socket(zmq.PUSH)
-        self.push.setsockopt(zmq.LINGER, 0)
-        self.push.connect(ep.record)
-        self.sub = self.ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.RCVHWM, 0)  # keep every acknowledgement
-        self.sub.subscribe(KIND_VERDICTS)
-        self.sub.connect(ep.events)
-        self.socks = [self.push, self.sub]
-        time.sleep(0.3)  # let the subscription reach the publisher
+        super().__init__(tmp, record, events=KIND_VERDICTS)
 
     def verdict(self, seq: int, final: str = "PASS", stream: str = "s1") -> Verdict:
         t = now_ns()
@@ -73,17 +45,6 @@ class Rig:
 
     def rows(self, where: str = "1=1") -> list[sqlite3.Row]:
         return db_rows(self.cfg.data_dir, f"SELECT * FROM inspections WHERE {where} ORDER BY id")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        self._close_sockets()
-
-    def _close_sockets(self) -> None:
-        for sock in self.socks:
-            sock.close(linger=0)
-        self.socks = []
 
 
 @pytest.fixture
@@ -99,10 +60,12 @@ def test_sigkill_mid_write_loses_no_committed_row_and_passes_integrity_check(rig
     stop = threading.Event()
 
     def listen() -> None:
-        while not stop.is_set():
+        while True:
             if rig.sub.poll(100):
                 _, payload = rig.sub.recv_multipart()
                 acked.update(r["seq"] for r in decode_verdict_group(payload))
+            elif stop.is_set():
+                return  # after the kill: once the events already on the wire are read
 
     listener = threading.Thread(target=listen)
     listener.start()
@@ -113,7 +76,6 @@ def test_sigkill_mid_write_loses_no_committed_row_and_passes_integrity_check(rig
             sent += 1
         rig.proc.send_signal(signal.SIGKILL)
         assert rig.proc.wait(timeout=10) == -signal.SIGKILL
-        time.sleep(0.3)  # events already on the wire
     finally:
         stop.set()
         listener.join()

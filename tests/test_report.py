@@ -151,7 +151,7 @@ def test_rest_download_matches_the_cli(store: Path, tmp_path: Path) -> None:
     cli = _report(store, tmp_path / "c.csv", "csv", "--camera", "top").read_text()
     assert r.text == cli and cli.count("\n") == 1 + N // 2
     bad = client.get("/api/report", params={"from": "yesterday", "to": "2026-03-04", "format": "csv"})
-    assert bad.status_code == 422 and "not an ISO 8601 date" in bad.json()["detail"]
+    assert bad.status_code == 422 and "not an ISO 8601 date" in bad.json()["detail"][0]["msg"]
     assert client.get("/api/report", params={"from": "2026-03-04", "to": "2026-03-05", "format": "xls"}
                       ).status_code == 422
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from linewatch.shifts import shift_at
 from linewatch.store import insert_verdicts, mark_pruned, open_writer, verdict_row
 from linewatch.store.images import ImageWriter, heatmap_relpath, image_relpath, load_overlay, save_kept
 from linewatch.wire import Verdict, now_ns
+from tests.conftest import wait_for
 
 
 def test_kept_images_png_is_lossless_and_jpeg_follows_quality(tmp_path: Path) -> None:
@@ -125,9 +125,7 @@ def test_retention_thread_stops_with_the_stop_event(tmp_path: Path) -> None:
     stop = threading.Event()
     r = Retention(tmp_path, RecordConfig(retention_interval_s=0.05, disk_low_free_mb=0), stop)
     r.start()
-    deadline = time.monotonic() + 5
-    while r.events.empty() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: not r.events.empty(), 5, "a retention pass", interval=0.02)
     stop.set()
     r._thread.join(2)
     assert not r._thread.is_alive()

@@ -7,13 +7,18 @@ import threading
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
+from linewatch.reports.export import REVIEW_COLUMNS, Query, iter_rows
 from linewatch.store import (
     JSON_COLUMNS,
+    MIGRATIONS,
     ROW_COLUMNS,
+    VIEW_COLUMNS,
     WAL_BACKSTOP_PAGES,
     ActionError,
     Checkpointer,
+    applied_version,
     apply_action,
     clear_alarms,
     committed_values,
@@ -28,6 +33,7 @@ from linewatch.store import (
     open_writer,
     register_model,
     row_to_api,
+    select_inspections,
     verdict_row,
     verdict_values,
 )
@@ -42,6 +48,12 @@ from linewatch.wire import (
 from tests.conftest import wait_for
 
 
+def _applied(db: sqlite_utils.Database | sqlite3.Connection) -> list[str]:
+    """The names of linewatch's migrations recorded in a database (or a backup of one), in order."""
+    return [r[0] for r in db.execute("SELECT name FROM _sqlite_migrations WHERE migration_set = ? ORDER BY id",
+                                     [MIGRATIONS.name]).fetchall()]
+
+
 def _rows(n: int, stream: str = "s") -> list[dict]:
     out = []
     for seq in range(n):
@@ -51,24 +63,32 @@ def _rows(n: int, stream: str = "s") -> list[dict]:
     return out
 
 
-def test_a_group_event_reads_back_as_the_api_shows_each_row(tmp_path: Path) -> None:
-    """record's tuples go to the file and, column-wise, into one `verdicts` event: decoded, each row equals
-    its stored row as the REST API shows it, plus the commit's stage times."""
+def test_rest_live_events_and_export_show_an_inspection_in_one_shape(tmp_path: Path) -> None:
+    """record's tuples go to the file and, column-wise, into one `verdicts` event: the REST API, the live
+    events and the export show each as `VIEW_COLUMNS`, with one meaning of the commit's stage times."""
     verdicts = [Verdict("cam0", "s", 1, "p1", "FAIL", "rule:blur", reasons=["blurred"], probs={"good": 0.25},
                         t_capture_ns=1_000_000, t_decided_ns=2_000_000, truth={"label": "crack"}),
                 Verdict("cam1", "s", 2, "p2", "PASS", "model", timings_ms={"acquire": 0.5}, worker="infer[0]")]
-    rows = [committed_values(verdict_values(v, "L1", "early"), 5_000_000, 7) for v in verdicts]
+    rows = [committed_values(verdict_values(v, "L1", "early"), 5_000_000, 7, 4.0) for v in verdicts]
     db = open_writer(tmp_path)
     assert insert_rows(db, rows) == 2
-    stored = [row_to_api(r) for r in open_reader(tmp_path).execute("SELECT * FROM inspections ORDER BY id")]
-    events = decode_verdict_group(encode_verdict_group(ROW_COLUMNS, rows, JSON_COLUMNS, 7, 6_000_000, 0.25))
-    for event, row in zip(events, stored, strict=True):
-        assert event.pop("record_ms") == ((6_000_000 - row["t_decided_ns"]) / 1e6 if row["t_decided_ns"] else None)
-        assert (event.pop("t_committed_ns"), event.pop("event_ms")) == (6_000_000, 0.25)
-        assert event == {k: v for k, v in row.items() if k in event} and len(event) == len(ROW_COLUMNS)
-    assert events[0]["reasons"] == ["blurred"] and events[0]["truth_label"] == "crack" and events[1]["probs"] is None
+    insert_commit(db, (7, 6_000_000, 6_250_000, 2))
+    conn = open_reader(tmp_path)
+    rest = [row_to_api(r) for r in conn.execute(select_inspections() + " ORDER BY i.id")]
+    live = [row_to_api(e) for e in decode_verdict_group(encode_verdict_group(ROW_COLUMNS, rows, JSON_COLUMNS, 7,
+                                                                             6_000_000))]
+    exported = sorted(iter_rows(conn, Query(0, 10**18)), key=lambda x: x["id"])  # the export goes by capture time
+    for r, event, x in zip(rest, live, exported, strict=True):
+        assert list(r) == list(event) == list(VIEW_COLUMNS)
+        assert (r["t_committed_ns"], r["event_ms"]) == (6_000_000, 0.25)  # committed -> published
+        assert r["record_ms"] == ((6_000_000 - r["t_decided_ns"]) / 1e6 if r["t_decided_ns"] else None)
+        assert event == r | {"id": None, "event_ms": None}  # assigned by the store / known once it is sent
+        assert row_to_api({k: x[k] for k in VIEW_COLUMNS}) == r
+        assert list(x) == ["id", "captured_at", *VIEW_COLUMNS[1:], *REVIEW_COLUMNS]
+    conn.close()
+    assert live[0]["reasons"] == ["blurred"] and live[0]["truth_label"] == "crack" and live[1]["probs"] is None
     with pytest.raises(MessageError, match="a row has 2 values for 3 columns"):
-        decode_verdict_group(encode_verdict_group(("a", "b", "c"), [(1, 2)], (), 1, 1, 0.0))
+        decode_verdict_group(encode_verdict_group(("a", "b", "c"), [(1, 2)], (), 1, 1))
     with pytest.raises(MessageError, match="verdicts event: KeyError"):
         decode_verdict_group(b'{"rows": []}')
 
@@ -76,12 +96,13 @@ def test_a_group_event_reads_back_as_the_api_shows_each_row(tmp_path: Path) -> N
 def test_schema_wal_and_migrations_recorded(tmp_path: Path) -> None:
     db = open_writer(tmp_path)
     assert db.journal_mode == "wal"
-    assert {"inspections", "alarms", "models", "schema_migrations", "operator_actions", "review_decisions",
+    assert {"inspections", "alarms", "models", "_sqlite_migrations", "operator_actions", "review_decisions",
             "hook_outbox", "commits"} <= set(db.table_names())
-    assert [r["version"] for r in db["schema_migrations"].rows] == [1, 2, 3, 4]
+    assert "schema_migrations" not in db.table_names()  # sqlite-utils records them, in `_sqlite_migrations`
+    assert applied_version(db) == 4 == len(_applied(db))
     db.close()
     db = open_writer(tmp_path)  # reopening does not re-run migrations (nor back up)
-    assert db["schema_migrations"].count == 4
+    assert db["_sqlite_migrations"].count == 4
     assert not list(tmp_path.glob("*.bak"))
 
 
@@ -125,7 +146,7 @@ def test_upgrading_a_v1_database_keeps_its_data_and_backs_it_up(tmp_path: Path) 
     db.close()
 
     db = open_writer(tmp_path)  # migrates 1 -> 2 -> 3 -> 4
-    assert [r["version"] for r in db["schema_migrations"].rows] == [1, 2, 3, 4]
+    assert applied_version(db) == 4 == len(_applied(db))
     after = db.execute("SELECT * FROM inspections ORDER BY id").fetchall()
     n_v1 = len(before[0])
     assert [tuple(r[:n_v1]) for r in after] == before  # every old value where it was
@@ -138,7 +159,7 @@ def test_upgrading_a_v1_database_keeps_its_data_and_backs_it_up(tmp_path: Path) 
     assert len(backups) == 1
     old = sqlite3.connect(backups[0])
     assert old.execute("SELECT count(*) FROM inspections").fetchone()[0] == 3000
-    assert old.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == 1
+    assert len(_applied(old)) == 1
     assert old.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     old.close()
 
@@ -154,7 +175,7 @@ def test_upgrading_a_v2_database_adds_stage_times_keeps_its_data_and_backs_it_up
     db.close()
 
     db = open_writer(tmp_path)  # migrates 2 -> 3 -> 4
-    assert [r["version"] for r in db["schema_migrations"].rows] == [1, 2, 3, 4]
+    assert applied_version(db) == 4 == len(_applied(db))
     after = db.execute("SELECT * FROM inspections ORDER BY id").fetchall()
     n_v2 = len(before[0])
     assert [tuple(r[:n_v2]) for r in after] == before and all(r[n_v2:] == (None, None, None) for r in after)
@@ -172,7 +193,7 @@ def test_upgrading_a_v2_database_adds_stage_times_keeps_its_data_and_backs_it_up
     assert len(backups) == 1
     old = sqlite3.connect(backups[0])
     assert old.execute("SELECT count(*) FROM inspections").fetchone()[0] == 2500
-    assert old.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == 2
+    assert len(_applied(old)) == 2
     old.close()
 
 

@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import zmq
-
 KEY_FEATURES = ("DeviceVendorName", "DeviceModelName", "DeviceSerialNumber", "DeviceUserID", "DeviceFirmwareVersion",
                 "Width", "Height", "OffsetX", "OffsetY", "PixelFormat", "AcquisitionMode", "AcquisitionFrameRate",
                 "ExposureTime", "Gain", "TriggerMode", "TriggerSource", "TriggerActivation", "PayloadSize")
@@ -91,36 +89,20 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 def _cmd_trigger(args: argparse.Namespace) -> int:
     from linewatch.config import load_config
-    from linewatch.wire import CameraCommand, CameraReply, Endpoints, MessageError
+    from linewatch.wire import CameraCommand, Endpoints, MessageError
+    from linewatch.wire.camera_client import CameraNoAnswer, request_camera
 
     cfg = load_config(args.config)
     if args.data_dir:
         cfg = cfg.model_copy(update={"data_dir": Path(args.data_dir)})
     try:
-        reply = send_camera_command(Endpoints(cfg.run_dir).control(args.camera),
-                                    CameraCommand(cmd="trigger", part_id=args.part_id), timeout_s=5.0)
-    except (TimeoutError, MessageError) as exc:
-        print(f"error: camera {args.camera}: {exc}", file=sys.stderr)
+        reply = request_camera(Endpoints(cfg.run_dir), args.camera, CameraCommand(cmd="trigger", part_id=args.part_id),
+                               timeout_s=5.0)
+    except (CameraNoAnswer, MessageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(reply.__dict__))
-    return 0 if isinstance(reply, CameraReply) and reply.ok else 1
-
-
-def send_camera_command(endpoint: str, command: Any, timeout_s: float) -> Any:
-    """One request/reply on a camera's control socket; TimeoutError when acquire does not answer."""
-    from linewatch.wire import CameraReply
-
-    ctx: zmq.Context[Any] = zmq.Context.instance()
-    sock = ctx.socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(endpoint)
-        sock.send(command.to_bytes())
-        if not sock.poll(int(timeout_s * 1000)):
-            raise TimeoutError(f"no answer on {endpoint} within {timeout_s:.0f} s (is the line running?)")
-        return CameraReply.from_bytes(sock.recv())
-    finally:
-        sock.close()
+    return 0 if reply.ok else 1
 
 
 def _cmd_emulate(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ import zmq
 
 from linewatch import metrics
 from linewatch.acquire.sources import CameraLost, FrameSource, Grabbed, SourceEnded, SourceError, open_source
+from linewatch.clock import Moment, mono_ns
 from linewatch.config import GenicamSource, LineConfig
 from linewatch.wire import (
     KIND_ANNOUNCE,
@@ -35,7 +36,6 @@ from linewatch.wire import (
     PixelDtype,
     Verdict,
     encode_frame,
-    now_ns,
 )
 from linewatch.wire.channels import AlarmSender
 from linewatch.wire.frame_ring import FrameRing, RingError, clear_stale_rings, default_slots
@@ -171,11 +171,14 @@ class Acquire:
     def _serve_commands(self, source: FrameSource, timeout_ms: int) -> None:
         if not self.control.poll(max(0, timeout_ms)):
             return
-        raw = self.control.recv()
+        parts = self.control.recv_multipart()  # all of it: REP cannot answer a request it has read only part of
         try:
-            cmd = CameraCommand.from_bytes(raw)
+            if len(parts) != 1:
+                raise MessageError(f"camera command: expected 1 part, got {len(parts)}")
+            cmd = CameraCommand.from_bytes(parts[0])
             reply = self._trigger(source, cmd.part_id)
         except MessageError as exc:
+            metrics.MESSAGES_REJECTED.labels("acquire", str(exc).split(":")[0]).inc()
             reply = CameraReply(ok=False, error=str(exc))
         self.control.send(reply.to_bytes())
 
@@ -183,7 +186,7 @@ class Acquire:
         if self.cam.trigger != "software":
             return CameraReply(ok=False, error=f"camera {self.cam.name} is in {self.cam.trigger} mode; software "
                                                "triggers need cameras[].trigger: software")
-        t_trigger = now_ns()
+        t_trigger = Moment.now()
         try:
             source.trigger()
             end = time.monotonic() + TRIGGER_TIMEOUT_S
@@ -217,14 +220,15 @@ class Acquire:
             self.alarms.raise_alarm("camera_back", f"camera {self.cam.name} reconnected, profile re-applied", "info")
             return
 
-    def _next_header(self, part_id: str | None, t_capture: int, shape: tuple[int, ...], dtype: str,
+    def _next_header(self, part_id: str | None, t_capture: Moment, shape: tuple[int, ...], dtype: str,
                      grabbed: Grabbed | None, slot: tuple[int, int] | None = None) -> FrameHeader:
         seq = self.seq
         self.seq += 1
         return FrameHeader(
             camera=self.cam.name, stream=self.stream, seq=seq,
-            part_id=part_id or f"{self.cam.name}-{self.stream}-{seq}", t_capture_ns=t_capture,
-            t_sent_ns=now_ns(), width=shape[1], height=shape[0], channels=1 if len(shape) == 2 else shape[2],
+            part_id=part_id or f"{self.cam.name}-{self.stream}-{seq}", t_capture_ns=t_capture.wall_ns,
+            t_capture_mono_ns=t_capture.mono_ns, t_sent_ns=t_capture.wall_at(mono_ns()),
+            width=shape[1], height=shape[0], channels=1 if len(shape) == 2 else shape[2],
             dtype=cast(PixelDtype, dtype),  # a source's other dtype is refused by the worker, naming it
             pixel_format=grabbed.pixel_format if grabbed else self.cam.pixel_format,
             truth=grabbed.truth if grabbed else None,
@@ -234,7 +238,7 @@ class Acquire:
         )
 
     def _emit(self, grabbed: Grabbed, part_id: str | None = None) -> FrameHeader:
-        t_capture = now_ns()
+        t_capture = Moment.now()
         self._record_gaps(grabbed, t_capture)
         px = grabbed.pixels
         slot, full = self._place(px)
@@ -273,7 +277,7 @@ class Acquire:
         metrics.FRAMES_DROPPED.labels(self.cam.name, why).inc()
         self._send([KIND_VERDICT, Verdict.not_inspected(header, self.cfg.recipe, reason).to_bytes()])
 
-    def _record_gaps(self, grabbed: Grabbed, t_capture: int) -> None:
+    def _record_gaps(self, grabbed: Grabbed, t_capture: Moment) -> None:
         """Each frame the camera lost or tore since the last one becomes a not-inspected row."""
         for _ in range(grabbed.skipped_incomplete):
             self._not_inspected("incomplete buffer from the camera (discarded by the driver)", "incomplete",
@@ -286,7 +290,7 @@ class Acquire:
                     self._not_inspected(f"frame lost between camera and host (device frame id {missing} missing)",
                                         "lost", None, t_capture)
 
-    def _not_inspected(self, reason: str, why: str, part_id: str | None, t_capture: int) -> FrameHeader:
+    def _not_inspected(self, reason: str, why: str, part_id: str | None, t_capture: Moment) -> FrameHeader:
         shape = (self.cam.height, self.cam.width) + (() if self.cam.pixel_format == "Mono8" else (3,))
         header = self._next_header(part_id, t_capture, shape, str(np.dtype(np.uint8)), None)
         self._send([KIND_ANNOUNCE, header.to_bytes()])

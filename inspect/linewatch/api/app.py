@@ -18,16 +18,20 @@ import uvicorn
 import zmq
 import zmq.asyncio
 from fastapi import FastAPI, HTTPException, Query
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
+from linewatch.api.body import BodyLimit, JsonRoute
 from linewatch.api.cameras import camera_router
+from linewatch.api.errors import refusals, validation_refused
+from linewatch.api.methods import AllowedMethods, path_methods
 from linewatch.api.qa import qa_router
 from linewatch.config import LineConfig
 from linewatch.paths import STATIC_DIR
-from linewatch.store import read_rows, row_to_api
+from linewatch.store import read_rows, row_to_api, select_inspections
 from linewatch.store.images import IMAGES_DIR, live_path
 from linewatch.wire import KIND_VERDICTS, Endpoints, decode_verdict_group
 from linewatch.wire.ready import child_name, down, line_children, mark_ready, read_ready
@@ -44,6 +48,8 @@ def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
     """The app; `stop` ends open event streams so a shutdown never waits on a browser."""
     stop = stop or threading.Event()
     app = FastAPI(title="linewatch", version="0.1.0", docs_url="/api/docs", openapi_url="/api/openapi.json")
+    app.router.route_class = JsonRoute
+    app.add_exception_handler(RequestValidationError, validation_refused)
     data_dir, run_dir = cfg.data_dir, cfg.run_dir
     endpoints = Endpoints(run_dir)
     zctx = zmq.asyncio.Context()
@@ -63,7 +69,7 @@ def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
             counts[r["final"]] = r["n"]  # through the FAIL/REVIEW index; PASS rows are the rest
         total = sum(r["n"] for r in query("SELECT count(*) AS n FROM inspections"))
         counts["PASS"] = total - counts["FAIL"] - counts["REVIEW"]
-        last = query("SELECT * FROM inspections ORDER BY id DESC LIMIT 1")
+        last = query(select_inspections() + " WHERE i.id = (SELECT max(id) FROM inspections)")
         active = query("SELECT count(*) AS n FROM alarms WHERE acknowledged_by IS NULL")
         workers = _workers(run_dir)
         model = ({"hash": workers[0].get("sha256"), "name": workers[0].get("model"),
@@ -78,16 +84,16 @@ def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
         }
 
     @app.get("/api/inspections")
-    def inspections(limit: int = Query(50, ge=1, le=1000), camera: str | None = None,
+    def inspections(limit: int = Query(50, ge=1, le=1000), camera: str | None = Query(None, max_length=64),
                     final: str | None = Query(None, pattern="^(PASS|FAIL|REVIEW)$")) -> list[dict[str, Any]]:
-        sql, params = "SELECT * FROM inspections WHERE 1=1", []
+        sql, params = select_inspections() + " WHERE 1=1", []
         if camera:
-            sql += " AND camera = ?"
+            sql += " AND i.camera = ?"
             params.append(camera)
         if final:
-            sql += " AND final = ?" + (" AND final != 'PASS'" if final != "PASS" else "")  # the FAIL/REVIEW index
+            sql += " AND i.final = ?" + (" AND i.final != 'PASS'" if final != "PASS" else "")  # FAIL/REVIEW index
             params.append(final)
-        sql += " ORDER BY id DESC LIMIT ?"
+        sql += " ORDER BY i.id DESC LIMIT ?"
         return [row_to_api(r) for r in query(sql, (*params, limit))]
 
     @app.get("/api/alarms")
@@ -95,7 +101,10 @@ def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
         where = "WHERE acknowledged_by IS NULL" if active else ""
         return [dict(r) for r in query(f"SELECT * FROM alarms {where} ORDER BY id DESC LIMIT ?", (limit,))]
 
-    @app.get("/api/cameras/{camera}/live.jpg")
+    @app.get("/api/cameras/{camera}/live.jpg", response_class=FileResponse, responses={
+        200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+              "description": "The camera's latest frame."},
+        **refusals({404: "Unknown camera, or no image from it yet."})})
     def live(camera: str) -> FileResponse:
         if camera not in {c.name for c in cfg.cameras}:
             raise HTTPException(404, f"unknown camera {camera!r}")
@@ -118,7 +127,7 @@ def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
                     kind, payload = await sub.recv_multipart()
                     if kind == KIND_VERDICTS:  # one group commit: one SSE `verdict` per row, as the HMI reads it
                         for row in decode_verdict_group(payload):
-                            yield ServerSentEvent(event="verdict", raw_data=orjson.dumps(row).decode())
+                            yield ServerSentEvent(event="verdict", raw_data=orjson.dumps(row_to_api(row)).decode())
                     else:
                         yield ServerSentEvent(event=kind.decode(), raw_data=payload.decode())
         finally:
@@ -149,6 +158,8 @@ def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
     app.include_router(camera_router(cfg))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount("/images", StaticFiles(directory=data_dir / IMAGES_DIR, check_dir=False), name="images")
+    app.add_middleware(AllowedMethods, table=path_methods(app))
+    app.add_middleware(BodyLimit, max_bytes=cfg.api.max_body_bytes)  # outermost: no body is read past the cap
     return app
 
 

@@ -8,33 +8,48 @@ from __future__ import annotations
 
 import sqlite3
 import tempfile
-import time
 import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import cv2
-import zmq
 from fastapi import APIRouter, HTTPException, Query
+from fastapi import Path as InPath
 from fastapi.responses import FileResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
+from linewatch.api.body import JsonRoute
+from linewatch.api.errors import invalid, refusals
 from linewatch.config import LineConfig
 from linewatch.reports.export import Query as ReportQuery
 from linewatch.reports.export import ReportError, export, parse_time
 from linewatch.shifts import shift_at
 from linewatch.store import current_lot, open_reader, read_rows
+from linewatch.store.actions import ActionNotConfirmed, send_action
 from linewatch.store.images import load_overlay
-from linewatch.wire import KIND_ACTION, Endpoints, OperatorAction, now_ns
+from linewatch.wire import LOT_MAX_CHARS, Endpoints, OperatorAction, check_lot, now_ns
 
 CONFIRM_TIMEOUT_S = 3.0
 MEDIA = {"csv": "text/csv", "json": "application/json", "pdf": "application/pdf"}
+FILE = {"type": "string", "format": "binary"}  # the schema of a download
+ROW_ID_MAX = 2**63 - 1  # SQLite's largest rowid; a larger id is refused before it reaches the store
+# check_lot as a JSON Schema pattern, so a client (or a fuzzer) can tell a valid lot from the schema alone.
+LOT_PATTERN = r"^[^\s\x00-\x1f\x7f-\x9f](?:[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$"
+NOT_CONFIRMED = f"record did not confirm the action within {CONFIRM_TIMEOUT_S:g} s (not running, or it refused it)."
+# What parse_time takes, as the schema says it: an RFC 3339 date or date-time (no offset: local time).
+_WHEN = {"anyOf": [{"format": "date"}, {"format": "date-time"}]}
+
+# A row id in a path: a positive SQLite integer (left unbounded, ids past 64 bits reached the store: a 500).
+RowId = Annotated[int, InPath(ge=1, le=ROW_ID_MAX, description="Row id (1 to 2^63-1).")]
 
 
 class LotChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    lot: str = Field(min_length=1, max_length=64, pattern=r"^\S(.*\S)?$", description="Lot or batch id.")
+    lot: Annotated[str, AfterValidator(check_lot)] = Field(
+        description=f"Lot or batch id: 1-{LOT_MAX_CHARS} characters without leading or trailing spaces or "
+                    "control characters.",
+        json_schema_extra={"minLength": 1, "maxLength": LOT_MAX_CHARS, "pattern": LOT_PATTERN})
     actor: str = Field(min_length=1, max_length=64, description="Who sets it (operator badge or name).")
 
 
@@ -51,46 +66,13 @@ class Acknowledge(BaseModel):
     actor: str = Field(min_length=1, max_length=64, description="Who acknowledges.")
 
 
-class ActionNotConfirmed(Exception):
-    """record did not commit the action in time (not running, or it refused it)."""
-
-
-def send_action(cfg: LineConfig, action: OperatorAction, timeout_s: float = CONFIRM_TIMEOUT_S) -> int:
-    """Send an action to record and wait for its audit row; returns the row id."""
-    ctx: zmq.Context[Any] = zmq.Context.instance()
-    sock = ctx.socket(zmq.PUSH)
-    sock.setsockopt(zmq.SNDTIMEO, int(timeout_s * 1000))
-    sock.setsockopt(zmq.LINGER, int(timeout_s * 1000))
-    try:
-        sock.connect(Endpoints(cfg.run_dir).record)
-        sock.send_multipart([KIND_ACTION, action.to_bytes()])
-    except zmq.Again:
-        raise ActionNotConfirmed("record is not reachable") from None
-    finally:
-        sock.close()
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        try:
-            conn = open_reader(cfg.data_dir)
-            try:
-                row = conn.execute("SELECT id FROM operator_actions WHERE request_id = ?",
-                                   [action.request_id]).fetchone()
-            finally:
-                conn.close()
-        except sqlite3.OperationalError:
-            row = None  # store or table not there yet
-        if row:
-            return int(row[0])
-        time.sleep(0.02)
-    raise ActionNotConfirmed(f"record did not confirm the {action.action} within {timeout_s:.0f} s")
-
-
 def qa_router(cfg: LineConfig) -> APIRouter:
-    router = APIRouter(prefix="/api")
+    router = APIRouter(prefix="/api", route_class=JsonRoute)
+    endpoints = Endpoints(cfg.run_dir)
 
     def _confirm(action: OperatorAction) -> int:
         try:
-            return send_action(cfg, action)
+            return send_action(endpoints, cfg.data_dir, action, CONFIRM_TIMEOUT_S)
         except ActionNotConfirmed as exc:
             raise HTTPException(503, str(exc)) from None
 
@@ -107,15 +89,16 @@ def qa_router(cfg: LineConfig) -> APIRouter:
             lot = None
         return {"lot": lot, "shift": shift_at(list(cfg.shifts), now_ns())}
 
-    @router.put("/lot")
-    @router.post("/lot")
+    @router.put("/lot", responses=refusals({503: NOT_CONFIRMED}))
+    @router.post("/lot", responses=refusals({503: NOT_CONFIRMED}))
     def set_lot(change: LotChange) -> dict[str, Any]:
         """Set the current lot: applied by record to every following part, and audit-logged."""
         action = OperatorAction("set_lot", change.actor, uuid.uuid4().hex, {"lot": change.lot})
         return {"lot": change.lot, "actor": change.actor, "audit_id": _confirm(action)}
 
-    @router.post("/inspections/{inspection_id}/review")
-    def review(inspection_id: int, decision: ReviewDecision) -> dict[str, Any]:
+    @router.post("/inspections/{inspection_id}/review",
+                 responses=refusals({404: "No inspection with this id.", 503: NOT_CONFIRMED}))
+    def review(inspection_id: RowId, decision: ReviewDecision) -> dict[str, Any]:
         """Record an operator's decision on a part (REVIEW or contested); the review export uses it."""
         if not read_rows(cfg.data_dir, "SELECT 1 FROM inspections WHERE id = ?", [inspection_id]):
             raise HTTPException(404, f"no inspection with id {inspection_id}")
@@ -124,8 +107,11 @@ def qa_router(cfg: LineConfig) -> APIRouter:
         action = OperatorAction("review", decision.reviewer, uuid.uuid4().hex, detail)
         return {"inspection_id": inspection_id, "decision": decision.decision, "audit_id": _confirm(action)}
 
-    @router.get("/inspections/{inspection_id}/heatmap.png")
-    def heatmap(inspection_id: int) -> Response:
+    @router.get("/inspections/{inspection_id}/heatmap.png", response_class=Response, responses={
+        200: {"content": {"image/png": {"schema": FILE}},
+              "description": "The kept image with the anomaly map over it."},
+        **refusals({404: "No inspection with this id, or it has no kept image with a heatmap."})})
+    def heatmap(inspection_id: RowId) -> Response:
         """The part's kept image with the model's anomaly map blended over it (models with an anomaly map)."""
         rows = read_rows(cfg.data_dir, "SELECT image, image_pruned_ns FROM inspections WHERE id = ?", (inspection_id,))
         if not rows:
@@ -137,25 +123,41 @@ def qa_router(cfg: LineConfig) -> APIRouter:
         _, png = cv2.imencode(".png", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
         return Response(png.tobytes(), media_type="image/png")
 
-    @router.post("/alarms/{alarm_id}/ack")
-    def acknowledge(alarm_id: int, ack: Acknowledge) -> dict[str, Any]:
+    @router.post("/alarms/{alarm_id}/ack",
+                 responses=refusals({404: "No unacknowledged alarm with this id.", 503: NOT_CONFIRMED}))
+    def acknowledge(alarm_id: RowId, ack: Acknowledge) -> dict[str, Any]:
         """Acknowledge an alarm: who and when go on the alarm and into the audit log."""
         if not read_rows(cfg.data_dir, "SELECT 1 FROM alarms WHERE id = ? AND acknowledged_by IS NULL", [alarm_id]):
             raise HTTPException(404, f"no unacknowledged alarm with id {alarm_id}")
         action = OperatorAction("ack_alarm", ack.actor, uuid.uuid4().hex, {"alarm_id": alarm_id})
         return {"alarm_id": alarm_id, "acknowledged_by": ack.actor, "audit_id": _confirm(action)}
 
-    @router.get("/report")
-    def report(t_from: str = Query(alias="from"), t_to: str = Query(alias="to"), lot: str | None = None,
-               camera: str | None = None, format: str = Query("csv", pattern="^(csv|json|pdf)$")) -> FileResponse:
+    @router.get("/report", response_class=FileResponse, responses={
+        200: {"content": {media: {"schema": {"type": "object"} if fmt == "json" else FILE}
+                          for fmt, media in MEDIA.items()},
+              "description": "The export as a file in the format asked for (columns: docs/export.md)."},
+        **refusals({503: "No store to report on (the line has not run on this data_dir yet)."})})
+    def report(t_from: str = Query(alias="from", max_length=64, json_schema_extra=_WHEN,
+                                   description="Start of the window (inclusive), e.g. 2026-11-27 or 2026-11-27T06:00."),
+               t_to: str = Query(alias="to", max_length=64, json_schema_extra=_WHEN,
+                                 description="End of the window (exclusive); after `from`."),
+               lot: str | None = Query(None, max_length=LOT_MAX_CHARS), camera: str | None = Query(None, max_length=64),
+               format: Literal["csv", "json", "pdf"] = "csv") -> FileResponse:
         """The QA export as a download (the same as `linewatch report`)."""
+        window = []
+        for name, text in (("from", t_from), ("to", t_to)):
+            try:
+                window.append(parse_time(text, name))
+            except ReportError as exc:
+                raise invalid(("query", name), str(exc)) from None
+        if window[1] <= window[0]:
+            raise invalid(("query", "to"), f"to ({t_to}) must be after from ({t_from})")
         tmp = Path(tempfile.mkstemp(suffix=f".{format}", prefix="linewatch-report-")[1])
         try:
-            q = ReportQuery(parse_time(t_from, "from"), parse_time(t_to, "to"), lot, camera)
-            export(cfg.data_dir, q, format, tmp)
-        except ReportError as exc:
+            export(cfg.data_dir, ReportQuery(window[0], window[1], lot, camera), format, tmp)
+        except ReportError as exc:  # the window is checked above: what is left is a missing store
             tmp.unlink(missing_ok=True)
-            raise HTTPException(422, str(exc)) from None
+            raise HTTPException(503, str(exc)) from None
         name = f"linewatch-{lot or 'all'}-{t_from}-{t_to}.{format}".replace(":", "")
         return FileResponse(tmp, media_type=MEDIA[format], filename=name, background=BackgroundTask(tmp.unlink))
 

@@ -47,7 +47,7 @@ class InferConfig(_Strict):
     max_batch: int = Field(4, ge=1, le=256, description="Frames run together when several are waiting.")
     frame_queue: int = Field(
         8, ge=1, le=1000, description="Frames queued per worker before acquire drops (deep enough to ride out "
-        "a few ms of scheduling jitter; benchmarks/pipeline.py: 2 capped a 2-core box at a third of 8's rate).")
+        "a few ms of scheduling jitter; benchmarks/RESULTS.md).")
     batch_wait_ms: float | None = Field(
         None, ge=0, le=1000, description="Longest wait for a batch to fill after its first frame (0 = never "
         "wait); unset: adaptive, waits only when frames arrive faster than single-frame runs keep up with."
@@ -121,6 +121,10 @@ def _default_shifts() -> list[ShiftConfig]:
 class ApiConfig(_Strict):
     host: str = Field("127.0.0.1", description="Address the web app listens on.")
     port: int = Field(8080, ge=0, le=65535, description="Port of the web app (HMI, REST, /metrics).")
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, le=16_777_216, description="Largest request body the web app takes; a larger one is "
+        "refused with 413 before it is read (by its Content-Length, or counted as a chunked body arrives)."
+    )
 
 
 class SupervisorConfig(_Strict):

@@ -64,8 +64,8 @@ class FrameView:
     def halved(self, min_side: int) -> np.ndarray:
         """The grey frame halved (2x2 area means) while its shorter side stays >= min_side.
 
-        Repeated halving is OpenCV's fast area path (a direct 8x INTER_AREA costs 5x more), and the
-        levels are kept, so the presence and blur rules share them."""
+        Repeated halving is OpenCV's fast area path (cheaper than one direct INTER_AREA resize;
+        benchmarks/RESULTS.md), and the levels are kept, so the presence and blur rules share them."""
         levels: list[np.ndarray] = self._cache.setdefault("levels", [self.gray])
         while min(levels[-1].shape) // 2 >= min_side:
             g = levels[-1]
@@ -75,8 +75,8 @@ class FrameView:
     @cached_property
     def part(self) -> Part | None:
         """Located on the smallest halving at least PRESENCE_MIN_SIDE px across (86-171 px): the
-        connected-components pass costs ~8 ns a pixel (2 ms on a half-size 1 MP frame) and the rules need
-        the part to ~1 % of the frame. Scaled back per axis: odd sides do not halve exactly."""
+        connected-components pass costs in proportion to the pixels, and the rules need the part to ~1 % of
+        the frame. Scaled back per axis: odd sides do not halve exactly."""
         g = self.halved(PRESENCE_MIN_SIDE)
         _, mask = cv2.threshold(g, self.part_threshold, 1, cv2.THRESH_BINARY)
         n, _, stats, centroids = cv2.connectedComponentsWithStats(mask, connectivity=8)
@@ -121,7 +121,8 @@ class Roi:
 
     def median(self, img: np.ndarray) -> float:
         """Median grey level of a uint8 image's ROI pixels, from a histogram of at most ~MEDIAN_SAMPLES
-        of them on a regular grid: the level of a face, not of one pixel, and 4-16x cheaper on big frames."""
+        of them on a regular grid: the level of a face, not of one pixel, at a cost that does not grow with
+        the frame."""
         h, w = self.mask.shape
         step = max(1, math.ceil(math.sqrt(h * w / MEDIAN_SAMPLES)))
         if not self.mask[::step, ::step].any():  # a ROI too thin for the grid: count every pixel

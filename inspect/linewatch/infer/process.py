@@ -14,6 +14,7 @@ acquire (capture -> sent) + transport (sent, or the worker getting free if later
 + preprocess (batch start -> model start: decoding, input-sanity rules, filling the buffer)
 + inference (the model run of the batch) + failsafe (model end -> this frame's verdict, so it
 includes the decisions of the frames before it in the batch) = t_decided - t_capture.
+All of them are monotonic (`clock.py`): a step of the wall clock changes no stage time.
 """
 
 from __future__ import annotations
@@ -30,13 +31,14 @@ import numpy as np
 import zmq
 
 from linewatch import metrics
+from linewatch.clock import mono_ns, part_wall_ns
 from linewatch.config import LineConfig
 from linewatch.failsafe import Decision, FailSafe, FrameView, RulesetError
 from linewatch.infer.batching import BatchPolicy
 from linewatch.infer.health import ModelFileWatch, ModelHealth, load_model
 from linewatch.model.onnx import Model, ModelError, ModelOutputError
 from linewatch.model.runtime import SessionSettings
-from linewatch.store.images import png_bytes
+from linewatch.store.images import ImagePolicy, png_bytes
 from linewatch.wire import (
     KIND_VERDICT,
     KIND_VERDICT_BATCH,
@@ -60,8 +62,9 @@ class _Job:
     header: FrameHeader
     raw_header: Any  # as received: sent back with a kept image, not serialised again
     pixels: np.ndarray
-    t_received_ns: int
-    t_pickup_ns: int  # sent, or when the worker got free to take it if later: transport starts here
+    t_received_mono: int
+    t_sent_mono: int
+    t_pickup_mono: int  # sent, or when the worker got free to take it if later: transport starts here
     view: FrameView | None = None
     decision: Decision | None = None
     probs: np.ndarray | None = None
@@ -76,7 +79,7 @@ class Infer:
         self.model: Model | None = None
         self.health = ModelHealth(cfg.failsafe.model_health.recover_after)
         self.frame_shape: tuple[int, ...] | None = None
-        self._last_live: dict[str, float] = {}
+        self.images = ImagePolicy(cfg.record)  # the pixels of a verdict travel to record only when kept
         self._last_reject_alarm = 0.0
         ic = cfg.infer
         self.batching = BatchPolicy(ic.max_batch, ic.batch_wait_ms, ic.latency_target_ms)
@@ -155,7 +158,7 @@ class Infer:
         try:
             while not self.stop.is_set():
                 self._follow_model_file(alarms)
-                t_ready = now_ns()  # free to take frames: one sent before this waited for the worker, not the wire
+                t_ready = mono_ns()  # free to take frames: one sent before this waited for the worker, not the wire
                 if not pull.poll(100):
                     continue
                 for message in self.process(self._collect(pull), alarms, t_ready):
@@ -191,25 +194,25 @@ class Infer:
         limit = self.batching.max_batch
         while len(batch) < limit:
             try:
-                batch.append((pull.recv_multipart(flags=zmq.NOBLOCK, copy=False), now_ns()))
+                batch.append((pull.recv_multipart(flags=zmq.NOBLOCK, copy=False), mono_ns()))
                 continue
             except zmq.Again:
                 pass
             if not batch:
                 break
-            wait = self.batching.wait_ms(len(batch), (now_ns() - batch[0][1]) / 1e6)
+            wait = self.batching.wait_ms(len(batch), (mono_ns() - batch[0][1]) / 1e6)
             if wait <= 0 or not pull.poll(math.ceil(wait)):
                 break
         return batch
 
     def process(self, batch: list[tuple[Any, int]], alarms: AlarmSender,
                 t_ready: int = 0) -> list[list[Any]]:
-        """Decide every frame of a batch of (message, time received); return the messages for record: one
+        """Decide every frame of a batch of (message, monotonic time received); return the messages for record: one
         per verdict with an image, one `verdict_batch` for the others.
 
         `t_ready`: when the worker got free to receive them (the time a frame sent earlier spent waiting
         for the worker counts as queue, not transport)."""
-        t_batch = now_ns()
+        t_batch = mono_ns()
         jobs: list[_Job] = []
         results: list[tuple[Verdict, list[Any]]] = []
         for msg, t_received in batch:
@@ -218,8 +221,9 @@ class Infer:
             except MessageError as exc:
                 results.extend(self._reject(msg, exc, alarms))
                 continue
-            self.batching.arrived(header.t_sent_ns)
-            job = _Job(header, msg[0], pixels, t_received, min(max(header.t_sent_ns, t_ready), t_received))
+            sent = header.t_sent_mono_ns or t_received  # a header without monotonic times: from receipt
+            self.batching.arrived(sent)
+            job = _Job(header, msg[0], pixels, t_received, sent, min(max(sent, t_ready), t_received))
             job.decision, job.view = self.failsafe.check_frame(header, pixels)
             jobs.append(job)
         ready = [j for j in jobs if j.decision is None]
@@ -227,7 +231,7 @@ class Infer:
         if ready and self.model is not None:
             t_model, t_done = self._run_model(ready, alarms)
         if not t_done:
-            t_model = t_done = now_ns()
+            t_model = t_done = mono_ns()
         for j in ready:
             if j.decision is None and (j.probs is None or self.health.rules_only):
                 j.decision = self.failsafe.model_down(f"rules-only mode: {self.health.fault}", j.view)
@@ -253,11 +257,12 @@ class Infer:
         groups: dict[tuple[tuple[int, ...], str], list[_Job]] = {}  # one model run per frame shape
         for j in ready:
             groups.setdefault((j.pixels.shape, j.pixels.dtype.str), []).append(j)
-        t_model = now_ns()
+        t_model = mono_ns()
         try:
             for group in groups.values():
-                probs, maps = self.model.run_with_maps(self._batch(group))
-                for i, (j, p) in enumerate(zip(group, probs, strict=True)):
+                pred = self.model.predict(self._batch(group))
+                maps = pred.anomaly_maps
+                for i, (j, p) in enumerate(zip(group, pred.probs, strict=True)):
                     j.probs, j.heatmap = p, None if maps is None else maps[i]
         except ModelError as exc:
             rule = "model_output" if isinstance(exc, ModelOutputError) else "model_error"
@@ -265,8 +270,8 @@ class Infer:
             for j in ready:
                 j.probs = j.heatmap = None
                 j.decision = self.failsafe.model_down(str(exc), j.view, f"rule:{rule}")
-            return t_model, now_ns()
-        t_done = now_ns()
+            return t_model, mono_ns()
+        t_done = mono_ns()
         infer_ms = (t_done - t_model) / 1e6
         metrics.INFERENCE_SECONDS.observe(infer_ms / 1e3)
         budget = self.cfg.failsafe.model_health.latency_budget_ms
@@ -295,15 +300,17 @@ class Infer:
         decision = j.decision
         assert decision is not None
         h = j.header
-        t_decided = now_ns()
-        timings = _stage_timings(h, j.t_pickup_ns, j.t_received_ns, t_batch, t_model, t_done, t_decided)
+        t_decided = mono_ns()
+        timings = _stage_timings(h, j, t_batch, t_model, t_done, t_decided)
         verdict = Verdict(
             camera=h.camera, stream=h.stream, seq=h.seq, part_id=h.part_id, final=decision.final,
             decided_by=decision.decided_by, reasons=list(decision.reasons), recipe=self.cfg.recipe,
             model_hash=info.sha256 if info else None, model_name=info.name if info else None,
             ruleset_hash=self.failsafe.ruleset_hash, label=label, score=score, probs=probs,
-            t_capture_ns=h.t_capture_ns, t_sent_ns=h.t_sent_ns, t_received_ns=j.t_received_ns,
-            t_decided_ns=t_decided, timings_ms=timings, worker=self.name, truth=h.truth,
+            t_capture_ns=h.t_capture_ns, t_sent_ns=h.t_sent_ns,
+            t_received_ns=part_wall_ns(h.t_capture_ns, h.t_capture_mono_ns, j.t_received_mono),
+            t_decided_ns=part_wall_ns(h.t_capture_ns, h.t_capture_mono_ns, t_decided),
+            t_capture_mono_ns=h.t_capture_mono_ns, timings_ms=timings, worker=self.name, truth=h.truth,
         )
         pixels: list[Any] = []
         if self._wants_image(verdict):
@@ -321,14 +328,7 @@ class Infer:
         return verdict, pixels
 
     def _wants_image(self, v: Verdict) -> bool:
-        rc = self.cfg.record
-        if v.final != "PASS" or (rc.pass_sample_every and v.seq % rc.pass_sample_every == 0):
-            return True
-        now = time.monotonic()
-        if rc.live_view_hz and now - self._last_live.get(v.camera, 0.0) >= 1.0 / rc.live_view_hz:
-            self._last_live[v.camera] = now
-            return True
-        return False
+        return self.images.keeps(v.final, v.seq) or self.images.live_due(v.camera)
 
     def _reject(self, msg: list[Any], exc: MessageError, alarms: AlarmSender) -> list[tuple[Verdict, list[Any]]]:
         """A malformed frame: a not-inspected FAIL when it can be traced to a part, else an alarm."""
@@ -364,11 +364,12 @@ _STAGES = ("acquire", "transport", "queue", "preprocess", "inference", "failsafe
 _STAGE_METRICS = [metrics.STAGE_SECONDS.labels(stage) for stage in _STAGES]  # resolved once, not per frame
 
 
-def _stage_timings(h: FrameHeader, t_pickup: int, t_received: int, t_batch: int, t_model: int, t_done: int,
+def _stage_timings(h: FrameHeader, j: _Job, t_batch: int, t_model: int, t_done: int,
                    t_decided: int) -> dict[str, float]:
     """Per-stage ms of one frame (see the module docstring); also observed in the stage histogram."""
+    t_pickup, t_received = j.t_pickup_mono, j.t_received_mono
     spans = (h.t_sent_ns - (h.t_capture_ns or h.t_sent_ns), t_received - t_pickup,
-             (t_pickup - h.t_sent_ns) + (t_batch - t_received), t_model - t_batch, t_done - t_model,
+             (t_pickup - j.t_sent_mono) + (t_batch - t_received), t_model - t_batch, t_done - t_model,
              t_decided - t_done)
     timings = {}
     for i, stage in enumerate(_STAGES):

@@ -77,15 +77,15 @@ def child_main(role: str, index: int, run_dir: Path) -> int:
 
 def single_threaded_opencv() -> None:
     """OpenCV's worker pool spins after each call: on per-frame images that doubled the fail-safe's CPU
-    (0.63-0.77 against 1.27-1.41 ms a frame at 200 frames/s, measured) and took it from the other
-    processes. The line's parallelism is its processes, so every child runs OpenCV on one thread."""
+    (benchmarks/RESULTS.md) and took it from the other processes. The line's parallelism is its
+    processes, so every child runs OpenCV on one thread."""
     cv2.setNumThreads(0)
 
 
 def freeze_startup_objects() -> None:
-    """Move what the imports and the setup allocated (~75k objects in a worker) out of the garbage
-    collector's reach: a full collection over them stalled a process for 15-30 ms (measured), long enough
-    to overflow a worker's frame queue at a few hundred parts/s. Later objects are collected as usual.
+    """Move what the imports and the setup allocated out of the garbage collector's reach: a full
+    collection over them stalled a process long enough to overflow a worker's frame queue
+    (benchmarks/RESULTS.md). Later objects are collected as usual.
     Frozen objects are still freed by reference counting, but a cycle among them never is: so a child's
     constructor stays light, and whatever is replaced while running (models, sockets) is made in `run()`."""
     gc.collect()

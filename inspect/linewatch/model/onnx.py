@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from linewatch.model.adapters import Adapter, AdapterError, choose_adapter
+from linewatch.model.adapters import Adapter, AdapterError, Prediction, choose_adapter
 from linewatch.model.runtime import BoundRunner, ProviderError, SessionSettings, open_session, provider_attempts
 
 log = logging.getLogger(__name__)
@@ -137,19 +137,18 @@ class Model:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities (N, labels), good class first, for a uint8 batch of frames."""
-        return self.run_with_maps(batch)[0]
+        return self.predict(batch).probs
 
-    def run_with_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Class probabilities and, for a model with an anomaly map, the maps (N, h, w) in [0, 1]."""
+    def predict(self, batch: np.ndarray) -> Prediction:
+        """The model's prediction for a uint8 batch of frames, checked against its contract: probabilities
+        (N, labels) and, where the format has them, anomaly maps (N, h, w) in [0, 1] or detections."""
         try:
             feed = self.adapter.feed(batch)
             raw = self._bound.run(feed) if self._bound is not None else self.session.run(None, feed)
-            outputs = dict(zip(self._output_names, raw, strict=True))
-            probs = self.adapter.probabilities(outputs)
-            maps = self.adapter.heatmaps(outputs)
+            pred = self.adapter.decode(dict(zip(self._output_names, raw, strict=True)))
         except Exception as exc:  # onnxruntime's errors are untyped
             raise ModelError(f"model {self.info.name}: inference failed ({str(exc).strip()[:300]})") from None
-        probs = np.asarray(probs)
+        probs, maps = np.asarray(pred.probs), pred.anomaly_maps
         expected = (batch.shape[0], len(self.info.labels))
         if probs.shape != expected:
             raise ModelOutputError(f"model {self.info.name}: output shape {probs.shape}, expected {expected}")
@@ -157,4 +156,4 @@ class Model:
             raise ModelOutputError(f"model {self.info.name}: output contains NaN or inf")
         if maps is not None and (len(maps) != batch.shape[0] or not np.all(np.isfinite(maps))):
             raise ModelOutputError(f"model {self.info.name}: anomaly map has shape {maps.shape} or NaN/inf values")
-        return probs, maps
+        return pred if probs is pred.probs else replace(pred, probs=probs)

@@ -21,24 +21,26 @@ import zmq
 import zmq.asyncio
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
-from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from linewatch import metrics
 from linewatch.config import LineConfig
 from linewatch.plc import register_map as pm
+from linewatch.plc.modbus_tcp import StrictTcpServer
 from linewatch.plc.state import LineState
 from linewatch.store import read_rows
+from linewatch.store.actions import ActionNotConfirmed, send_action_async
 from linewatch.wire import (
-    KIND_ACTION,
     KIND_VERDICTS,
     CameraCommand,
-    CameraReply,
     Endpoints,
+    LotError,
     MessageError,
     OperatorAction,
+    check_lot,
     decode_verdict_group,
 )
+from linewatch.wire.camera_client import CameraNoAnswer, request_camera_async
 from linewatch.wire.ready import mark_ready
 
 log = logging.getLogger("plc")
@@ -62,7 +64,6 @@ class Plc:
         self.coils = {a: False for start, count in pm.spans("coil", len(cfg.cameras))
                       for a in range(start, start + count)}
         self.lot_text = [0] * pm.LOT_REGISTERS
-        self.confirmations: dict[str, asyncio.Future[int]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
 
     def run(self) -> None:
@@ -79,14 +80,10 @@ class Plc:
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.subscribe(b"")
         self.sub.connect(self.endpoints.events)
-        self.to_record = self.zctx.socket(zmq.PUSH)
-        self.to_record.setsockopt(zmq.LINGER, 1000)
-        self.to_record.setsockopt(zmq.SNDHWM, 1000)
-        self.to_record.connect(self.endpoints.record)
         await asyncio.sleep(0.2)  # the subscription reaches record before the baseline is read
         self.state.load_baseline()
         host, port = self.pc.host, self.pc.port
-        server = ModbusTcpServer(self._device(), address=(host, port), trace_connect=_on_connect, trace_pdu=_on_pdu)
+        server = StrictTcpServer(self._device(), address=(host, port), trace_connect=_on_connect, trace_pdu=_on_pdu)
         try:
             await server.serve_forever(background=True)
         except RuntimeError as exc:
@@ -103,11 +100,13 @@ class Plc:
                     if task.done():  # a loop that ended leaves stale registers: exit, the supervisor restarts us
                         raise PlcError(f"plc: the {task.get_name()} loop stopped: {task.exception()!r}")
         finally:
-            for task in [*loops, *self.tasks]:
+            tasks = [*loops, *self.tasks]
+            for task in tasks:
                 task.cancel()
+            # A command still waiting on acquire closes its socket as it ends: the context's term waits for it
+            await asyncio.gather(*tasks, return_exceptions=True)
             await server.shutdown()  # type: ignore[no-untyped-call]
             self.sub.close()
-            self.to_record.close()
             self.zctx.term()
 
     def _device(self) -> SimDevice:
@@ -220,19 +219,15 @@ class Plc:
 
     async def _trigger(self, index: int) -> None:
         cam = self.state.cameras[index]  # its trigger_status is busy (set by the pulse) until this ends
-        sock = self.zctx.socket(zmq.REQ)  # one per trigger: a REQ that timed out cannot be reused
-        sock.setsockopt(zmq.LINGER, 0)
         try:
-            sock.connect(self.endpoints.control(cam.name))
-            await sock.send(CameraCommand(cmd="trigger").to_bytes())
-            if not await sock.poll(int(self.pc.command_timeout_s * 1000)):
-                return self._trigger_done(index, None, "trigger_timeout")
-            reply = CameraReply.from_bytes(await sock.recv())
+            reply = await request_camera_async(self.endpoints, cam.name, CameraCommand(cmd="trigger"),
+                                               self.pc.command_timeout_s, self.zctx)
+        except CameraNoAnswer as exc:
+            log.warning("%s", exc)
+            return self._trigger_done(index, None, "trigger_timeout")
         except MessageError as exc:
-            log.error("camera %s: bad trigger reply: %s", cam.name, exc)
+            log.error("bad trigger reply: %s", exc)
             return self._trigger_done(index, None, "trigger_failed")
-        finally:
-            sock.close()
         if not reply.ok:
             log.warning("camera %s: trigger took no frame: %s", cam.name, reply.error)
         self._trigger_done(index, reply.seq, None if reply.ok else "trigger_failed")
@@ -248,10 +243,11 @@ class Plc:
 
     async def _commit_lot(self) -> None:
         """Runs with `lot_status` busy (set by the pulse); it ends done or failed."""
-        raw = b"".join(r.to_bytes(2, "big") for r in self.lot_text)
-        text, _, rest = raw.partition(b"\0")
-        lot = text.decode("ascii")
-        if not lot or lot != lot.strip() or rest.strip(b"\0"):
+        raw = b"".join(r.to_bytes(2, "big") for r in self.lot_text)  # printable ASCII or NUL (`_write_lot_text`)
+        try:
+            lot = check_lot(raw.rstrip(b"\0").decode("ascii"))  # the padding goes, a NUL inside stays and is refused
+        except LotError as exc:
+            log.warning("lot from the PLC refused: %s", exc)
             return self._command_failed("lot", "lot_invalid")
         ok = await self._send_action(OperatorAction("set_lot", "plc", uuid.uuid4().hex, {"lot": lot}))
         if not ok:
@@ -276,21 +272,13 @@ class Plc:
         self._error(error)
 
     async def _send_action(self, action: OperatorAction) -> bool:
-        """Send to record; True once its audit row is committed (seen as an event, or in the store)."""
-        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.confirmations[action.request_id] = done
+        """Send to record; True once its audit row is committed."""
         try:
-            await self.to_record.send_multipart([KIND_ACTION, action.to_bytes()], flags=zmq.NOBLOCK)
-            await asyncio.wait_for(done, self.pc.command_timeout_s)
+            await send_action_async(self.endpoints, self.cfg.data_dir, action, self.pc.command_timeout_s)
             return True
-        except (TimeoutError, zmq.Again):
-            rows = read_rows(self.cfg.data_dir, "SELECT id FROM operator_actions WHERE request_id = ?",
-                             [action.request_id])
-            if not rows:
-                log.error("record did not confirm %s %s", action.action, action.detail)
-            return bool(rows)
-        finally:
-            self.confirmations.pop(action.request_id, None)
+        except ActionNotConfirmed as exc:
+            log.error("%s %s", exc, action.detail)
+            return False
 
     # -- following the line --
 
@@ -313,11 +301,8 @@ class Plc:
                 log.error("unreadable event from record: %s", exc)
 
     def _on_action(self, event: dict[str, Any]) -> None:
-        if event["action"] == "set_lot":
+        if event["action"] == "set_lot":  # from the api too: the lot register shows the lot in force
             self.state.lot = str(event["detail"]["lot"])
-        waiting = self.confirmations.get(str(event["request_id"]))
-        if waiting is not None and not waiting.done():
-            waiting.set_result(int(event["id"]))
 
     async def _refresh(self) -> None:
         while True:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from linewatch.wire import LOT_MAX_CHARS
+
 MAP_VERSION = 1
 Table = Literal["coil", "discrete", "input", "holding"]
 
@@ -45,7 +47,7 @@ ERRORS = {
     "internal": 10,  # a fault inside the plc process, logged (exception 4 when it answered a request)
 }
 
-LOT_REGISTERS = 32  # 64 ASCII characters, the store's limit
+LOT_REGISTERS = LOT_MAX_CHARS // 2  # two ASCII characters per register: the longest lot `check_lot` accepts
 CAMERA_BASE, CAMERA_STRIDE = 100, 8  # input registers of camera i start at 100 + 8*i
 TRIGGER_BASE = 16  # coil 16 + i triggers camera i
 

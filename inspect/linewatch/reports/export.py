@@ -12,41 +12,50 @@ import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from linewatch.store import JSON_COLUMNS, open_reader
+from linewatch.store import JSON_COLUMNS, VIEW_COLUMNS, open_reader, select_inspections
 
 FORMATS = ("csv", "json", "pdf")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NS_MIN, _NS_MAX = -(2**63), 2**63 - 1  # what the store's ns integers reach: 1677 to 2262
 
-#: Export columns in order: the inspections columns, the capture time as ISO 8601, and the latest review.
-EXPORT_COLUMNS = (
-    "id", "camera", "stream", "seq", "part_id", "lot", "shift", "recipe", "captured_at",
-    "final", "decided_by", "reasons", "label", "score", "probs", "model_hash", "model_name", "ruleset_hash",
-    "t_capture_ns", "t_sent_ns", "t_received_ns", "t_decided_ns", "t_recorded_ns",
-    "queue_ms", "preprocess_ms", "inference_ms", "failsafe_ms", "latency_ms", "worker",
-    "image", "image_pruned_ns", "truth_label", "truth",
-    "review_decision", "review_label", "reviewed_by", "reviewed_ns",
-    "acquire_ms", "transport_ms", "commit_id", "t_committed_ns", "record_ms", "event_ms",
-)
+#: Export columns in order: an inspection as every reader shows it (`store.rows.VIEW_COLUMNS`), with its
+#: capture time as ISO 8601 after the id, and its latest review.
+REVIEW_COLUMNS = ("review_decision", "review_label", "reviewed_by", "reviewed_ns")
+EXPORT_COLUMNS = (VIEW_COLUMNS[0], "captured_at", *VIEW_COLUMNS[1:], *REVIEW_COLUMNS)
+
 
 class ReportError(ValueError):
     """The export cannot be made as asked (bad time, unknown format, empty store); the text says why."""
 
 
 def parse_time(text: str, name: str) -> int:
-    """ISO 8601 date or date-time (local time when it has no offset) to ns since the epoch."""
+    """ISO 8601 date or date-time (local time when it has no offset) to ns since the epoch, exactly; any year
+    1-9999 is taken (a window past what the store holds covers what is there)."""
     try:
         t = datetime.fromisoformat(text)
     except ValueError:
         raise ReportError(f"{name}: not an ISO 8601 date or time: {text!r} (e.g. 2026-11-27 or "
                           "2026-11-27T06:00)") from None
-    return int(t.astimezone().timestamp() * 1e9)
+    if t.tzinfo is None:
+        try:
+            t = t.astimezone()
+        except (ValueError, OverflowError):  # year 1 or 9999, past the platform's local time: far enough as UTC
+            t = t.replace(tzinfo=UTC)
+    return (t - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
+def _stored(t_ns: int) -> int:
+    """A window bound as the store can compare it (a bound past 1677-2262 would not fit its integers)."""
+    return min(max(t_ns, _NS_MIN), _NS_MAX)
 
 
 def iso(t_ns: int | None) -> str | None:
-    return datetime.fromtimestamp(t_ns / 1e9).astimezone().isoformat(timespec="milliseconds") if t_ns else None
+    return (datetime.fromtimestamp(_stored(t_ns) / 1e9).astimezone().isoformat(timespec="milliseconds")
+            if t_ns else None)
 
 
 @dataclass(frozen=True)
@@ -82,16 +91,12 @@ def _open(data_dir: Path, q: Query) -> sqlite3.Connection:
 
 def iter_rows(conn: sqlite3.Connection, q: Query) -> Iterator[dict[str, Any]]:
     """The window's inspections in capture order as export rows, streamed (a shift can be 500k rows)."""
-    commits = ("c.t_committed_ns AS t_committed_ns, CASE WHEN i.t_decided_ns > 0 THEN "
-               "(c.t_committed_ns - i.t_decided_ns) / 1e6 END AS record_ms, "
-               "(c.t_published_ns - c.t_committed_ns) / 1e6 AS event_ms FROM inspections i "
-               "LEFT JOIN commits c ON c.id = i.commit_id" if _has_commits(conn) else "NULL AS t_committed_ns, "
-               "NULL AS record_ms, NULL AS event_ms FROM inspections i")
-    sql = ("SELECT i.*, r.decision AS review_decision, r.label AS review_label, r.reviewer AS reviewed_by, "
-           f"r.t_ns AS reviewed_ns, {commits} LEFT JOIN review_decisions r ON r.id = "
-           "(SELECT max(id) FROM review_decisions WHERE inspection_id = i.id) "
-           "WHERE i.t_capture_ns >= ? AND i.t_capture_ns < ?")
-    params: list[Any] = [q.t_from_ns, q.t_to_ns]
+    review = ("r.decision AS review_decision, r.label AS review_label, r.reviewer AS reviewed_by, "
+              "r.t_ns AS reviewed_ns")
+    sql = select_inspections(review, "LEFT JOIN review_decisions r ON r.id = "
+                             "(SELECT max(id) FROM review_decisions WHERE inspection_id = i.id)")
+    sql += " WHERE i.t_capture_ns >= ? AND i.t_capture_ns < ?"
+    params: list[Any] = [_stored(q.t_from_ns), _stored(q.t_to_ns)]
     if q.lot is not None:
         sql += " AND i.lot = ?"
         params.append(q.lot)
@@ -104,18 +109,14 @@ def iter_rows(conn: sqlite3.Connection, q: Query) -> Iterator[dict[str, Any]]:
         yield {c: d.get(c) for c in EXPORT_COLUMNS}
 
 
-def _has_commits(conn: sqlite3.Connection) -> bool:
-    """A store from before schema 3 (not yet opened by this record) has no commit times."""
-    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'commits'").fetchone() is not None
-
-
 def load(data_dir: Path, q: Query) -> Extract:
     """Rows and alarms of the window in memory (the PDF needs them all)."""
     conn = _open(data_dir, q)
     try:
         rows = list(iter_rows(conn, q))
         alarms = [dict(a) for a in conn.execute(
-            "SELECT * FROM alarms WHERE t_ns >= ? AND t_ns < ? ORDER BY t_ns", [q.t_from_ns, q.t_to_ns])]
+            "SELECT * FROM alarms WHERE t_ns >= ? AND t_ns < ? ORDER BY t_ns", [_stored(q.t_from_ns),
+                                                                                 _stored(q.t_to_ns)])]
     finally:
         conn.close()
     return Extract(q, rows, alarms)

@@ -2,20 +2,33 @@
 
 Columns keep the contracts' names (`camera`, `seq`, `final`, `decided_by`, ...) so a QA engineer's
 SQL reads like the documentation. `schema` (tables, migrations), `rows` (the inspection row's one
-shape), `writer` (record's statements), `queries` (read-only access), `images` (the archive).
+shape), `writer` (record's statements), `queries` (read-only access), `actions` (an operator's action
+sent to record and its audit row awaited), `images` (the archive).
 """
 
 from linewatch.store.queries import current_lot, open_reader, read_rows
 from linewatch.store.rows import (
+    COMMIT_TIMES,
     JSON_COLUMNS,
     ROW_COLUMNS,
     VERDICT_COLUMNS,
+    VIEW_COLUMNS,
     committed_values,
     row_to_api,
+    select_inspections,
     verdict_row,
     verdict_values,
 )
-from linewatch.store.schema import DB_NAME, INSPECTION_COLUMNS, MIGRATIONS, WAL_BACKSTOP_PAGES, backup, open_writer
+from linewatch.store.schema import (
+    DB_NAME,
+    INSPECTION_COLUMNS,
+    MIGRATIONS,
+    WAL_BACKSTOP_PAGES,
+    SchemaError,
+    applied_version,
+    backup,
+    open_writer,
+)
 from linewatch.store.writer import (
     ActionError,
     Checkpointer,
@@ -32,9 +45,37 @@ from linewatch.store.writer import (
 )
 
 __all__ = [
-    "DB_NAME", "INSPECTION_COLUMNS", "JSON_COLUMNS", "MIGRATIONS", "ROW_COLUMNS", "VERDICT_COLUMNS",
-    "WAL_BACKSTOP_PAGES", "ActionError", "Checkpointer", "CommitRow", "apply_action", "backup", "clear_alarms",
-    "committed_values", "current_lot", "insert_alarm", "insert_commit", "insert_rows", "insert_verdicts",
-    "mark_pruned", "next_commit_id", "open_reader", "open_writer", "read_rows", "register_model", "row_to_api",
-    "verdict_row", "verdict_values",
+    "COMMIT_TIMES",
+    "DB_NAME",
+    "INSPECTION_COLUMNS",
+    "JSON_COLUMNS",
+    "MIGRATIONS",
+    "ROW_COLUMNS",
+    "VERDICT_COLUMNS",
+    "VIEW_COLUMNS",
+    "WAL_BACKSTOP_PAGES",
+    "ActionError",
+    "Checkpointer",
+    "CommitRow",
+    "SchemaError",
+    "applied_version",
+    "apply_action",
+    "backup",
+    "clear_alarms",
+    "committed_values",
+    "current_lot",
+    "insert_alarm",
+    "insert_commit",
+    "insert_rows",
+    "insert_verdicts",
+    "mark_pruned",
+    "next_commit_id",
+    "open_reader",
+    "open_writer",
+    "read_rows",
+    "register_model",
+    "row_to_api",
+    "select_inspections",
+    "verdict_row",
+    "verdict_values",
 ]

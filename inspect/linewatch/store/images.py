@@ -10,18 +10,44 @@ import logging
 import os
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from linewatch.config.line import RecordConfig
 from linewatch.store.disk import is_disk_full
 
 log = logging.getLogger("images")
 IMAGES_DIR = "images"
 LIVE_DIR = "live"
 EXTENSIONS = {"png": "png", "jpeg": "jpg"}
+
+
+class ImagePolicy:
+    """Which parts' images are kept, and when a camera's live view is refreshed: decided by the same rules
+    in infer (which sends a verdict's pixels only when they are wanted) and record (which writes them).
+
+    Every FAIL and REVIEW is kept, and every `pass_sample_every`-th PASS as a sample (not while the disk
+    runs low); the live view shows at most `live_view_hz` frames a second per camera."""
+
+    def __init__(self, rc: RecordConfig):
+        self.pass_sample_every, self.live_view_hz = rc.pass_sample_every, rc.live_view_hz
+        self._last_live: dict[str, float] = {}
+
+    def keeps(self, final: str, seq: int, pass_samples: bool = True) -> bool:
+        every = self.pass_sample_every
+        return final != "PASS" or bool(pass_samples and every and seq % every == 0)
+
+    def live_due(self, camera: str) -> bool:
+        """True (and counted as shown) when the camera's live view is due a new frame."""
+        now = time.monotonic()
+        if not self.live_view_hz or now - self._last_live.get(camera, -1e9) < 1.0 / self.live_view_hz:
+            return False
+        self._last_live[camera] = now
+        return True
 
 
 def image_relpath(camera: str, stream: str, seq: int, final: str, fmt: str = "png") -> str:

@@ -1,4 +1,12 @@
-"""The inspection row: its columns in one place, built from a verdict, and shown by the REST API and events."""
+"""The inspection row: its columns in one place, built from a verdict, and one shape for every reader.
+
+The REST API, the live event stream and the export show an inspection as `VIEW_COLUMNS`: what
+record writes (`ROW_COLUMNS`), the store's `id` and pruning mark, and its group commit's stage times
+(`COMMIT_TIMES`) with one meaning everywhere: `record_ms` verdict decided -> group committed,
+`event_ms` committed -> the group's event handed to the socket. A live event is built before it is
+sent, so there `event_ms` (and `id`, assigned by the store) are null; the export adds the capture time
+as ISO 8601 and the latest review.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +27,18 @@ VERDICT_COLUMNS = (
 )
 ROW_COLUMNS = (*VERDICT_COLUMNS, "t_recorded_ns", "latency_ms", "commit_id")
 JSON_COLUMNS = ("reasons", "probs", "truth")  # JSON text in the row
-_CAPTURE = VERDICT_COLUMNS.index("t_capture_ns")
+COMMIT_TIMES = ("t_committed_ns", "record_ms", "event_ms")
+VIEW_COLUMNS = ("id", *ROW_COLUMNS, "image_pruned_ns", *COMMIT_TIMES)
+
+
+
+def select_inspections(more_columns: str = "", joins: str = "") -> str:
+    """The SELECT every reader uses (`i`: inspections, `c`: their commits) to show `VIEW_COLUMNS`; a WHERE
+    may follow. `more_columns`/`joins`: what a reader adds (the export: the latest review)."""
+    return ("SELECT i.*, c.t_committed_ns AS t_committed_ns, "
+            "CASE WHEN i.t_decided_ns > 0 THEN (c.t_committed_ns - i.t_decided_ns) / 1e6 END AS record_ms, "
+            f"(c.t_published_ns - c.t_committed_ns) / 1e6 AS event_ms{', ' + more_columns if more_columns else ''} "
+            f"FROM inspections i LEFT JOIN commits c ON c.id = i.commit_id {joins}")
 
 
 def verdict_values(v: Verdict, lot: str | None = None, shift: str | None = None) -> tuple[Any, ...]:
@@ -35,15 +54,17 @@ def verdict_values(v: Verdict, lot: str | None = None, shift: str | None = None)
             get("acquire"), get("transport"))
 
 
-def committed_values(values: tuple[Any, ...], t_recorded_ns: int, commit_id: int | None) -> tuple[Any, ...]:
+def committed_values(values: tuple[Any, ...], t_recorded_ns: int, commit_id: int | None,
+                     latency_ms: float | None) -> tuple[Any, ...]:
     """`verdict_values` completed to a whole row (`ROW_COLUMNS`) by its commit."""
-    capture = values[_CAPTURE]
-    return (*values, t_recorded_ns, (t_recorded_ns - capture) / 1e6 if capture else None, commit_id)
+    return (*values, t_recorded_ns, latency_ms, commit_id)
 
 
 def verdict_row(v: Verdict, t_recorded_ns: int, lot: str | None = None, shift: str | None = None) -> dict[str, Any]:
     """The row as a dict (tests, tools); record keeps tuples."""
-    return dict(zip(ROW_COLUMNS, committed_values(verdict_values(v, lot, shift), t_recorded_ns, None), strict=True))
+    latency = (t_recorded_ns - v.t_capture_ns) / 1e6 if v.t_capture_ns else None
+    values = committed_values(verdict_values(v, lot, shift), t_recorded_ns, None, latency)
+    return dict(zip(ROW_COLUMNS, values, strict=True))
 
 
 def _json_text(value: Any) -> str:
@@ -51,9 +72,12 @@ def _json_text(value: Any) -> str:
 
 
 def row_to_api(row: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
-    """A stored row as the REST API and the live event stream show it."""
+    """An inspection as the REST API, the live events and the export show it: `VIEW_COLUMNS`, in
+    that order (what a reader lacks is null), JSON columns parsed."""
     d = dict(row)
+    out = {name: d.get(name) for name in VIEW_COLUMNS}
     for key in JSON_COLUMNS:
-        if d.get(key):
-            d[key] = json.loads(d[key])
-    return d
+        value = out[key]
+        if isinstance(value, str):  # stored as JSON text; a live event's are parsed already
+            out[key] = json.loads(value) if value else None
+    return out

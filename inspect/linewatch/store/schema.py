@@ -1,17 +1,29 @@
-"""The store's schema: tables, migrations recorded in a table (a backup before migrating), the writer's connection."""
+"""The store's schema: tables, migrations through sqlite-utils (a backup before migrating), the writer's connection.
+
+Each migration is recorded by `sqlite_utils.Migrations` in its `_sqlite_migrations` table under the set
+`linewatch`; the schema version is the number applied. Databases from before recorded their versions in a
+`schema_migrations` table of their own: opening one adopts those records (after the backup) and drops it.
+"""
 
 from __future__ import annotations
 
+import datetime
 import logging
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import sqlite_utils
+from sqlite_utils.migrations import Migrations
 
 from linewatch.clock import now_ns
 
 log = logging.getLogger("store")
 DB_NAME = "linewatch.db"
+
+
+class SchemaError(RuntimeError):
+    """The database records a schema this linewatch cannot open."""
 
 
 INSPECTION_COLUMNS: dict[str, type] = {
@@ -24,6 +36,20 @@ INSPECTION_COLUMNS: dict[str, type] = {
 }
 
 
+#: the migration set; names are stored in every database: never rename or reorder one, only append
+MIGRATIONS = Migrations("linewatch")
+_NAMES: list[str] = []  # in order: schema version N has the first N applied
+_LEGACY_TABLE = "schema_migrations"  # the hand-written runner's record: version, applied_ns
+_Step = Callable[[sqlite_utils.Database], None]
+
+
+def _migration(name: str) -> Callable[[_Step], _Step]:
+    """Register the next schema version under `name`."""
+    _NAMES.append(name)
+    return MIGRATIONS(name=name)
+
+
+@_migration("v1_inspections_alarms_models")
 def _migration_1(db: sqlite_utils.Database) -> None:
     inspections = db.table("inspections")
     inspections.create(INSPECTION_COLUMNS, pk="id", not_null={"camera", "stream", "seq", "final", "decided_by"})
@@ -38,6 +64,7 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     db.table("models").create({"sha256": str, "name": str, "path": str, "first_seen_ns": int}, pk="sha256")
 
 
+@_migration("v2_lots_shifts_audit_reviews_outbox")
 def _migration_2(db: sqlite_utils.Database) -> None:
     """Lots and shifts on each row, image pruning, alarm clearing, audit log, reviews and the hook outbox."""
     inspections = db.table("inspections")
@@ -68,6 +95,7 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     )
 
 
+@_migration("v3_stage_times_commits")
 def _migration_3(db: sqlite_utils.Database) -> None:
     """Stage times: acquire and transport from infer's timings, and each row's group commit, whose commit
     and publish times give the record and event stages (known only after the rows are written)."""
@@ -78,6 +106,7 @@ def _migration_3(db: sqlite_utils.Database) -> None:
                                pk="id", not_null={"t_committed_ns"})
 
 
+@_migration("v4_not_pass_index")
 def _migration_4(db: sqlite_utils.Database) -> None:
     """The `final` index holds only FAIL and REVIEW rows: most rows are PASS, and every index costs each
     insert (the writer's throughput); a query for FAIL or REVIEW rows adds `final != 'PASS'` to use it."""
@@ -85,7 +114,6 @@ def _migration_4(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_inspections_not_pass ON inspections(final) WHERE final != 'PASS'")
 
 
-MIGRATIONS = [_migration_1, _migration_2, _migration_3, _migration_4]
 #: The writer's own automatic checkpoint, a backstop: `Checkpointer` copies the WAL back from its thread.
 WAL_BACKSTOP_PAGES = 10_000
 
@@ -102,25 +130,58 @@ def open_writer(data_dir: Path, schema_version: int | None = None) -> sqlite_uti
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute("PRAGMA busy_timeout=5000")
     db.execute(f"PRAGMA wal_autocheckpoint={WAL_BACKSTOP_PAGES}")
-    _migrate(db, schema_version)
+    try:
+        _migrate(db, schema_version)
+    except BaseException:
+        db.close()
+        raise
     return db
+
+
+def applied_version(db: sqlite_utils.Database) -> int:
+    """The database's schema version: how many of linewatch's migrations it has, recorded by either runner."""
+    return len(MIGRATIONS.applied(db)) or len(_legacy_versions(db) or [])
 
 
 def _migrate(db: sqlite_utils.Database, upto: int | None = None) -> None:
     """Apply the missing migrations in order, each in its own transaction, after a backup of older data."""
-    if "schema_migrations" not in db.table_names():
-        db.table("schema_migrations").create({"version": int, "applied_ns": int}, pk="version")
-    done = {r["version"] for r in db.table("schema_migrations").rows}
-    todo = [v for v in range(1, (upto or len(MIGRATIONS)) + 1) if v not in done]
-    if done and todo:
+    legacy = _legacy_versions(db)
+    version = applied_version(db)
+    target = len(_NAMES) if upto is None else min(upto, len(_NAMES))
+    if version and (legacy is not None or version < target):
         backup(db, Path(db.conn.execute("PRAGMA database_list").fetchone()[2]).with_name(
-            f"{DB_NAME}.v{max(done)}-{now_ns()}.bak"))
-    for version, migration in enumerate(MIGRATIONS[: upto or len(MIGRATIONS)], start=1):
-        if version in done:
-            continue
-        with db.atomic():
-            migration(db)
-            db.table("schema_migrations").insert({"version": version, "applied_ns": now_ns()})
+            f"{DB_NAME}.v{version}-{now_ns()}.bak"))
+    if legacy is not None:
+        _adopt_legacy(db, legacy)
+    if version < target:
+        MIGRATIONS.apply(db, stop_before=_NAMES[target] if target < len(_NAMES) else None)
+
+
+def _legacy_versions(db: sqlite_utils.Database) -> list[tuple[int, int]] | None:
+    """(version, applied_ns) rows of the hand-written runner's table, in order; None when there is no table."""
+    if not db.table(_LEGACY_TABLE).exists():
+        return None
+    rows = [(int(v), int(ns)) for v, ns in db.execute(f"SELECT version, applied_ns FROM {_LEGACY_TABLE} "
+                                                      "ORDER BY version").fetchall()]
+    if [v for v, _ in rows] != list(range(1, len(rows) + 1)) or len(rows) > len(_NAMES):
+        raise SchemaError(f"{_LEGACY_TABLE} records versions {[v for v, _ in rows]}; this linewatch knows 1 to "
+                          f"{len(_NAMES)} (a database from a newer linewatch, or edited by hand)")
+    return rows
+
+
+def _adopt_legacy(db: sqlite_utils.Database, legacy: list[tuple[int, int]]) -> None:
+    """Record the old runner's versions as sqlite-utils migrations (keeping when each was applied) and drop
+    its table, in one transaction: from then on only the library's record counts."""
+    with db.atomic():
+        MIGRATIONS.ensure_migrations_table(db)
+        recorded = {m.name for m in MIGRATIONS.applied(db)}
+        db.table(MIGRATIONS.migrations_table).insert_all(
+            {"migration_set": MIGRATIONS.name, "name": _NAMES[v - 1],
+             "applied_at": str(datetime.datetime.fromtimestamp(ns / 1e9, datetime.UTC))}
+            for v, ns in legacy if _NAMES[v - 1] not in recorded)
+        db.table(_LEGACY_TABLE).drop()
+    log.info("store schema v%d: migrations now recorded by sqlite-utils in %s (was %s)", len(legacy),
+             MIGRATIONS.migrations_table, _LEGACY_TABLE)
 
 
 def backup(db: sqlite_utils.Database, path: Path) -> Path:

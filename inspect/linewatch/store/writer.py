@@ -20,7 +20,7 @@ import sqlite_utils
 from linewatch.clock import now_ns
 from linewatch.store.rows import ROW_COLUMNS
 from linewatch.store.schema import DB_NAME
-from linewatch.wire import Alarm, OperatorAction
+from linewatch.wire import Alarm, LotError, OperatorAction, check_lot
 
 log = logging.getLogger("store")
 class Checkpointer(threading.Thread):
@@ -83,7 +83,7 @@ def insert_rows(db: sqlite_utils.Database, rows: Sequence[tuple[Any, ...]], comm
     """One transaction for the group of `ROW_COLUMNS` tuples; a duplicate (camera, stream, seq) keeps the
     first row. `commit`: the previous group's commit row, written in the same transaction (no commit of its
     own). Prepared statements of `_ROWS_PER_INSERT` rows each, then one per row for the rest (sqlite-utils'
-    insert_all is 2x slower; one statement per row costs the writer about a fifth of its throughput).
+    insert_all and one statement per row are both slower: benchmarks/RESULTS.md, Store).
     """
     whole = len(rows) - len(rows) % _ROWS_PER_INSERT
     with db.atomic():
@@ -143,8 +143,10 @@ def apply_action(db: sqlite_utils.Database, action: OperatorAction) -> int:
         if db.execute("SELECT 1 FROM operator_actions WHERE request_id = ?", [action.request_id]).fetchone():
             return 0
         if action.action == "set_lot":
-            if not isinstance(d.get("lot"), str) or not d["lot"].strip() or len(d["lot"]) > 64:
-                raise ActionError(f"set_lot: lot must be a non-empty text of 1-64 characters, got {d.get('lot')!r}")
+            try:
+                check_lot(d.get("lot"))
+            except LotError as exc:
+                raise ActionError(f"set_lot: {exc}") from None
         elif action.action == "review":
             part = db.execute("SELECT camera, stream, seq FROM inspections WHERE id = ?",
                               [d.get("inspection_id")]).fetchone()

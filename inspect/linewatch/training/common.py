@@ -47,7 +47,7 @@ class EarlyStopping:
 def contract_metadata(name: str, kind: str, spec: InputSpec, labels: list[str], defect_labels: list[str],
                       band: tuple[float, float], train_images: np.ndarray, p_defect_good: np.ndarray,
                       dataset_sha256: str) -> dict[str, str]:
-    """The `metadata_props` the worker and the fail-safe read (see README, "Training and the registry")."""
+    """The `metadata_props` the worker and the fail-safe read (docs/models.md, "Training")."""
     g = train_images.reshape(len(train_images), -1).astype(np.float32)
     means, stds, sharp = g.mean(axis=1), g.std(axis=1), sharpness(train_images)
     return {

@@ -112,7 +112,7 @@ def _one_cycle(lr: float, progress: float, warmup: float = 0.2) -> float:
 
 
 def _fast(torch: Any, x: Any) -> Any:
-    """NHWC memory for the CPU convolutions (about twice as fast as NCHW with oneDNN, measured)."""
+    """NHWC memory for the CPU convolutions: the faster layout for oneDNN (figure in benchmarks/RESULTS.md, ELPV)."""
     return x.contiguous(memory_format=torch.channels_last)
 
 

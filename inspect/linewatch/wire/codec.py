@@ -34,15 +34,33 @@ ENCODER = msgspec.json.Encoder()
 _T = TypeVar("_T")
 
 
+#: What msgspec raises for a message it cannot take: besides its own errors, a string that is not UTF-8
+#: (UnicodeDecodeError) and nesting deeper than Python's recursion limit (RecursionError).
+DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
 def decoded(decoder: msgspec.json.Decoder[_T], raw: bytes, what: str) -> _T:
     """A control-plane message validated by msgspec; the error names the field, e.g.
     ``alarm: Expected `str`, got `int` - at `$.kind` ``."""
     try:
         return decoder.decode(raw)
-    except msgspec.DecodeError as exc:
+    except DECODE_ERRORS as exc:
         raise MessageError(f"{what}: {decode_problem(exc)}") from None
 
 
-def decode_problem(exc: msgspec.DecodeError) -> str:
+def decode_problem(exc: Exception) -> str:
     """msgspec's text names the field (`... - at `$.seq``); a syntax error says so."""
-    return str(exc) if isinstance(exc, msgspec.ValidationError) else f"not valid JSON ({exc})"
+    if isinstance(exc, msgspec.ValidationError):
+        return str(exc)
+    if isinstance(exc, RecursionError):
+        return "not valid JSON (nested too deeply)"
+    return f"not valid JSON ({exc})"
+
+
+def check_storable(value: Any, what: str, field: str) -> None:
+    """A free-form JSON field (a part's truth, an action's detail) must be one the line can write again:
+    orjson, which record stores it with, takes integers of 64 bits and nesting up to 255 levels."""
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise MessageError(f"{what}: field '{field}' cannot be stored ({exc})") from None

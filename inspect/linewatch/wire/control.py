@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 import msgspec
 
 from linewatch.clock import now_ns
-from linewatch.wire.codec import ENCODER, Count, decoded
+from linewatch.wire.codec import ENCODER, Count, MessageError, check_storable, decoded
 
 
 @dataclass(frozen=True)
@@ -33,9 +34,9 @@ class Alarm:
 class OperatorAction:
     """An operator's change sent by the api to record, which applies it and writes the audit log.
 
-    `set_lot`: detail `{"lot": str}`; `review`: detail `{"inspection_id": int, "decision": PASS|FAIL,
-    "label": str, "note": str}`; `ack_alarm`: detail `{"alarm_id": int}`. `request_id` lets the sender
-    find its committed audit row.
+    `set_lot`: detail `{"lot": str}` (a lot `check_lot` accepts); `review`: detail `{"inspection_id": int,
+    "decision": PASS|FAIL, "label": str, "note": str}`; `ack_alarm`: detail `{"alarm_id": int}`. `request_id`
+    lets the sender find its committed audit row.
     """
 
     action: Literal["set_lot", "review", "ack_alarm"]
@@ -49,7 +50,51 @@ class OperatorAction:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> OperatorAction:
-        return decoded(_ACTION, raw, "action")
+        """Its detail is checked for its action too: record binds the ids in SQL and stores the detail as JSON."""
+        action = decoded(_ACTION, raw, "action")
+        try:
+            msgspec.convert(action.detail, _DETAILS[action.action])
+        except msgspec.ValidationError as exc:
+            text = str(exc)
+            where = text.replace("`$", "`$.detail", 1) if "`$" in text else f"{text} - at `$.detail`"
+            raise MessageError(f"action: {where}") from None
+        check_storable(action.detail, "action", "detail")
+        return action
+
+
+class _LotDetail(TypedDict):
+    lot: str  # record applies the lot rule (`check_lot`)
+
+
+class _ReviewDetail(TypedDict):
+    inspection_id: Count
+    decision: str  # record refuses anything but PASS or FAIL, naming it
+    label: NotRequired[str | None]
+    note: NotRequired[str | None]
+
+
+class _AckDetail(TypedDict):
+    alarm_id: Count
+
+
+_DETAILS: dict[str, type] = {"set_lot": _LotDetail, "review": _ReviewDetail, "ack_alarm": _AckDetail}
+
+
+LOT_MAX_CHARS = 64  # the PLC's lot registers hold 64 ASCII characters
+
+
+class LotError(ValueError):
+    """A lot id that breaks the lot rule (`check_lot`); the text states the rule and the value."""
+
+
+def check_lot(lot: object) -> str:
+    """The one lot rule, for every way a lot enters the line (REST, PLC registers, record's `set_lot`):
+    1-64 characters, no leading or trailing whitespace, no control characters. Returns the lot."""
+    if (not isinstance(lot, str) or not 1 <= len(lot) <= LOT_MAX_CHARS or lot != lot.strip()
+            or any(unicodedata.category(c) == "Cc" for c in lot)):
+        raise LotError(f"lot must be 1-{LOT_MAX_CHARS} characters without leading or trailing spaces or "
+                       f"control characters, got {lot!r}")
+    return lot
 
 
 @dataclass(frozen=True)

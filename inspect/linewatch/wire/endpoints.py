@@ -9,7 +9,7 @@ from pathlib import Path
 KIND_ANNOUNCE = b"announce"
 KIND_VERDICT = b"verdict"
 # infer -> record: the verdicts of one batch that carry no image, as one JSON array (`encode_verdict_batch`):
-# one message per batch instead of per frame halves record's per-row cost of receiving and decoding.
+# one message per batch instead of per frame cuts record's per-row cost of receiving and decoding.
 KIND_VERDICT_BATCH = b"verdict_batch"
 KIND_ALARM = b"alarm"
 KIND_ACTION = b"action"  # an operator's action (api -> record, the single writer)

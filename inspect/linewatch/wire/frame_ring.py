@@ -130,6 +130,7 @@ class FrameRing:
             try:
                 rel = SlotRelease.from_bytes(raw)
             except MessageError as exc:
+                metrics.MESSAGES_REJECTED.labels("acquire", "slot release").inc()
                 log.error("rejected slot release: %s", exc)
                 continue
             if rel.stream == self.stream:  # releases for an earlier run's ring mean nothing here
@@ -298,18 +299,19 @@ class FrameReader:
         path = ring_path(self.endpoints.run_dir, header.camera, header.stream)
         try:
             fd = os.open(path, os.O_RDONLY)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: a NUL in the camera or stream, which no path holds
+            why = exc.strerror if isinstance(exc, OSError) else exc
             raise MessageError(f"frame header: field 'stream' {header.stream!r} names no frame ring for camera "
-                               f"{header.camera} ({exc.strerror})") from None
+                               f"{header.camera!r} ({why})") from None
         try:
             head = os.pread(fd, 24, 0)
             if len(head) != 24 or head[:8] != MAGIC:
-                raise MessageError(f"frame ring {path} is not a linewatch frame ring")
+                raise MessageError(f"frame ring: {path} is not a linewatch frame ring")
             slots, slot_bytes = (int(x) for x in np.frombuffer(head[8:], np.uint64))
             try:
                 mapped = _Mapped(fd, slots, slot_bytes, writable=False)
             except (ValueError, OSError) as exc:  # shorter than its header claims: not written by acquire
-                raise MessageError(f"frame ring {path} cannot be mapped ({exc})") from None
+                raise MessageError(f"frame ring: {path} cannot be mapped ({exc})") from None
         finally:
             os.close(fd)
         self._rings[header.camera] = (header.stream, mapped)

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
+import orjson
 
-from linewatch.wire.codec import ENCODER, MAX_INT64, Count, MessageError, Positive, decode_problem, decoded
+from linewatch.wire.codec import (
+    DECODE_ERRORS,
+    ENCODER,
+    MAX_INT64,
+    Count,
+    MessageError,
+    Positive,
+    check_storable,
+    decode_problem,
+    decoded,
+)
 
 FRAME_VERSION = 2  # 2: a frame may travel as `[header]` with its pixels in a shared-memory slot
 FRAME_VERSIONS = (1, 2)  # accepted on receipt; version 1 headers carry no slot
@@ -43,6 +53,7 @@ class FrameHeader:
     device_timestamp_ns: int | None = None  # the camera's clock at exposure, when it reports one
     slot: Annotated[int, msgspec.Meta(ge=0)] | None = None  # frame ring slot holding the pixels (None: inline)
     gen: Annotated[int, msgspec.Meta(ge=1)] | None = None  # the slot's generation when these pixels were written
+    t_capture_mono_ns: Count | None = None  # CLOCK_MONOTONIC at capture: deadlines and durations (`clock.py`)
 
     @property
     def nbytes(self) -> int:
@@ -51,6 +62,13 @@ class FrameHeader:
     @property
     def shape(self) -> tuple[int, ...]:
         return (self.height, self.width) if self.channels == 1 else (self.height, self.width, self.channels)
+
+    @property
+    def t_sent_mono_ns(self) -> int | None:
+        """CLOCK_MONOTONIC when acquire sent it (its wall stamps are capture time plus monotonic time)."""
+        if self.t_capture_mono_ns is None:
+            return None
+        return self.t_capture_mono_ns + (self.t_sent_ns - self.t_capture_ns)
 
     def to_bytes(self) -> bytes:
         return ENCODER.encode(self)
@@ -61,11 +79,13 @@ class FrameHeader:
         announced to record); a wrong field is named, e.g. ``Expected `int` >= 1 - at `$.width` ``."""
         try:
             hdr = _HEADER.decode(raw)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise MessageError(f"frame header: {decode_problem(exc)}") from None
         if hdr.v not in FRAME_VERSIONS:
             raise MessageError(f"frame header: unsupported version {hdr.v} (expected one of {FRAME_VERSIONS})")
         _check_slot(hdr)
+        if hdr.truth is not None:  # it travels on in the part's verdict and row
+            check_storable(hdr.truth, "frame header", "truth")
         return hdr
 
 
@@ -122,9 +142,9 @@ class SlotRelease:
 def peek_identity(raw: bytes | memoryview | msgspec.Raw) -> tuple[str, str, int] | None:
     """(camera, stream, seq) from a header or verdict that failed validation, when those fields are readable."""
     try:
-        d = json.loads(bytes(raw))
+        d = orjson.loads(bytes(raw))  # refuses nesting past 1024 levels, where json.loads would recurse too deep
         cam, stream, seq = d["camera"], d["stream"], d["seq"]
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+    except (ValueError, TypeError, KeyError, IndexError):
         return None
     if (isinstance(cam, str) and isinstance(stream, str) and isinstance(seq, int) and not isinstance(seq, bool)
             and 0 <= seq <= MAX_INT64):

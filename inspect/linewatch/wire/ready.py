@@ -6,8 +6,10 @@ the supervisor when it dies, read by anyone who must know what runs (readiness, 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,6 +20,7 @@ from linewatch.config import LineConfig
 #: A child beats (touches its ready file) this often; one silent for STALE_S is down (stopped, hung, dead).
 BEAT_S = 1.0
 STALE_S = 5.0
+HEARTBEAT_THREAD = "heartbeat"
 
 
 def child_name(cfg: LineConfig, role: str, index: int) -> str:
@@ -39,12 +42,23 @@ def ready_dir(run_dir: Path) -> Path:
 
 
 def mark_ready(run_dir: Path, name: str, **info: Any) -> None:
-    """Tell the supervisor (and the api) that this child is serving; `info` describes it."""
+    """Tell the supervisor (and the api) that this child is serving; `info` describes it. The file also
+    carries what the child bootstrap set up, read back from this process (`bootstrap_facts`)."""
     d = ready_dir(run_dir)
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / f".{name}.tmp"
-    tmp.write_text(json.dumps({"name": name, "pid": os.getpid(), **info}))
+    tmp.write_text(json.dumps({"name": name, **bootstrap_facts(), **info}))
     os.replace(tmp, d / name)
+
+
+def bootstrap_facts() -> dict[str, Any]:
+    """The state the child bootstrap (`linewatch.line.child`) leaves in a process, observed rather than
+    declared: objects frozen out of the collector, OpenCV's thread count (None when OpenCV is not loaded),
+    a live heartbeat thread. A child whose start path skipped the bootstrap shows it in its ready file."""
+    cv2 = sys.modules.get("cv2")
+    return {"pid": os.getpid(), "gc_frozen": gc.get_freeze_count(),
+            "opencv_threads": cv2.getNumThreads() if cv2 is not None else None,
+            "heartbeat": any(t.name == HEARTBEAT_THREAD and t.is_alive() for t in threading.enumerate())}
 
 
 def read_ready(run_dir: Path) -> dict[str, dict[str, Any]]:
@@ -81,6 +95,6 @@ def start_heartbeat(run_dir: Path, name: str, stop: threading.Event) -> threadin
             except OSError:
                 continue  # e.g. a full disk: the beat comes back with room
 
-    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+    thread = threading.Thread(target=beat, name=HEARTBEAT_THREAD, daemon=True)
     thread.start()
     return thread

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 import orjson
 
-from linewatch.clock import now_ns
-from linewatch.wire.codec import Count, MessageError, decode_problem, load_json
+from linewatch.clock import now_ns, part_wall_ns
+from linewatch.wire.codec import DECODE_ERRORS, Count, MessageError, check_storable, decode_problem, load_json
 from linewatch.wire.frames import FrameHeader, peek_identity
 
 Final = Literal["PASS", "FAIL", "REVIEW"]
@@ -52,6 +51,7 @@ class Verdict:
     t_sent_ns: Count = 0
     t_received_ns: Count = 0
     t_decided_ns: Count = 0
+    t_capture_mono_ns: Count | None = None  # in flight only: record's latency is monotonic (`clock.py`)
     timings_ms: dict[str, float] = field(default_factory=dict)
     worker: str = ""
     truth: dict[str, Any] | None = None
@@ -67,41 +67,69 @@ class Verdict:
         A field this version does not know is ignored, so a newer worker's verdicts are still recorded;
         a known field with a wrong type or value is refused, naming the field (VerdictError)."""
         try:
-            return _VERDICT.decode(raw)
-        except msgspec.DecodeError as exc:
+            v = _VERDICT.decode(raw)
+        except DECODE_ERRORS as exc:
             raise VerdictError(f"verdict: {decode_problem(exc)}", peek_identity(raw)) from None
+        return v.checked()
+
+    def checked(self) -> Verdict:
+        """This verdict once its truth, which goes into the part's row as JSON text, is storable."""
+        if self.truth is not None:
+            try:
+                check_storable(self.truth, "verdict", "truth")
+            except MessageError as exc:
+                raise VerdictError(str(exc), (self.camera, self.stream, self.seq)) from None
+        return self
 
     @classmethod
     def many_from_bytes(cls, raw: bytes) -> tuple[list[Verdict], list[VerdictError]]:
         """The verdicts of a `verdict_batch` message, and what is wrong with each item that fails validation
         (its neighbours are kept: one bad item does not cost the batch's other parts their verdicts)."""
         try:
-            return _VERDICTS.decode(raw), []
-        except msgspec.ValidationError:
+            return _each(_VERDICTS.decode(raw), Verdict.checked)
+        except (msgspec.ValidationError, UnicodeDecodeError, RecursionError):
             pass  # one item or more is bad: decode them one by one
         except msgspec.DecodeError as exc:
             raise MessageError(f"verdict batch: {decode_problem(exc)}") from None
         try:
             items = _RAW_ITEMS.decode(raw)
-        except msgspec.DecodeError as exc:
+        except DECODE_ERRORS as exc:
             raise MessageError(f"verdict batch: {decode_problem(exc)}") from None
-        good, errors = [], []
-        for i, item in enumerate(items):
-            try:
-                good.append(cls.from_bytes(item))
-            except VerdictError as exc:
-                errors.append(VerdictError(f"verdict batch: item {i}: {exc}", exc.identity))
-        return good, errors
+        return _each(items, cls.from_bytes)
 
     @classmethod
-    def not_inspected(cls, header: FrameHeader, recipe: str, reason: str) -> Verdict:
-        """A frame that never reached a model: rejected, with its reason."""
+    def not_inspected(cls, part: FrameHeader | tuple[str, str, int], recipe: str, reason: str,
+                      decided_by: str = "not_inspected") -> Verdict:
+        """A part that never got a model's verdict, FAIL with its reason: the one way to build one.
+
+        `part` is its frame header, or its (camera, stream, seq) when it was never announced (its
+        messages were lost: no capture time is known). `decided_by` is `not_inspected` or `timeout`."""
+        if not isinstance(part, FrameHeader):
+            camera, stream, seq = part
+            return cls(camera=camera, stream=stream, seq=seq, part_id=f"{camera}-{stream}-{seq}", final="FAIL",
+                       decided_by=decided_by, reasons=[reason], recipe=recipe, t_decided_ns=now_ns())
+        h = part
         return cls(
-            camera=header.camera, stream=header.stream, seq=header.seq, part_id=header.part_id,
-            final="FAIL", decided_by="not_inspected", reasons=[reason], recipe=recipe,
-            t_capture_ns=header.t_capture_ns, t_sent_ns=header.t_sent_ns, t_decided_ns=now_ns(),
-            truth=header.truth,
+            camera=h.camera, stream=h.stream, seq=h.seq, part_id=h.part_id,
+            final="FAIL", decided_by=decided_by, reasons=[reason], recipe=recipe,
+            t_capture_ns=h.t_capture_ns, t_sent_ns=h.t_sent_ns,
+            t_decided_ns=part_wall_ns(h.t_capture_ns, h.t_capture_mono_ns),
+            t_capture_mono_ns=h.t_capture_mono_ns, truth=h.truth,
         )
+
+
+_Item = TypeVar("_Item")
+
+
+def _each(items: Sequence[_Item], verdict: Callable[[_Item], Verdict]) -> tuple[list[Verdict], list[VerdictError]]:
+    """Each item's verdict, or what is wrong with it, named by its place in the batch."""
+    good, errors = [], []
+    for i, item in enumerate(items):
+        try:
+            good.append(verdict(item))
+        except VerdictError as exc:
+            errors.append(VerdictError(f"verdict batch: item {i}: {exc}", exc.identity))
+    return good, errors
 
 
 _VERDICT = msgspec.json.Decoder(Verdict)  # unknown fields are ignored: a newer sender stays readable
@@ -115,19 +143,20 @@ def encode_verdict_batch(verdicts: Sequence[Verdict]) -> bytes:
 
 
 def encode_verdict_group(columns: tuple[str, ...], rows: list[tuple[Any, ...]], json_columns: tuple[str, ...],
-                         commit_id: int, t_committed_ns: int, event_ms: float) -> bytes:
+                         commit_id: int, t_committed_ns: int) -> bytes:
     """A `verdicts` event: the rows of one group commit as the store has them, column-wise.
 
     `json_columns` are JSON texts in the rows (sent as text: record never re-parses them); the event is
-    published once the group is committed, `event_ms` after its commit.
+    published once the group is committed.
     """
-    return orjson.dumps({"commit_id": commit_id, "t_committed_ns": t_committed_ns, "event_ms": event_ms,
+    return orjson.dumps({"commit_id": commit_id, "t_committed_ns": t_committed_ns,
                          "columns": columns, "json_columns": json_columns, "rows": rows})
 
 
 def decode_verdict_group(raw: bytes, json_columns: bool = True) -> list[dict[str, Any]]:
-    """One dict per verdict of a `verdicts` event, as the REST API shows a row, plus the commit's stage
-    times (`t_committed_ns`, `record_ms`: decided -> committed, `event_ms`: committed -> published).
+    """One dict per verdict of a `verdicts` event, plus the commit's stage times (`t_committed_ns`,
+    `record_ms`: decided -> committed; `event_ms`, committed -> published, is null: the event is built
+    before it is sent). `store.rows.row_to_api` gives it the shape every reader shows.
     `json_columns=False` leaves the JSON columns (reasons, probs, truth) as text, for a reader that
     only counts verdicts.
 
@@ -137,7 +166,7 @@ def decode_verdict_group(raw: bytes, json_columns: bool = True) -> list[dict[str
     try:
         columns, rows = group["columns"], group["rows"]
         parsed = group["json_columns"] if json_columns else ()
-        stages = {"t_committed_ns": int(group["t_committed_ns"]), "event_ms": float(group["event_ms"])}
+        stages: dict[str, Any] = {"t_committed_ns": int(group["t_committed_ns"]), "event_ms": None}
         out = []
         for values in rows:
             if len(values) != len(columns):
@@ -148,6 +177,8 @@ def decode_verdict_group(raw: bytes, json_columns: bool = True) -> list[dict[str
             decided = row.get("t_decided_ns")
             row.update(stages, record_ms=(stages["t_committed_ns"] - decided) / 1e6 if decided else None)
             out.append(row)
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+    except MessageError:
+        raise
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:  # ValueError: a bad number or JSON column
         raise MessageError(f"verdicts event: {type(exc).__name__} {exc}") from None
     return out

@@ -1,0 +1,59 @@
+"""The web app on a real uvicorn (a thread, loopback only) over a real store, with record as a real child, so
+operator actions (lot, review, acknowledge) commit as on a line."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import uvicorn
+
+from linewatch.api.app import create_app
+from linewatch.config import LineConfig, parse_config
+from linewatch.line.supervisor import resolve_paths
+from linewatch.store import insert_alarm, insert_verdicts, open_writer, verdict_row
+from linewatch.store.images import image_relpath, save_kept, save_live
+from linewatch.wire import Alarm, Verdict
+from tests.conftest import RecordRig, free_port, wait_for
+
+
+def seed_store(data_dir: Path) -> None:
+    """Five inspections (ids 1-5; 3 FAIL and 4 REVIEW with kept images), one active alarm (id 1), a live image."""
+    db = open_writer(data_dir)
+    rows = []
+    for seq, final in enumerate(["PASS", "PASS", "FAIL", "REVIEW", "PASS"]):
+        v = Verdict("cam0", "s", seq, f"p{seq}", final, "model", t_capture_ns=1_790_000_000_000_000_000 + seq)  # type: ignore[arg-type]
+        if final != "PASS":
+            v.image = image_relpath("cam0", "s", seq, final)
+            save_kept(data_dir, v.image, np.full((8, 8), seq, np.uint8))
+        rows.append(verdict_row(v, 1_790_000_000_000_000_100 + seq))
+    insert_verdicts(db, rows)
+    insert_alarm(db, Alarm("supervisor", "process_restart", "infer[0] died"))
+    db.close()
+    save_live(data_dir, "cam0", np.zeros((8, 8), np.uint8))
+
+
+@contextmanager
+def served_api(tmp: Path, api: dict[str, Any] | None = None) -> Iterator[tuple[str, LineConfig]]:
+    """(base url, config) of the web app on a seeded store, with record running; stops both on exit."""
+    seed_store(tmp)
+    rig = RecordRig(tmp, {})
+    port = free_port()
+    cfg = resolve_paths(parse_config({"data_dir": str(tmp), "api": {"port": port, **(api or {})}}))
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning",
+                                           access_log=False, timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started or not thread.is_alive(), 30, "the web app to serve")
+        assert server.started, "uvicorn did not start"
+        yield f"http://127.0.0.1:{port}", cfg
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        rig.close()
+        rig.ctx.term()
