@@ -439,7 +439,8 @@ def table(r: dict[str, Any]) -> str:
               "|---|---|---|---|---|"]
     for s in r["sizes"]:
         work, best = s["bare"]["with_failsafe_ms"], s["bare"]["best_batch"]
-        per_frame = s["bare"]["batch_ms"][str(best)] / best
+        batch_ms = {str(k): v for k, v in s["bare"]["batch_ms"].items()}  # int keys until written as JSON
+        per_frame = batch_ms[str(best)] / best
         lines.append(f"| {s['side']}² | {work['input_rules']} | {work['model']} | {work['decision']} "
                      f"| {per_frame:.3f} (batch {best}) |")
     lines += ["", "Stage medians at 50 % load (ms); they add up to the capture → commit p50:", "",
