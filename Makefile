@@ -43,7 +43,7 @@ check: setup-dev lint
 reference-model: $(VENV)/.dev
 	rm -rf var/reference-data models/reference
 	$(BIN)/linewatch emulate --count 3000 --seed 7 --out var/reference-data
-	$(BIN)/linewatch train var/reference-data --out models/reference --name reference --epochs 40 --seed 0
+	$(BIN)/linewatch train var/reference-data --out models/reference --name reference --backbone none --epochs 40 --seed 0
 	rm -f models/reference/checkpoint.pt models/index.json models/active/default.onnx
 	$(BIN)/linewatch models promote models/reference/reference.onnx --recipe default
 

@@ -60,6 +60,10 @@ def write_card(card: dict[str, Any], onnx_path: Path) -> dict[str, Any]:
         "calibration " + ", ".join(f"{k} {v}" for k, v in card["calibration"].items() if k in ("temperature", "platt"))
         + ".", "",
     ]
+    if "backbone" in card:
+        b = card["backbone"]
+        lines[-1:-1] = [f"Backbone {b['name']} (ImageNet weights `{b['file']}` from {b['package']} {b['version']}, "
+                        f"SHA-256 `{b['sha256']}`), fine-tuned.", ""]
     if "real_defects" in m:
         r = m["real_defects"]
         lines += ["## Real defects (never trained on)", "",

@@ -14,11 +14,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except ImportError:
         print("error: training needs the train extra: pip install -e '.[train]'", file=sys.stderr)
         return 2
+    from linewatch.training.backbone import BackboneError
     from linewatch.training.dataset import DatasetError
     from linewatch.training.trainer import TrainOptions, train
 
     size = tuple(int(v) for v in args.frame_size.lower().split("x")) if args.frame_size else None
-    opts = TrainOptions(name=args.name, kind=args.kind, net_size=args.net_size, arch=args.arch, channels=args.channels,
+    opts = TrainOptions(name=args.name, kind=args.kind, net_size=args.net_size, arch=args.arch,
+                        backbone=args.backbone, channels=args.channels,
                         frame_size=size,  # type: ignore[arg-type]
                         epochs=args.epochs, batch=args.batch, lr=args.lr, label_smoothing=args.label_smoothing,
                         class_weights=not args.no_class_weights, soft_targets=args.soft_targets,
@@ -28,7 +30,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                         max_review=args.max_review)
     try:
         card = train(Path(args.data), Path(args.out), opts)
-    except DatasetError as exc:
+    except (DatasetError, BackboneError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     m = card["metrics"]
@@ -47,6 +49,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--net-size", type=int, default=64, help="side the network sees after in-graph resize")
     p.add_argument("--arch", choices=["compact", "fine"], default="compact",
                    help="compact, or fine for thin defects such as cracks (deeper, sees every pixel; slower)")
+    p.add_argument("--backbone", choices=["efficientnet-lite0", "none"], default="efficientnet-lite0",
+                   help="classifier: fine-tune ImageNet EfficientNet-Lite0, or none = train --arch from scratch")
     p.add_argument("--channels", type=int, choices=[1, 3], default=1, help="1 = Mono8 frames, 3 = RGB8")
     p.add_argument("--frame-size", help="WxH of the line's frames (default: the first image's size)")
     p.add_argument("--epochs", type=int, default=30)

