@@ -19,10 +19,14 @@ from linewatch.training.backbone import (
     WEIGHTS_SHA256,
     BackboneError,
     build_backbone_net,
+    export_backbone_onnx,
     verify,
     weights_path,
 )
-from linewatch.training.network import InputSpec
+from linewatch.training.common import contract_metadata
+from linewatch.training.network import InputSpec, preprocess
+from linewatch.wire import KIND_VERDICT, Verdict, encode_frame
+from tests.conftest import InferRig
 
 torch = pytest.importorskip("torch")
 FRAME = 64
@@ -77,8 +81,11 @@ def test_fine_tuned_backbone_runs_on_the_line(parts: Path, tmp_path: Path) -> No
     assert model.info.sha256 == card["sha256"] and model.frame_shape == (FRAME, FRAME)
     assert WEIGHTS_SHA256 in model.info.metadata["linewatch.backbone"]
     emu = PartEmulator(FRAME, FRAME, seed=77, defect_rate=0.5)
-    probs = model.run(np.stack([emu.render(i).pixels for i in range(5)]))
+    pred = model.predict(np.stack([emu.render(i).pixels for i in range(5)]))
+    probs, maps = pred.probs, pred.anomaly_maps
     assert probs.shape == (5, 2) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert maps is not None and maps.shape == (5, 1, 1) and maps.min() >= 0 and maps.max() <= 1  # 32 px / 32
+    assert model.info.metadata["linewatch.outputs"] == "probs, anomaly_map"
     assert card["metrics"]["onnx_torch_max_abs_diff"] <= 1e-3
 
 
@@ -89,3 +96,58 @@ def test_backbone_none_trains_from_scratch(parts: Path, tmp_path: Path) -> None:
     card = json.loads((out / "card.json").read_text())
     assert "backbone" not in card
     assert "linewatch.backbone" not in Model(out / "scratch.onnx", providers="cpu").info.metadata
+
+
+def _cam_model(out: Path, defect_bias: float = 0.0) -> tuple[object, InputSpec, np.ndarray]:
+    """A three-class backbone classifier with a fresh head (no training needed to test the export), written to
+    `out`; `defect_bias` pushes every frame towards the defect classes. Returns the net, its spec and frames."""
+    emu = PartEmulator(FRAME, FRAME, seed=11, defect_rate=0.5)
+    frames = np.stack([emu.render(i).pixels for i in range(6)])
+    spec = InputSpec(FRAME, FRAME, 1, FRAME, 128.0, 50.0)
+    torch.manual_seed(0)
+    net = build_backbone_net(torch, 1, 3, spec).eval()
+    with torch.no_grad():
+        net._fc.bias.copy_(torch.tensor([-defect_bias, defect_bias, defect_bias]))
+        if defect_bias:  # features are >= 0 (ReLU6): positive defect weights give every frame some evidence
+            net._fc.weight[1:].abs_()
+    meta = contract_metadata("cam", "classifier", spec, ["good", "crack", "scratch"], ["crack", "scratch"],
+                             (0.3, 0.7), frames, np.full(6, 0.1), "0" * 64)
+    export_backbone_onnx(net, spec, 1.5, meta, out)
+    return net, spec, frames
+
+
+def test_the_exported_cam_matches_pytorch(tmp_path: Path) -> None:
+    net, spec, frames = _cam_model(tmp_path / "cam.onnx")
+    model = Model(tmp_path / "cam.onnx", providers="cpu")
+    assert model.info.adapter == "native"  # the extra map output is part of the native contract
+    pred = model.predict(frames)
+    with torch.no_grad():
+        x = preprocess(torch, torch.from_numpy(frames), spec)
+        ref_cam = net.cam(x, [1, 2])[:, 0].numpy()  # type: ignore[attr-defined]
+        ref_probs = torch.softmax(net(x) / 1.5, dim=1).numpy()  # type: ignore[operator]
+    assert pred.anomaly_maps is not None and pred.anomaly_maps.shape == (6, FRAME // 32, FRAME // 32)
+    assert float(np.abs(pred.anomaly_maps - ref_cam).max()) <= 1e-3
+    assert float(np.abs(pred.probs - ref_probs).max()) <= 1e-3  # the map explains; the probabilities still decide
+    peaks = pred.anomaly_maps.max(axis=(1, 2))  # each frame's own maximum: 1, or 0 without any defect evidence
+    assert pred.anomaly_maps.min() >= 0 and np.all((np.abs(peaks - 1) < 1e-3) | (peaks == 0)) and peaks.max() > 0
+
+
+def test_a_fail_part_from_a_backbone_classifier_keeps_its_cam_heatmap(tmp_path: Path) -> None:
+    model = tmp_path / "m" / "cam.onnx"
+    _, _, frames = _cam_model(model, defect_bias=8.0)
+    rules_off = {name: {"enabled": False} for name in ("exposure", "presence", "blur", "statistics", "dark_spot")}
+    rig = InferRig(tmp_path, model, record={"live_view_hz": 0}, failsafe=rules_off)
+    try:
+        rig.frames.send_multipart(encode_frame(rig.header(0, height=FRAME, width=FRAME), frames[0]))
+        while True:
+            assert rig.record.poll(30_000), "no verdict from the worker"
+            parts = rig.record.recv_multipart()
+            if parts[0] == KIND_VERDICT:
+                break
+        v = Verdict.from_bytes(parts[1])
+        assert (v.final, v.decided_by) == ("FAIL", "model"), (v.final, v.decided_by, v.reasons)
+        assert len(parts) == 5, "the kept image and its heatmap travel with the verdict"
+        heat = cv2.imdecode(np.frombuffer(parts[4], np.uint8), cv2.IMREAD_GRAYSCALE)
+        assert heat is not None and heat.shape == (FRAME // 32, FRAME // 32) and heat.max() >= 250
+    finally:
+        rig.close()

@@ -9,12 +9,19 @@ padding kept exactly (asymmetric for stride 2) because the weights were trained 
 The classifier takes the trainer's normalised input, maps it to ImageNet normalisation with one
 per-channel affine (a grey frame is broadcast to three channels), and ends in the last feature map
 (`features`, for a class-activation map), global average pooling and a linear head.
+
+The export explains every call: beside `probs` it writes an `anomaly_map` (N, 1, h, w) at the feature map's
+resolution (the network's input / 32), the class-activation map ReLU(sum_c w[k, c] * features[c]) of the defect
+classes k (their strongest at each pixel), divided by its own maximum + CAM_EPS. Per-frame max normalisation
+because the map answers "where", the probabilities "how likely": a CAM's scale varies with the part, the
+temperature and the training run, so a fixed calibrated scale would wash out some frames and saturate others.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +44,7 @@ BN_EPS = 1e-3
 STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
           (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
 BACKBONES = ("efficientnet-lite0", "none")
+CAM_EPS = 1e-6  # a frame with no defect evidence anywhere gets an all-zero map, not 0 / 0
 
 
 class BackboneError(Exception):
@@ -161,6 +169,12 @@ def _network(torch: Any, classes: int, spec: InputSpec) -> Any:
         def forward(self, x: Any) -> Any:
             return self._fc(self._dropout(self.features(x).mean((2, 3))))
 
+        def cam(self, x: Any, defects: list[int]) -> Any:
+            """The class-activation map of the `defects` rows of the head (N, 1, h, w) in [0, 1]: the export's twin."""
+            w = self._fc.weight[defects]
+            m = F.relu(torch.einsum("kc,nchw->nkhw", w, self.features(x))).amax(1, keepdim=True)
+            return m / (m.amax((2, 3), keepdim=True) + CAM_EPS)
+
     return Lite0()
 
 
@@ -171,8 +185,14 @@ def _fold(conv: Any, bn: Any) -> tuple[np.ndarray, np.ndarray]:
     return (w * scale[:, None, None, None]).astype(np.float32), bias.astype(np.float32)
 
 
+def defect_rows(metadata: dict[str, str]) -> list[int]:
+    """The head's rows of the defect classes, from the contract's `linewatch.labels` and `defect_labels`."""
+    labels, defects = json.loads(metadata["linewatch.labels"]), set(json.loads(metadata["linewatch.defect_labels"]))
+    return [i for i, label in enumerate(labels) if label in defects]
+
+
 def export_backbone_onnx(net: Any, spec: InputSpec, temperature: float, metadata: dict[str, str], out: Path) -> None:
-    """Write the eval-mode backbone classifier as ONNX: uint8 frames in, softmax(logits / T) out."""
+    """Write the eval-mode backbone classifier as ONNX: uint8 frames in, softmax(logits / T) and its CAM out."""
     g = GraphBuilder(spec)
     x = g.node("Mul", [g.preprocess(), g.const("in.scale", net.scale.numpy())], "in_scaled")
     x = g.node("Add", [x, g.const("in.shift", net.shift.numpy())], "in_imagenet")
@@ -203,4 +223,13 @@ def export_backbone_onnx(net: Any, spec: InputSpec, temperature: float, metadata
     g.node("Gemm", ["feat", g.const("fc.w", fc.weight.detach().numpy() / temperature),
                     g.const("fc.b", fc.bias.detach().numpy() / temperature)], "logits", transB=1)
     g.node("Softmax", ["logits"], "probs", axis=1)
-    g.save([("probs", ["N", fc.out_features])], metadata, out)
+    rows = defect_rows(metadata)
+    cam_w = fc.weight.detach().numpy()[rows][:, :, None, None]
+    g.node("Conv", [x, g.const("cam.w", cam_w)], "cam_k", kernel_shape=[1, 1])
+    g.node("Relu", ["cam_k"], "cam_pos")
+    g.node("ReduceMax", ["cam_pos"], "cam", axes=[1], keepdims=1)
+    g.node("ReduceMax", ["cam"], "cam_peak", axes=[2, 3], keepdims=1)
+    g.node("Add", ["cam_peak", g.const("cam.eps", np.array(CAM_EPS, np.float32))], "cam_scale")
+    g.node("Div", ["cam", "cam_scale"], "anomaly_map")
+    meta = {**metadata, "linewatch.outputs": "probs, anomaly_map"}
+    g.save([("probs", ["N", fc.out_features]), ("anomaly_map", ["N", 1, size[0], size[0]])], meta, out)

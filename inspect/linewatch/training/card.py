@@ -63,7 +63,7 @@ def write_card(card: dict[str, Any], onnx_path: Path) -> dict[str, Any]:
     if "backbone" in card:
         b = card["backbone"]
         lines[-1:-1] = [f"Backbone {b['name']} (ImageNet weights `{b['file']}` from {b['package']} {b['version']}, "
-                        f"SHA-256 `{b['sha256']}`), fine-tuned.", ""]
+                        f"SHA-256 `{b['sha256']}`), {'frozen' if card['kind'] == 'patchcore' else 'fine-tuned'}.", ""]
     if "real_defects" in m:
         r = m["real_defects"]
         lines += ["## Real defects (never trained on)", "",

@@ -27,7 +27,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                         patience=args.patience, max_minutes=args.max_minutes,
                         val_fraction=args.val_fraction, seed=args.seed, flips=not args.no_flips,
                         rotate90=args.rotate90, shift_px=args.shift, target_escape=args.target_escape,
-                        max_review=args.max_review)
+                        max_review=args.max_review, coreset=args.coreset)
     try:
         card = train(Path(args.data), Path(args.out), opts)
     except (DatasetError, BackboneError) as exc:
@@ -44,8 +44,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("data", help="folder with good/ and defect subfolders, or manifest.csv/.json (path,label,...)")
     p.add_argument("--out", required=True, help="output folder for <name>.onnx, card.json, CARD.md")
     p.add_argument("--name", default="model", help="model name (file name and metadata)")
-    p.add_argument("--kind", choices=["classifier", "anomaly"], default="classifier",
-                   help="classifier (labelled good/defect) or anomaly (trained on good images only)")
+    p.add_argument("--kind", choices=["classifier", "anomaly", "patchcore"], default="classifier",
+                   help="classifier (labelled good/defect); anomaly or patchcore (fitted on good images only)")
     p.add_argument("--net-size", type=int, default=64, help="side the network sees after in-graph resize")
     p.add_argument("--arch", choices=["compact", "fine"], default="compact",
                    help="compact, or fine for thin defects such as cracks (deeper, sees every pixel; slower)")
@@ -71,4 +71,6 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--shift", type=int, default=0, help="augment with random shifts of up to N pixels")
     p.add_argument("--target-escape", type=float, default=0.01, help="escape rate the REVIEW band aims for")
     p.add_argument("--max-review", type=float, default=0.05, help="largest share of parts sent to REVIEW")
+    p.add_argument("--coreset", type=float, default=0.02,
+                   help="patchcore: share of the good images' patches kept in the memory bank")
     p.set_defaults(func=_cmd_train)

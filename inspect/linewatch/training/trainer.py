@@ -41,7 +41,7 @@ PARITY = {"none": 1e-4, "efficientnet-lite0": 1e-3}
 @dataclass(frozen=True)
 class TrainOptions:
     name: str = "model"
-    kind: str = "classifier"  # or "anomaly": trained from good images only
+    kind: str = "classifier"  # or "anomaly" / "patchcore": from good images only
     net_size: int = 64
     arch: str = "compact"  # or "fine": thin defects, see network.py (only with backbone "none")
     backbone: str = "none"  # or "efficientnet-lite0": ImageNet-pretrained (the CLI's default), see backbone.py
@@ -63,6 +63,7 @@ class TrainOptions:
     shift_px: int = 0  # random translation up to this many pixels (edges replicated): parts move on a belt
     target_escape: float = 0.01
     max_review: float = 0.05
+    coreset: float = 0.02  # patchcore: share of the good patches kept in the memory bank
 
 
 def _augment(torch: Any, x: Any, opts: TrainOptions, gen: Any) -> Any:
@@ -164,6 +165,10 @@ def train(data: Path, out_dir: Path, opts: TrainOptions, log: Any = print) -> di
         from linewatch.training.anomaly import train_anomaly
 
         return train_anomaly(data, out_dir, opts, log)
+    if opts.kind == "patchcore":
+        from linewatch.training.patchcore import train_patchcore
+
+        return train_patchcore(data, out_dir, opts, log)
     t0 = time.monotonic()
     torch.manual_seed(opts.seed)
     ds = load_dataset(data)
@@ -301,13 +306,21 @@ def _predict(torch: Any, net: Any, x: Any) -> Any:
 
 def _parity(torch: Any, net: Any, temperature: float, spec: InputSpec, frames: np.ndarray, onnx_path: Path,
             tolerance: float) -> float:
-    """PyTorch and ONNX Runtime must agree within `tolerance` on real images, or the export is refused."""
+    """PyTorch and ONNX Runtime must agree within `tolerance` on real images (probabilities, and the CAM of a
+    backbone classifier), or the export is refused."""
     from linewatch.model.onnx import Model
 
+    model = Model(onnx_path, providers="cpu")
+    info = model.info
     with torch.no_grad():
-        ref = torch.softmax(net(preprocess(torch, torch.from_numpy(frames), spec)) / temperature, dim=1).numpy()
-    got = Model(onnx_path, providers="cpu").run(frames)
-    diff = float(np.abs(ref - got).max())
+        x = preprocess(torch, torch.from_numpy(frames), spec)
+        ref = torch.softmax(net(x) / temperature, dim=1).numpy()
+        cam = net.cam(x, [i for i, lab in enumerate(info.labels) if lab in info.defect_labels]) \
+            if hasattr(net, "cam") else None
+    got = model.predict(frames)
+    diff = float(np.abs(ref - got.probs).max())
+    if cam is not None and got.anomaly_maps is not None:
+        diff = max(diff, float(np.abs(cam[:, 0].numpy() - got.anomaly_maps).max()))
     if diff > tolerance:
         onnx_path.unlink()
         raise RuntimeError(f"ONNX export disagrees with PyTorch by {diff:.2e} (> {tolerance:.0e}); model not written")

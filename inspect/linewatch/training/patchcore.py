@@ -1,0 +1,253 @@
+"""PatchCore-style anomaly model: a memory of good patches, no gradient steps (Roth et al. 2022).
+
+Locally aware patch features come from two mid-level stages of the frozen ImageNet EfficientNet-Lite0
+(backbone.py, hash-checked): each map is averaged over 3x3 neighbourhoods, the deeper one is
+upsampled to the shallower one and the two are concatenated. The features of the good training
+images are thinned to a greedy coreset (k-center on a fixed random projection) that is the memory
+bank. A patch's anomaly is its distance to the nearest bank entry, the image score the map's
+maximum; Platt scaling on held-out good images (with synthetic anomalies, and half of the real
+defects when there are some) turns it into p(defect). The exported graph holds all of it: backbone
+stages, patch features, ||a||² - 2ab + ||b||² by MatMul, ReduceMin, so the worker runs one graph with
+the same outputs (`probs`, `anomaly_map`) as the `anomaly` kind.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from linewatch.training.anomaly import MAP_STRIDE, _platt, synthesize
+from linewatch.training.backbone import _fold, build_backbone_net, same_pads
+from linewatch.training.card import code_version, write_card
+from linewatch.training.common import contract_metadata, input_spec, prepared
+from linewatch.training.dataset import load_dataset, stratified_split
+from linewatch.training.evaluate import choose_band, evaluate
+from linewatch.training.network import GraphBuilder, InputSpec
+
+# Last blocks of the two stages tapped: 24 channels at stride 4 and 40 at stride 8 for small nets, 40 at
+# stride 8 and 112 at stride 16 above FINE_TAPS_UP_TO px, so the patch grid stays near 32x32.
+FINE_TAPS, COARSE_TAPS, FINE_TAPS_UP_TO = (2, 4), (4, 10), 128
+PROJECTION_DIMS = 64  # k-center greedy runs on this random projection of the features
+MIN_BANK = 256
+MAX_BANK = 8192
+PARITY = 1e-3
+
+
+def taps_for(net_size: int) -> tuple[int, int]:
+    return FINE_TAPS if net_size <= FINE_TAPS_UP_TO else COARSE_TAPS
+
+
+def patch_features(torch: Any, net: Any, x: Any) -> Any:
+    """(N, C, h, w) locally aware patch features of normalised frames `x`, at the shallower tap's stride."""
+    F = torch.nn.functional
+    y = _stem(torch, net, x * net.scale + net.shift)
+    taps, wanted = [], taps_for(x.shape[2])
+    for i, block in enumerate(net._blocks[:wanted[-1] + 1]):
+        y = block(y)
+        if i in wanted:
+            taps.append(F.avg_pool2d(y, 3, 1, 1, count_include_pad=False))
+    shallow, deep = taps
+    deep = F.interpolate(deep, size=shallow.shape[2:], mode="bilinear", align_corners=False)
+    return torch.cat([shallow, deep], 1)
+
+
+def _stem(torch: Any, net: Any, x: Any) -> Any:
+    F = torch.nn.functional
+    (t, b), (left, r) = same_pads(x.shape[2], 3, 2), same_pads(x.shape[3], 3, 2)
+    return F.relu6(net._bn0(net._conv_stem(F.pad(x, (left, r, t, b)))))
+
+
+def nearest_distance(torch: Any, feats: Any, bank: Any) -> Any:
+    """(N, 1, h, w) distance of each patch to its nearest bank entry, as the graph computes it."""
+    n, c, h, w = feats.shape
+    a = feats.reshape(n, c, h * w).transpose(1, 2)
+    d2 = (a * a).sum(2, keepdim=True) - 2 * a @ bank.T + (bank * bank).sum(1)
+    return d2.amin(2).clamp_min(0).sqrt().reshape(n, 1, h, w)
+
+
+def coreset(torch: Any, patches: Any, size: int, seed: int) -> Any:
+    """Indices of `size` patches chosen by k-center greedy (each next one the farthest from those chosen)."""
+    gen = torch.Generator().manual_seed(seed)
+    dims = min(PROJECTION_DIMS, patches.shape[1])
+    z = patches @ (torch.randn(patches.shape[1], dims, generator=gen) / dims ** 0.5)
+    zz = (z * z).sum(1)
+    chosen = [int(torch.randint(len(z), (1,), generator=gen))]
+    dist = torch.addmv(zz, z, z[chosen[0]], alpha=-2).add_(zz[chosen[0]])
+    for _ in range(size - 1):  # fused and in place: about ten times faster than the plain expression
+        i = int(dist.argmax())
+        chosen.append(i)
+        torch.minimum(dist, torch.addmv(zz, z, z[i], alpha=-2).add_(zz[i]), out=dist)
+    return torch.tensor(chosen)
+
+
+def score_map(torch: Any, net: Any, bank: Any, x: Any, platt: tuple[float, float]) -> tuple[Any, Any]:
+    """(p_defect (N,), anomaly map (N, 1, net/MAP_STRIDE, net/MAP_STRIDE)) exactly as the graph computes them."""
+    dist = nearest_distance(torch, patch_features(torch, net, x), bank)
+    size = x.shape[2] // MAP_STRIDE
+    logit = platt[0] * dist + platt[1]
+    up = torch.nn.functional.interpolate(logit, size=(size, size), mode="bilinear", align_corners=False)
+    return torch.sigmoid(logit.amax(dim=(1, 2, 3))), torch.sigmoid(up)
+
+
+def export_patchcore(net: Any, bank: np.ndarray, spec: InputSpec, platt: tuple[float, float],
+                     meta: dict[str, str], out: Path) -> None:
+    g = GraphBuilder(spec)
+    x = g.node("Mul", [g.preprocess(), g.const("in.scale", net.scale.numpy())], "in_scaled")
+    x = g.node("Add", [x, g.const("in.shift", net.shift.numpy())], "in_imagenet")
+    six, zero = g.const("six", np.array(6, np.float32)), g.const("zero", np.array(0, np.float32))
+    size, counter = [spec.net_size], [0]
+
+    def conv(cur: str, c: Any, bn: Any, act: bool = True) -> str:
+        counter[0] += 1
+        i, (w, b) = counter[0], _fold(c, bn)
+        k, s = c.kernel_size[0], c.stride[0]
+        lo, hi = same_pads(size[0], k, s)
+        size[0] = -(-size[0] // s)
+        y = g.node("Conv", [cur, g.const(f"c{i}.w", w), g.const(f"c{i}.b", b)], f"c{i}", kernel_shape=[k, k],
+                   strides=[s, s], pads=[lo, lo, hi, hi], group=c.groups)
+        return g.node("Clip", [y, zero, six], f"r{i}") if act else y
+
+    x = conv(x, net._conv_stem, net._bn0)
+    taps, sizes, wanted = [], [], taps_for(spec.net_size)
+    for n, block in enumerate(net._blocks[:wanted[-1] + 1]):
+        y = conv(x, block._expand_conv, block._bn0) if hasattr(block, "_expand_conv") else x
+        y = conv(conv(y, block._depthwise_conv, block._bn1), block._project_conv, block._bn2, act=False)
+        x = g.node("Add", [y, x], f"skip{n}") if block.residual else y
+        if n in wanted:
+            taps.append(g.node("AveragePool", [x], f"local{n}", kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                               count_include_pad=0))
+            sizes.append(size[0])
+    h = sizes[0]
+    deep = _resize(g, taps[1], h, "deep_up")
+    feats = g.node("Concat", [taps[0], deep], "patch", axis=1)
+    c = bank.shape[1]
+    a = g.node("Reshape", [feats, g.const("flat", np.array([0, c, -1], np.int64))], "patch_flat")
+    a = g.node("Transpose", [a], "patches", perm=[0, 2, 1])  # (N, h*w, C)
+    aa = g.node("ReduceSumSquare", [a], "aa", axes=[2], keepdims=1)
+    ab = g.node("MatMul", [a, g.const("bank.t2", (-2 * bank.T).astype(np.float32))], "m2ab")
+    d2 = g.node("Add", [g.node("Add", [aa, ab], "aa_m2ab"),
+                        g.const("bank.bb", (bank.astype(np.float64) ** 2).sum(1).astype(np.float32))], "d2")
+    d2 = g.node("ReduceMin", [d2], "d2_min", axes=[2], keepdims=0)
+    d = g.node("Sqrt", [g.node("Clip", [d2, zero], "d2_pos")], "dist")
+    d = g.node("Reshape", [d, g.const("map_shape", np.array([0, 1, h, h], np.int64))], "dist_map")
+    logit = g.node("Add", [g.node("Mul", [d, g.const("platt.a", np.array(platt[0], np.float32))], "scaled_map"),
+                           g.const("platt.b", np.array(platt[1], np.float32))], "map_logit")
+    m = spec.net_size // MAP_STRIDE
+    up = _resize(g, logit, m, "map_up")
+    g.node("Sigmoid", [up], "anomaly_map")
+    g.node("GlobalMaxPool", [logit], "max_logit")
+    g.node("Flatten", ["max_logit"], "calibrated")
+    g.node("Sigmoid", ["calibrated"], "p_defect")
+    g.node("Sub", [g.const("one", np.array(1.0, np.float32)), "p_defect"], "p_good")
+    g.node("Concat", ["p_good", "p_defect"], "probs", axis=1)
+    g.save([("probs", ["N", 2]), ("anomaly_map", ["N", 1, m, m])], meta, out)
+
+
+def _resize(g: GraphBuilder, x: str, side: int, out: str) -> str:
+    """Bilinear resize of (N, C, h, w) to (N, C, side, side), as torch's interpolate(size=...) does it."""
+    nc = g.node("Slice", [g.node("Shape", [x], f"{out}.shape"), g.const(f"{out}.0", np.array([0], np.int64)),
+                          g.const(f"{out}.2", np.array([2], np.int64))], f"{out}.nc")
+    sizes = g.node("Concat", [nc, g.const(f"{out}.hw", np.array([side, side], np.int64))], f"{out}.sizes", axis=0)
+    return g.node("Resize", [x, "", "", sizes], out, mode="linear", coordinate_transformation_mode="half_pixel")
+
+
+def _bank_size(patches: int, fraction: float) -> int:
+    return min(patches, max(MIN_BANK, min(MAX_BANK, round(fraction * patches))))
+
+
+def train_patchcore(data: Path, out_dir: Path, opts: Any, log: Any = print) -> dict[str, Any]:
+    """Fit the memory bank on the good images of `data`; calibrate and evaluate on held-out ones and real defects."""
+    import torch
+
+    from linewatch.model.onnx import Model
+
+    t0 = time.monotonic()
+    torch.manual_seed(opts.seed)
+    ds = load_dataset(data, require_defects=False)
+    ds.load(opts.frame_size, opts.channels)
+    assert ds.images is not None and ds.targets is not None
+    good = np.flatnonzero(ds.targets == 0)
+    real = np.random.default_rng(opts.seed).permutation(np.flatnonzero(ds.targets != 0))
+    cal_defects, eval_defects = (real[:len(real) // 2], real[len(real) // 2:]) if len(real) >= 4 else (real[:0], real)
+    train_idx, val_idx = stratified_split(np.zeros(len(good), np.int64), opts.val_fraction, opts.seed)
+    train_idx, val_idx = good[train_idx], good[val_idx]
+    spec = input_spec(ds.images, train_idx, opts.net_size, opts.channels)
+    log(f"{len(good)} good images {spec.width}x{spec.height} (memory bank from {len(train_idx)}, "
+        f"calibration {len(val_idx)}), {len(real)} real defect images ({len(cal_defects)} calibrate, "
+        f"{len(eval_defects)} evaluate)")
+    net = build_backbone_net(torch, opts.channels, 2, spec).eval()
+    with torch.no_grad():
+        feats = torch.cat([patch_features(torch, net, prepared(torch, ds.images, train_idx[i:i + 16], spec))
+                           for i in range(0, len(train_idx), 16)])
+        patches = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
+        size = _bank_size(len(patches), opts.coreset)
+        bank = patches[coreset(torch, patches, size, opts.seed)].contiguous()
+        log(f"memory bank: {size} of {len(patches)} patches ({feats.shape[1]} features) "
+            f"in {time.monotonic() - t0:.1f} s")
+
+        def raw_scores(x: Any) -> Any:
+            return torch.cat([nearest_distance(torch, patch_features(torch, net, x[i:i + 16]), bank).amax((1, 2, 3))
+                              for i in range(0, len(x), 16)])
+
+        xv = prepared(torch, ds.images, val_idx, spec)
+        xs, _, ls = synthesize(torch, xv.repeat(2, 1, 1, 1), torch.Generator().manual_seed(opts.seed + 1))
+        scores, labels = raw_scores(xs), ls
+        if len(cal_defects):
+            scores = torch.cat([scores, raw_scores(prepared(torch, ds.images, cal_defects, spec))])
+            labels = torch.cat([labels, torch.ones(len(cal_defects))])
+    scale = float(scores.std()) or 1.0
+    a, b = _platt(torch, scores / scale, labels)
+    platt = (max(a, 1e-3) / scale, b)
+    p_cal = torch.sigmoid(platt[0] * scores + platt[1]).numpy()
+    band = choose_band(p_cal, labels.numpy() > 0.5, 0.5, opts.target_escape, opts.max_review)
+    calibration = evaluate(np.stack([1 - p_cal, p_cal], 1), labels.numpy().astype(np.int64), ["good", "defect"], band)
+    meta = contract_metadata(opts.name, "patchcore", spec, ["good", "defect"], ["defect"], band,
+                             ds.images[train_idx], p_cal[labels.numpy() < 0.5], ds.content_hash())
+    meta["linewatch.outputs"] = "probs, anomaly_map"
+    meta["linewatch.memory_bank"] = str(size)
+    onnx_path = out_dir / f"{opts.name}.onnx"
+    bank_np = bank.numpy()
+    export_patchcore(net, bank_np, spec, platt, meta, onnx_path)
+    fit_seconds = round(time.monotonic() - t0, 1)
+    model = Model(onnx_path, providers="cpu")
+    with torch.no_grad():
+        ref_p, ref_map = score_map(torch, net, bank, prepared(torch, ds.images, val_idx[:16], spec), platt)
+    pred = model.predict(ds.images[val_idx[:16]])
+    assert pred.anomaly_maps is not None
+    parity = max(float(np.abs(pred.probs[:, 1] - ref_p.numpy()).max()),
+                 float(np.abs(pred.anomaly_maps - ref_map[:, 0].numpy()).max()))
+    if parity > PARITY:
+        onnx_path.unlink()
+        raise RuntimeError(f"ONNX export disagrees with PyTorch by {parity:.2e} (> {PARITY}); model not written")
+    metrics: dict[str, Any] = {**calibration, "onnx_torch_max_abs_diff": parity,
+                               "evaluated_on": "validation good images with synthetic anomalies"
+                                               + (" and half of the real defects" if len(cal_defects) else "")}
+    if len(eval_defects):
+        idx = np.concatenate([val_idx, eval_defects])
+        probs = np.concatenate([model.run(ds.images[idx[i:i + 64]]) for i in range(0, len(idx), 64)])
+        metrics["real_defects"] = evaluate(probs, (ds.targets[idx] != 0).astype(np.int64), ["good", "defect"], band)
+    card = {
+        "name": opts.name, "kind": "patchcore", "file": onnx_path.name, "labels": ["good", "defect"],
+        "input": {"layout": spec.layout, "height": spec.height, "width": spec.width, "channels": opts.channels,
+                  "dtype": "uint8", "net_size": spec.net_size},
+        "backbone": net.weights.card(),
+        "memory_bank": {"size": size, "patches": len(patches), "features": int(bank.shape[1]),
+                        "fraction": round(size / len(patches), 4), "taps": list(taps_for(spec.net_size)),
+                        "projection_dims": PROJECTION_DIMS},
+        "data": {"source": ds.source, "dataset_sha256": meta["linewatch.dataset_sha256"], "count": len(ds.items),
+                 "class_counts": {"good (trained on)": len(good), "defect (calibration / evaluation)":
+                                                                        f"{len(cal_defects)} / {len(eval_defects)}"},
+                 "split": {"train": len(train_idx), "validation": len(val_idx), "seed": opts.seed,
+                           "stratified_by": "good images only"}},
+        "training": {"epochs_run": 0, "best_epoch": 0, "interrupted": False, "seconds": fit_seconds,
+                     "seed": opts.seed, "options": {k: v for k, v in asdict(opts).items() if k != "frame_size"},
+                     "code_version": code_version(), "torch": torch.__version__},
+        "calibration": {"platt": list(platt), "band": list(band), "target_escape": opts.target_escape,
+                        "max_review": opts.max_review},
+        "metrics": metrics,
+    }
+    return write_card(card, onnx_path)

@@ -1,0 +1,89 @@
+"""`--kind patchcore`: a memory bank of good patches, fitted without gradient steps, run as one ONNX graph."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+from linewatch.emulator.parts import PartEmulator
+from linewatch.model.onnx import Model
+from linewatch.training.backbone import WEIGHTS_SHA256
+from linewatch.training.evaluate import auroc
+from linewatch.training.trainer import TrainOptions, train
+
+FRAME = 128
+
+
+def _parts(root: Path, seed: int, goods: int, defects: int) -> Path:
+    emu = PartEmulator(FRAME, FRAME, seed=seed, defect_rate=0.5)
+    want = {"good": goods, "defect": defects}
+    seq = 0
+    while any(want.values()):
+        part = emu.render(seq)
+        label = "good" if part.truth["label"] == "good" else "defect"
+        if want[label]:
+            want[label] -= 1
+            (root / label).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / label / f"{seq:04d}.png"), part.pixels)
+        seq += 1
+    return root
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    data = _parts(tmp_path_factory.mktemp("data"), seed=5, goods=40, defects=8)
+    out = tmp_path_factory.mktemp("model")
+    card = train(data, out, TrainOptions(name="pc", kind="patchcore", net_size=FRAME, seed=2), log=lambda s: None)
+    return {"card": card, "out": out, "data": data}
+
+
+def test_patchcore_card_records_kind_backbone_and_bank(fitted: dict) -> None:
+    card = fitted["card"]
+    assert card["kind"] == "patchcore" and card["training"]["epochs_run"] == 0
+    assert card["backbone"]["sha256"] == WEIGHTS_SHA256
+    assert 0 < card["memory_bank"]["size"] <= card["memory_bank"]["patches"]
+    assert json.loads((fitted["out"] / "card.json").read_text())["memory_bank"] == card["memory_bank"]
+    assert "real_defects" in card["metrics"]
+
+
+def test_patchcore_is_one_graph_the_line_runs(fitted: dict) -> None:
+    path = fitted["out"] / "pc.onnx"
+    proto = onnx.load(str(path))
+    assert proto.ir_version <= 13
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"MatMul", "ReduceMin", "Conv"} <= ops
+    model = Model(path)
+    assert model.info.metadata["linewatch.kind"] == "patchcore"
+    assert model.info.metadata["linewatch.memory_bank"] == str(fitted["card"]["memory_bank"]["size"])
+    assert [o.name for o in model.session.get_outputs()] == ["probs", "anomaly_map"]
+    pred = model.predict(np.zeros((2, FRAME, FRAME), np.uint8))
+    assert pred.probs.shape == (2, 2) and np.allclose(pred.probs.sum(1), 1, atol=1e-5)
+    assert pred.anomaly_maps is not None and pred.anomaly_maps.shape == (2, FRAME // 4, FRAME // 4)
+
+
+def test_patchcore_scores_defects_above_good_parts(fitted: dict, tmp_path: Path) -> None:
+    test = _parts(tmp_path, seed=77, goods=20, defects=20)
+    images = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in sorted(test.glob("*/*.png"))]
+    is_defect = np.array(["defect" in str(p.parent.name) for p in sorted(test.glob("*/*.png"))])
+    p = Model(fitted["out"] / "pc.onnx").run(np.stack(images))[:, 1]
+    assert (a := auroc(p, is_defect)) is not None and a > 0.9, a
+
+
+def test_patchcore_map_matches_pytorch(fitted: dict) -> None:
+    assert fitted["card"]["metrics"]["onnx_torch_max_abs_diff"] <= 1e-3
+
+
+def test_cli_fits_patchcore(fitted: dict, tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "linewatch", "train", str(fitted["data"]), "--out", str(tmp_path),
+                          "--kind", "patchcore", "--net-size", "64", "--coreset", "0.05"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    card = json.loads((tmp_path / "card.json").read_text())
+    assert card["kind"] == "patchcore" and card["training"]["options"]["coreset"] == 0.05
