@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,32 +192,45 @@ def defect_rows(metadata: dict[str, str]) -> list[int]:
     return [i for i, label in enumerate(labels) if label in defects]
 
 
+class GraphNet:
+    """Lite0's layers as ONNX nodes, for every export built on the backbone: batch norm folded into each
+    conv, TensorFlow's SAME padding, ReLU6. `x` starts as the normalised input; `size` follows the
+    feature map's side."""
+
+    def __init__(self, g: GraphBuilder, net: Any, spec: InputSpec):
+        self.g, self.net, self.size, self._count = g, net, spec.net_size, 0
+        x = g.node("Mul", [g.preprocess(), g.const("in.scale", net.scale.numpy())], "in_scaled")
+        self.x = g.node("Add", [x, g.const("in.shift", net.shift.numpy())], "in_imagenet")
+        self.six = g.const("six", np.array(6, np.float32))
+        self.zero = g.const("zero", np.array(0, np.float32))
+
+    def conv(self, cur: str, c: Any, bn: Any, act: bool = True) -> str:
+        self._count += 1
+        i, (w, b) = self._count, _fold(c, bn)
+        k, s = c.kernel_size[0], c.stride[0]
+        lo, hi = same_pads(self.size, k, s)
+        self.size = -(-self.size // s)
+        y = self.g.node("Conv", [cur, self.g.const(f"c{i}.w", w), self.g.const(f"c{i}.b", b)], f"c{i}",
+                        kernel_shape=[k, k], strides=[s, s], pads=[lo, lo, hi, hi], group=c.groups)
+        return self.g.node("Clip", [y, self.zero, self.six], f"r{i}") if act else y
+
+    def blocks(self, upto: int | None = None) -> Iterator[tuple[int, str]]:
+        """The stem, then each block (up to `upto`): (block index, its output), `size` its side."""
+        net, g = self.net, self.g
+        x = self.conv(self.x, net._conv_stem, net._bn0)
+        for n, block in enumerate(net._blocks[:upto]):
+            y = self.conv(x, block._expand_conv, block._bn0) if hasattr(block, "_expand_conv") else x
+            y = self.conv(self.conv(y, block._depthwise_conv, block._bn1), block._project_conv, block._bn2, act=False)
+            x = g.node("Add", [y, x], f"skip{n}") if block.residual else y
+            yield n, x
+
+
 def export_backbone_onnx(net: Any, spec: InputSpec, temperature: float, metadata: dict[str, str], out: Path) -> None:
     """Write the eval-mode backbone classifier as ONNX: uint8 frames in, softmax(logits / T) and its CAM out."""
     g = GraphBuilder(spec)
-    x = g.node("Mul", [g.preprocess(), g.const("in.scale", net.scale.numpy())], "in_scaled")
-    x = g.node("Add", [x, g.const("in.shift", net.shift.numpy())], "in_imagenet")
-    six = g.const("six", np.array(6, np.float32))
-    zero = g.const("zero", np.array(0, np.float32))
-    size = [spec.net_size]
-    counter = [0]
-
-    def conv(cur: str, c: Any, bn: Any, act: bool = True) -> str:
-        counter[0] += 1
-        i, (w, b) = counter[0], _fold(c, bn)
-        k, s = c.kernel_size[0], c.stride[0]
-        lo, hi = same_pads(size[0], k, s)
-        size[0] = -(-size[0] // s)
-        y = g.node("Conv", [cur, g.const(f"c{i}.w", w), g.const(f"c{i}.b", b)], f"c{i}", kernel_shape=[k, k],
-                   strides=[s, s], pads=[lo, lo, hi, hi], group=c.groups)
-        return g.node("Clip", [y, zero, six], f"r{i}") if act else y
-
-    x = conv(x, net._conv_stem, net._bn0)
-    for n, block in enumerate(net._blocks):
-        y = conv(x, block._expand_conv, block._bn0) if hasattr(block, "_expand_conv") else x
-        y = conv(conv(y, block._depthwise_conv, block._bn1), block._project_conv, block._bn2, act=False)
-        x = g.node("Add", [y, x], f"skip{n}") if block.residual else y
-    x = conv(x, net._conv_head, net._bn1)
+    layers = GraphNet(g, net, spec)
+    *_, (_, last) = layers.blocks()  # every block
+    x = layers.conv(last, net._conv_head, net._bn1)
     g.node("GlobalAveragePool", [x], "gap")
     g.node("Flatten", ["gap"], "feat")
     fc = net._fc
@@ -232,4 +246,4 @@ def export_backbone_onnx(net: Any, spec: InputSpec, temperature: float, metadata
     g.node("Add", ["cam_peak", g.const("cam.eps", np.array(CAM_EPS, np.float32))], "cam_scale")
     g.node("Div", ["cam", "cam_scale"], "anomaly_map")
     meta = {**metadata, "linewatch.outputs": "probs, anomaly_map"}
-    g.save([("probs", ["N", fc.out_features]), ("anomaly_map", ["N", 1, size[0], size[0]])], meta, out)
+    g.save([("probs", ["N", fc.out_features]), ("anomaly_map", ["N", 1, layers.size, layers.size])], meta, out)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from linewatch.training.anomaly import MAP_STRIDE, _platt, synthesize
-from linewatch.training.backbone import _fold, build_backbone_net, same_pads
+from linewatch.training.backbone import GraphNet, build_backbone_net, same_pads
 from linewatch.training.card import code_version, write_card
 from linewatch.training.common import contract_metadata, input_spec, prepared
 from linewatch.training.dataset import load_dataset, stratified_split
@@ -96,31 +96,14 @@ def score_map(torch: Any, net: Any, bank: Any, x: Any, platt: tuple[float, float
 def export_patchcore(net: Any, bank: np.ndarray, spec: InputSpec, platt: tuple[float, float],
                      meta: dict[str, str], out: Path) -> None:
     g = GraphBuilder(spec)
-    x = g.node("Mul", [g.preprocess(), g.const("in.scale", net.scale.numpy())], "in_scaled")
-    x = g.node("Add", [x, g.const("in.shift", net.shift.numpy())], "in_imagenet")
-    six, zero = g.const("six", np.array(6, np.float32)), g.const("zero", np.array(0, np.float32))
-    size, counter = [spec.net_size], [0]
-
-    def conv(cur: str, c: Any, bn: Any, act: bool = True) -> str:
-        counter[0] += 1
-        i, (w, b) = counter[0], _fold(c, bn)
-        k, s = c.kernel_size[0], c.stride[0]
-        lo, hi = same_pads(size[0], k, s)
-        size[0] = -(-size[0] // s)
-        y = g.node("Conv", [cur, g.const(f"c{i}.w", w), g.const(f"c{i}.b", b)], f"c{i}", kernel_shape=[k, k],
-                   strides=[s, s], pads=[lo, lo, hi, hi], group=c.groups)
-        return g.node("Clip", [y, zero, six], f"r{i}") if act else y
-
-    x = conv(x, net._conv_stem, net._bn0)
+    layers = GraphNet(g, net, spec)
+    zero = layers.zero
     taps, sizes, wanted = [], [], taps_for(spec.net_size)
-    for n, block in enumerate(net._blocks[:wanted[-1] + 1]):
-        y = conv(x, block._expand_conv, block._bn0) if hasattr(block, "_expand_conv") else x
-        y = conv(conv(y, block._depthwise_conv, block._bn1), block._project_conv, block._bn2, act=False)
-        x = g.node("Add", [y, x], f"skip{n}") if block.residual else y
+    for n, x in layers.blocks(upto=wanted[-1] + 1):
         if n in wanted:
             taps.append(g.node("AveragePool", [x], f"local{n}", kernel_shape=[3, 3], pads=[1, 1, 1, 1],
                                count_include_pad=0))
-            sizes.append(size[0])
+            sizes.append(layers.size)
     h = sizes[0]
     deep = _resize(g, taps[1], h, "deep_up")
     feats = g.node("Concat", [taps[0], deep], "patch", axis=1)
