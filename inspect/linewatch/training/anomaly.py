@@ -18,7 +18,7 @@ import numpy as np
 
 from linewatch.training.card import code_version, write_card
 from linewatch.training.common import EarlyStopping, contract_metadata, input_spec, prepared
-from linewatch.training.dataset import load_dataset, stratified_split
+from linewatch.training.dataset import load_good_only
 from linewatch.training.evaluate import choose_band, evaluate
 from linewatch.training.network import GraphBuilder, InputSpec
 
@@ -103,16 +103,13 @@ def train_anomaly(data: Path, out_dir: Path, opts: Any, log: Any = print) -> dic
 
     t0 = time.monotonic()
     torch.manual_seed(opts.seed)
-    ds = load_dataset(data, require_defects=False)
-    ds.load(opts.frame_size, opts.channels)
+    ds, train_idx, val_idx, real_defects = load_good_only(data, opts.frame_size, opts.channels, opts.val_fraction,
+                                                          opts.seed)
     assert ds.images is not None and ds.targets is not None
-    good = np.flatnonzero(ds.targets == 0)
-    real_defects = np.flatnonzero(ds.targets != 0)
-    train_idx, val_idx = stratified_split(np.zeros(len(good), np.int64), opts.val_fraction, opts.seed)
-    train_idx, val_idx = good[train_idx], good[val_idx]
+    n_good = len(train_idx) + len(val_idx)
     spec = input_spec(ds.images, train_idx, opts.net_size, opts.channels)
     h, w = spec.height, spec.width
-    log(f"{len(good)} good images {w}x{h} (train {len(train_idx)} / validation {len(val_idx)}), "
+    log(f"{n_good} good images {w}x{h} (train {len(train_idx)} / validation {len(val_idx)}), "
         f"{len(real_defects)} real defect images kept for evaluation only")
     xt, xv = prepared(torch, ds.images, train_idx, spec), prepared(torch, ds.images, val_idx, spec)
     gen = torch.Generator().manual_seed(opts.seed)
@@ -182,7 +179,7 @@ def train_anomaly(data: Path, out_dir: Path, opts: Any, log: Any = print) -> dic
         "input": {"layout": spec.layout, "height": h, "width": w, "channels": opts.channels, "dtype": "uint8",
                   "net_size": spec.net_size},
         "data": {"source": ds.source, "dataset_sha256": meta["linewatch.dataset_sha256"], "count": len(ds.items),
-                 "class_counts": {"good (trained on)": len(good), "defect (evaluation only)": len(real_defects)},
+                 "class_counts": {"good (trained on)": n_good, "defect (evaluation only)": len(real_defects)},
                  "split": {"train": len(train_idx), "validation": len(val_idx), "seed": opts.seed,
                            "stratified_by": "good images only"}},
         "training": {"epochs_run": epoch if not interrupted else stopper.best_epoch, "best_epoch": stopper.best_epoch,

@@ -188,3 +188,15 @@ def sharpness(images: np.ndarray) -> np.ndarray:
         gray = img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
         out[i] = cv2.Laplacian(cv2.resize(gray, (256, 256), interpolation=cv2.INTER_AREA), cv2.CV_64F).var()
     return out
+
+
+def load_good_only(path: Path, frame_size: tuple[int, int] | None, channels: int, val_fraction: float,
+                   seed: int) -> tuple[Dataset, np.ndarray, np.ndarray, np.ndarray]:
+    """A good-only fit's data: the dataset loaded, its good images split into fit and validation indices,
+    and the indices of its real defects (kept for evaluation: a good-only model never fits on them)."""
+    ds = load_dataset(path, require_defects=False)
+    ds.load(frame_size, channels)
+    assert ds.images is not None and ds.targets is not None
+    good = np.flatnonzero(ds.targets == 0)
+    fit, val = stratified_split(np.zeros(len(good), np.int64), val_fraction, seed)
+    return ds, good[fit], good[val], np.flatnonzero(ds.targets != 0)

@@ -24,7 +24,7 @@ from linewatch.training.anomaly import MAP_STRIDE, _platt, synthesize
 from linewatch.training.backbone import GraphNet, build_backbone_net, same_pads
 from linewatch.training.card import code_version, write_card
 from linewatch.training.common import contract_metadata, input_spec, prepared
-from linewatch.training.dataset import load_dataset, stratified_split
+from linewatch.training.dataset import load_good_only
 from linewatch.training.evaluate import choose_band, evaluate
 from linewatch.training.network import GraphBuilder, InputSpec
 
@@ -150,16 +150,13 @@ def train_patchcore(data: Path, out_dir: Path, opts: Any, log: Any = print) -> d
 
     t0 = time.monotonic()
     torch.manual_seed(opts.seed)
-    ds = load_dataset(data, require_defects=False)
-    ds.load(opts.frame_size, opts.channels)
+    ds, train_idx, val_idx, real = load_good_only(data, opts.frame_size, opts.channels, opts.val_fraction, opts.seed)
     assert ds.images is not None and ds.targets is not None
-    good = np.flatnonzero(ds.targets == 0)
-    real = np.random.default_rng(opts.seed).permutation(np.flatnonzero(ds.targets != 0))
+    n_good = len(train_idx) + len(val_idx)
+    real = np.random.default_rng(opts.seed).permutation(real)
     cal_defects, eval_defects = (real[:len(real) // 2], real[len(real) // 2:]) if len(real) >= 4 else (real[:0], real)
-    train_idx, val_idx = stratified_split(np.zeros(len(good), np.int64), opts.val_fraction, opts.seed)
-    train_idx, val_idx = good[train_idx], good[val_idx]
     spec = input_spec(ds.images, train_idx, opts.net_size, opts.channels)
-    log(f"{len(good)} good images {spec.width}x{spec.height} (memory bank from {len(train_idx)}, "
+    log(f"{n_good} good images {spec.width}x{spec.height} (memory bank from {len(train_idx)}, "
         f"calibration {len(val_idx)}), {len(real)} real defect images ({len(cal_defects)} calibrate, "
         f"{len(eval_defects)} evaluate)")
     net = build_backbone_net(torch, opts.channels, 2, spec).eval()
@@ -222,7 +219,7 @@ def train_patchcore(data: Path, out_dir: Path, opts: Any, log: Any = print) -> d
                         "fraction": round(size / len(patches), 4), "taps": list(taps_for(spec.net_size)),
                         "projection_dims": PROJECTION_DIMS},
         "data": {"source": ds.source, "dataset_sha256": meta["linewatch.dataset_sha256"], "count": len(ds.items),
-                 "class_counts": {"good (trained on)": len(good), "defect (calibration / evaluation)":
+                 "class_counts": {"good (trained on)": n_good, "defect (calibration / evaluation)":
                                                                         f"{len(cal_defects)} / {len(eval_defects)}"},
                  "split": {"train": len(train_idx), "validation": len(val_idx), "seed": opts.seed,
                            "stratified_by": "good images only"}},
