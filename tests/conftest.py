@@ -39,6 +39,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports: held open together while chosen, so two calls cannot return the same one."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -98,8 +110,8 @@ class Line:
 
     def __init__(self, tmp: Path, overrides: dict[str, Any]):
         self.data_dir = Path(overrides.get("data_dir", tmp / "data"))
-        self.port = free_port()
-        self.plc_port = free_port()  # the plc process is on by default; concurrent lines must not share 5020
+        # the plc process is on by default; concurrent lines must not share 5020, nor one line its two ports
+        self.port, self.plc_port = free_ports(2)
         cfg: dict[str, Any] = {"data_dir": str(self.data_dir), "api": {"port": self.port},
                                "plc": {"port": self.plc_port}}
         for key, value in overrides.items():
