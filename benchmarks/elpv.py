@@ -33,6 +33,8 @@ from linewatch.model.onnx import Model
 from linewatch.model.registry import holdout_metrics
 from linewatch.training.trainer import TrainOptions, train
 
+RESULTS = Path(__file__).resolve().parent / "results" / "elpv.json"
+
 
 def _elpv_rows() -> list[dict[str, str]]:
     try:
@@ -71,10 +73,13 @@ def _manifest(rows: list[dict[str, str]], path: Path) -> Path:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--arch", default="fine", choices=["compact", "fine"])
-    ap.add_argument("--net-size", type=int, default=300)
+    ap.add_argument("--backbone", default="efficientnet-lite0", choices=["efficientnet-lite0", "none"])
+    ap.add_argument("--arch", default="fine", choices=["compact", "fine"], help="with --backbone none")
+    ap.add_argument("--net-size", type=int, help="default: 224 on the backbone (its pretraining size), 300 without")
+    ap.add_argument("--freeze", type=float, default=0.1, help="share of training with the backbone frozen")
+    ap.add_argument("--val-fraction", type=float, default=0.2)
     ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--max-minutes", type=float, default=24.0, help="budget for the training loop")
+    ap.add_argument("--max-minutes", type=float, default=26.0, help="budget for the training loop")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--label-smoothing", type=float, default=0.0)
@@ -83,16 +88,22 @@ def main() -> int:
     ap.add_argument("--shift", type=int, default=0, help="random translation augmentation, pixels")
     ap.add_argument("--patience", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, help="keep the model, its card and checkpoint here (default: discarded)")
+    ap.add_argument("--keep", type=Path, help="keep the model, its card and checkpoint here (default: discarded)")
+    ap.add_argument("--results", type=Path, default=RESULTS,
+                    help="JSON to update: the backbone run at the top level, --backbone none under `from_scratch`")
     args = ap.parse_args()
+    if args.net_size is None:
+        args.net_size = 224 if args.backbone != "none" else 300
     rows = _elpv_rows()
     train_rows, test_rows = _split(rows, args.seed)
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.monotonic()
-        model_dir = args.out or Path(tmp) / "model"
+        model_dir = args.keep or Path(tmp) / "model"
         card = train(_manifest(train_rows, Path(tmp) / "train.csv"), model_dir,
-                     TrainOptions(name="elpv", arch=args.arch, net_size=args.net_size, epochs=args.epochs,
+                     TrainOptions(name="elpv", backbone=args.backbone, arch=args.arch,
+                                  freeze_fraction=args.freeze, val_fraction=args.val_fraction,
+                                  net_size=args.net_size, epochs=args.epochs,
                                   max_minutes=args.max_minutes, batch=args.batch, lr=args.lr,
                                   label_smoothing=args.label_smoothing, class_weights=args.class_weights,
                                   soft_targets=args.soft_targets, shift_px=args.shift,
@@ -102,21 +113,31 @@ def main() -> int:
         test = holdout_metrics(model, _manifest(test_rows, Path(tmp) / "test.csv"))
         total = time.monotonic() - t0
     load = os.getloadavg()
+    command = " ".join([".venv/bin/python", "benchmarks/elpv.py", *sys.argv[1:]])
     result = {
+        **{k: test[k] for k in ("accuracy", "f1", "auroc")},
+        "escape_rate": test["escape_rate"], "false_reject_rate": test["false_reject_rate"],
+        "review_rate": test["review_rate"], "band": test["band"], "model_alone": test["model_alone"],
+        "minutes": round(total / 60, 1), "train_minutes": round(seconds / 60, 1), "command": command,
+        "backbone": args.backbone, "arch": args.arch if args.backbone == "none" else None, "net_size": args.net_size,
         "images": len(rows), "train_count": len(train_rows), "test_count": len(test_rows),
-        "train_seconds": round(seconds), "total_seconds": round(total),
-        "loadavg_before": [round(v, 2) for v in load_before], "loadavg_after": [round(v, 2) for v in load],
         "epochs_run": card["training"]["epochs_run"], "best_epoch": card["training"]["best_epoch"],
-        "arch": args.arch, "net_size": args.net_size, "sha256": card["sha256"][:12],
-        "test": {k: test[k] for k in ("accuracy", "f1", "auroc", "escape_rate", "false_reject_rate", "review_rate",
-                                     "band", "model_alone")},
+        "machine": f"{os.cpu_count()} cores, load average before {[round(v, 2) for v in load_before]}, "
+                   f"after {[round(v, 2) for v in load]}",
+        "sha256": card["sha256"][:12],
     }
+    saved = json.loads(args.results.read_text()) if args.results.exists() else {}
+    if args.backbone == "none":
+        saved["from_scratch"] = result
+    else:
+        saved = {**result, "from_scratch": saved.get("from_scratch")}
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(saved, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    t, alone = result["test"], result["test"]["model_alone"]
-    command = "".join(f" {a}" for a in sys.argv[1:])
-    print("\nThe row for the table in benchmarks/RESULTS.md:")
-    print(f"| `benchmarks/elpv.py{command}` | {result['epochs_run']} ({result['best_epoch']}) "
-          f"| {result['train_seconds']} | {t['accuracy']:.3f} | {t['f1']:.3f} | {t['auroc']:.3f} "
+    t, alone = result, result["model_alone"]
+    print(f"\nwrote {args.results}; the row for the table in benchmarks/RESULTS.md:")
+    print(f"| `{command}` | {result['epochs_run']} ({result['best_epoch']}) "
+          f"| {result['train_minutes']} | {t['accuracy']:.3f} | {t['f1']:.3f} | {t['auroc']:.3f} "
           f"| [{t['band'][0]:.3f}, {t['band'][1]:.3f}] | {t['escape_rate']:.3f} / {t['false_reject_rate']:.3f} / "
           f"{t['review_rate']:.3f} | {alone['escape_rate']:.3f} / {alone['false_reject_rate']:.3f} |")
     return 0

@@ -9,7 +9,7 @@ so its subtle low-severity defects are in it), fits `--kind patchcore` and `--ki
 same good parts with the trainer `linewatch train` calls (the CLI's defaults but `--net-size 128`:
 at the default 64 px patchcore's round-part AUROC was 0.59, at 256 px its calibration failed), then
 runs each exported ONNX through the line's `Model.predict` and decides PASS / REVIEW / FAIL at the
-model's calibrated band the way the fail-safe does (`model_band` + `evaluate`, as `holdout_metrics`
+model's calibrated band the way the fail-safe does (`defect_band` + `evaluate`, as `holdout_metrics`
 does): image AUROC, escape rate (defective parts decided PASS), REVIEW rate, fit seconds. The
 scenes' scenarios (lighting ramps, camera bumps: the fail-safe's business) are switched off; a
 defect type a scenario adds later (round-part's cracks) is in the test stream from the start.
@@ -38,10 +38,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from linewatch.config import FailsafeConfig
 from linewatch.emulator.parts import PartEmulator, SceneEmulator
 from linewatch.emulator.scene import load_scene
+from linewatch.model.bands import defect_band
 from linewatch.model.onnx import Model
-from linewatch.model.registry import model_band
 from linewatch.training.evaluate import auroc, evaluate
 from linewatch.training.trainer import TrainOptions, train
 
@@ -93,7 +94,8 @@ def score(model_path: Path, pixels: list[np.ndarray], truth: list[dict[str, Any]
     probs = np.concatenate([model.predict(np.stack(pixels[i:i + 32])).probs for i in range(0, len(pixels), 32)])
     p_defect = probs[:, 1]
     is_defect = np.array([t["label"] == "defect" for t in truth])
-    band = model_band(model.info.metadata)
+    info = model.info
+    band = defect_band(FailsafeConfig(), info.metadata, info.labels, info.defect_labels)
     m = evaluate(np.stack([1 - p_defect, p_defect], 1), is_defect.astype(np.int64), ["good", "defect"], band)
     cut = severity[0] + (severity[1] - severity[0]) / 3
     subtle = np.array([t["label"] == "defect" and t["severity"] <= cut for t in truth])

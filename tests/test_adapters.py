@@ -66,7 +66,7 @@ def yolo_cls_model(tmp: Path) -> Path:
 
 
 def yolo_det_model(tmp: Path) -> Path:
-    # output0 (B, 4 + 2, 3 anchors): fixed boxes; class 'scratch' scores = darkness, 'label' scores = 0.9
+    # output0 (B, 4 + 2, 3 anchors): fixed boxes; class 'scratch' scores = darkness, 'label' scores = 0.8
     nodes = [*_darkness("images", "d"), helper.make_node("Unsqueeze", ["d", "ax12"], ["d3"]),  # (B,1,1)
              helper.make_node("Expand", ["d3", "shape_b13"], ["scr"]),                          # (B,1,3)
              helper.make_node("Mul", ["d3", "zero"], ["z"]),
@@ -77,7 +77,7 @@ def yolo_det_model(tmp: Path) -> Path:
              helper.make_tensor("shape_b13", TensorProto.INT64, [3], [1, 1, 3]),
              helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
              onnx.numpy_helper.from_array(boxes, "boxes"),
-             onnx.numpy_helper.from_array(np.full((1, 1, 3), 0.9, np.float32), "lab")]
+             onnx.numpy_helper.from_array(np.full((1, 1, 3), 0.8, np.float32), "lab")]
     image = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["B", 3, 64, 64])
     (tmp / "det.yaml").write_text("defect_labels: [scratch]  # a printed label on the part is fine\n")
     return _save(tmp / "det.onnx", nodes, [image],
@@ -130,12 +130,14 @@ def test_yolo_detector_nms_and_defect_classes(tmp_path: Path) -> None:
     m = Model(yolo_det_model(tmp_path))
     assert m.info.adapter == "yolo-detect"
     dark = m.predict(DARK)
-    assert dark.probs[0, 1] == pytest.approx(1 - 10 / 255, abs=1e-4)  # 'scratch' makes it a defect, 'label' not
+    # letterboxed as Ultralytics feeds a detector: the 120x100 frame scaled to 64x53, 11 rows of grey 114 below
+    mean = (53 * 10 + 11 * 114) / 64 / 255
+    assert dark.probs[0, 1] == pytest.approx(1 - mean, abs=1e-4)  # 'scratch' makes it a defect, 'label' not
     assert dark.detections is not None and len(dark.detections) == len(DARK) and dark.anomaly_maps is None
     dets = dark.detections[0]
     assert [d.label for d in dets] == ["scratch", "scratch"]  # three boxes, two overlapping: NMS keeps two
     bright = m.predict(BRIGHT)
-    assert bright.probs[0, 1] < 0.05
+    assert bright.probs[0, 1] == pytest.approx(1 - (53 * 245 + 11 * 114) / 64 / 255, abs=1e-4)  # grey rows: 0.13
     assert bright.detections is not None
     assert {d.label for d in bright.detections[0]} == {"label"}  # boxes found, none of a defect class
     assert [d.label for d in dark.detections[0]] == ["scratch", "scratch"]  # a later batch leaves it as it was
@@ -182,7 +184,7 @@ def test_unknown_format_is_refused_with_the_reason(tmp_path: Path) -> None:
 @pytest.mark.parametrize("build", [anomalib_model, yolo_cls_model, yolo_det_model, generic_model],
                          ids=["anomalib", "yolo-classify", "yolo-detect", "generic"])
 def test_byo_model_runs_on_the_line(line, tmp_path: Path, build) -> None:
-    from linewatch.model.onnx import file_sha256
+    from linewatch.model.files import file_sha256, model_files
 
     folder = tmp_path / "model"
     folder.mkdir()
@@ -202,10 +204,28 @@ def test_byo_model_runs_on_the_line(line, tmp_path: Path, build) -> None:
                 overlay = cv2.imdecode(np.frombuffer(resp.read(), np.uint8), cv2.IMREAD_COLOR)
             assert overlay.shape == (256, 256, 3)
             assert (overlay[..., 0] != overlay[..., 2]).any()  # coloured: the map is blended over a grey frame
+    if build is yolo_det_model:  # boxes kept with each verdict, in frame pixels, and drawn on the kept image
+        boxed = db_rows(ln.data_dir, "SELECT id, image, detections FROM inspections WHERE detections != '[]'")
+        assert boxed
+        drawn = next(r for r in boxed if r["image"])
+        with urllib.request.urlopen(f"{ln.url}/api/inspections/{drawn['id']}/heatmap.png", timeout=10) as resp:
+            overlay = cv2.imdecode(np.frombuffer(resp.read(), np.uint8), cv2.IMREAD_COLOR)
+        height, width = overlay.shape[:2]
+        for r in boxed:
+            found = json.loads(r["detections"])
+            assert {d["label"] for d in found} <= {"scratch", "label"}
+            for d in found:
+                x, y, w, h = d["box"]
+                assert 0 <= x <= x + w <= width and 0 <= y <= y + h <= height and w > 0 and h > 0
+        x, y, w, h = (round(v) for v in json.loads(drawn["detections"])[0]["box"])
+        assert tuple(overlay[y + h, x + w // 2]) == (40, 40, 255)  # the box's bottom edge, drawn red (BGR)
     ln.stop()
     rows = db_rows(ln.data_dir, "SELECT seq, model_hash, decided_by, probs FROM inspections ORDER BY seq")
     assert [r["seq"] for r in rows] == list(range(frames))
-    assert {r["model_hash"] for r in rows} == {file_sha256(model)}
+    # The recorded hash is the version's: the graph's own, or with a sidecar the hash over both files.
+    sidecar = model.with_suffix(".yaml")
+    version = model_files(model).read_by((sidecar.name,)).version_hash() if sidecar.exists() else file_sha256(model)
+    assert {r["model_hash"] for r in rows} == {version} == {Model(model).info.sha256}
     assert not [r for r in rows if r["decided_by"] in ("timeout", "not_inspected") or "model_" in r["decided_by"]]
     labels = Model(model).info.labels
     assert all(list(json.loads(r["probs"])) == list(labels) for r in rows if r["probs"])

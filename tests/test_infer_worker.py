@@ -12,7 +12,7 @@ import pytest
 
 from linewatch.emulator.parts import PartEmulator
 from linewatch.line.child import config_path
-from linewatch.model.onnx import file_sha256
+from linewatch.model.files import file_sha256
 from linewatch.wire import (
     KIND_ALARM,
     KIND_VERDICT,

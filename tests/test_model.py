@@ -11,7 +11,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from linewatch.emulator.parts import PartEmulator
-from linewatch.model.onnx import Model, ModelError, ModelOutputError, choose_providers, file_sha256
+from linewatch.model.files import file_sha256
+from linewatch.model.onnx import Model, ModelError, ModelOutputError, choose_providers
 from tests.conftest import REFERENCE_MODEL
 
 META = {"linewatch.labels": '["good", "defect"]', "linewatch.defect_labels": '["defect"]',

@@ -16,7 +16,8 @@ from onnx import TensorProto, helper
 from linewatch.config import ModelConfig, ModelHealthConfig, StreakConfig
 from linewatch.failsafe.streaks import StreakWatch
 from linewatch.infer.health import ModelFileWatch, ModelHealth
-from linewatch.model.onnx import Model, ModelError, file_sha256
+from linewatch.model.files import file_sha256
+from linewatch.model.onnx import Model, ModelError
 from linewatch.wire import KIND_ALARM, KIND_VERDICT, Verdict
 from tests.conftest import REFERENCE_MODEL, InferRig, wait_for
 

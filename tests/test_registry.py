@@ -37,14 +37,20 @@ def test_promotion_gate_refuses_a_worse_model_and_rollback_restores(models: dict
     assert stored.file.is_file() and stored.file.parent.name == f"good-{good_sha[:12]}"
     assert stored.card["sha256"] == good_sha
 
+    before = sorted(p.name for p in (tmp_path / "models").iterdir())
     with pytest.raises(RegistryError, match="promotion refused") as err:
         reg.promote(str(models["weak"]), "default", models["holdout"])
     assert "accuracy" in str(err.value) and "candidate" in str(err.value)  # the comparison is shown
+    assert "not kept in the registry" in str(err.value)
     assert reg.active("default").sha256 == good_sha  # type: ignore[union-attr]
+    # A refused candidate leaves the registry as it was: no index entry, no copy of its files.
+    assert [v.name for v in reg.versions()] == ["good"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == before
 
     with pytest.raises(RegistryError, match="needs --holdout"):
-        reg.promote("weak", "default", None)
-    reg.promote("weak", "other-recipe", None)  # no active model there: nothing to compare with
+        reg.promote(str(models["weak"]), "default", None)
+    assert [v.name for v in reg.versions()] == ["good"]
+    reg.promote(str(models["weak"]), "other-recipe", None)  # no active model there: nothing to compare with
     assert reg.active("other-recipe").name == "weak"  # type: ignore[union-attr]
 
     # A looser tolerance lets the weak model through; rollback brings the good one back.
@@ -80,9 +86,11 @@ def test_cli(models: dict[str, Path], tmp_path: Path) -> None:
     assert cli("promote", str(models["good"])).returncode == 0
     refused = cli("promote", str(models["weak"]), "--holdout", str(models["holdout"]))
     assert refused.returncode == 2 and "promotion refused" in refused.stderr
+    assert "was not kept in the registry" in refused.stderr
     listing = cli("list")
-    assert listing.returncode == 0 and "default" in listing.stdout and "weak" in listing.stdout
+    assert listing.returncode == 0 and "default" in listing.stdout and "weak" not in listing.stdout
     shown = json.loads(cli("show", "good").stdout)
     assert shown["card"]["name"] == "good"
+    assert cli("promote", str(models["weak"]), "--recipe", "y").returncode == 0
     shutil.rmtree(root / next(p.name for p in root.iterdir() if p.name.startswith("weak")))
     assert cli("promote", "weak", "--recipe", "x").returncode == 2  # its file is gone: refused, not trusted

@@ -12,6 +12,7 @@ import sqlite_utils
 from linewatch.store import DB_NAME, MIGRATIONS, SchemaError, applied_version, insert_alarm, open_writer, verdict_row
 from linewatch.wire import Alarm, Verdict
 
+KNOWN = len(MIGRATIONS.pending(sqlite_utils.Database(memory=True)))  # schema versions this linewatch has
 LEGACY_NS = 1_700_000_000_123_456_000  # when the old runner applied each version (2023-11-14 22:13:20.123456)
 
 
@@ -55,7 +56,7 @@ def test_a_database_of_the_old_runner_is_adopted_migrated_backed_up_and_kept(tmp
     assert [tuple(r[:width]) for r in after] == before  # every old value where it was, new columns empty
     assert all(set(r[width:]) <= {None} for r in after)
     assert db["alarms"].count == 1 and db["models"].count == 1
-    assert "schema_migrations" not in db.table_names() and applied_version(db) == 4
+    assert "schema_migrations" not in db.table_names() and applied_version(db) == KNOWN
     applied = MIGRATIONS.applied(db)
     assert [m.name for m in applied] == [m.name for m in MIGRATIONS.pending(sqlite_utils.Database(memory=True))]
     # the old record kept: when each version was applied
@@ -75,7 +76,7 @@ def test_a_database_of_the_old_runner_is_adopted_migrated_backed_up_and_kept(tmp
 
     db = open_writer(tmp_path)  # the second open applies nothing and backs nothing up
     assert [(m.name, m.applied_at) for m in MIGRATIONS.applied(db)] == [(m.name, m.applied_at) for m in applied]
-    assert db["_sqlite_migrations"].count == 4 and "schema_migrations" not in db.table_names()
+    assert db["_sqlite_migrations"].count == KNOWN and "schema_migrations" not in db.table_names()
     assert len(list(tmp_path.glob("*.bak"))) == 1
     assert db.execute("SELECT count(*) FROM inspections").fetchone()[0] == 1200
     db.close()
@@ -85,19 +86,20 @@ def test_an_empty_record_of_the_old_runner_is_dropped_without_a_backup(tmp_path:
     """The old runner created its table before the first migration: a crash between left it empty."""
     _legacy_database(tmp_path, 0).close()
     db = open_writer(tmp_path)
-    assert applied_version(db) == 4 and "schema_migrations" not in db.table_names()
+    assert applied_version(db) == KNOWN and "schema_migrations" not in db.table_names()
     assert not list(tmp_path.glob("*.bak"))
 
 
 def test_a_record_this_linewatch_does_not_know_is_refused_before_anything_changes(tmp_path: Path) -> None:
-    db = _legacy_database(tmp_path, 4)
-    db.table("schema_migrations").insert({"version": 5, "applied_ns": LEGACY_NS})
+    db = _legacy_database(tmp_path, KNOWN)
+    db.table("schema_migrations").insert({"version": KNOWN + 1, "applied_ns": LEGACY_NS})
     db.close()
-    with pytest.raises(SchemaError, match=r"schema_migrations records versions \[1, 2, 3, 4, 5\]; this linewatch "
-                                          r"knows 1 to 4"):
+    versions = ", ".join(str(v) for v in range(1, KNOWN + 2))
+    with pytest.raises(SchemaError, match=rf"schema_migrations records versions \[{versions}\]; this linewatch "
+                                          rf"knows 1 to {KNOWN}"):
         open_writer(tmp_path)
     assert not list(tmp_path.glob("*.bak"))
     check = sqlite3.connect(tmp_path / DB_NAME)
-    assert check.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == 5
+    assert check.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == KNOWN + 1
     assert check.execute("SELECT count(*) FROM sqlite_master WHERE name = '_sqlite_migrations'").fetchone()[0] == 0
     check.close()

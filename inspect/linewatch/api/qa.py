@@ -6,6 +6,7 @@ as an `OperatorAction`; the route answers once record has committed its audit ro
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import tempfile
 import uuid
@@ -109,17 +110,20 @@ def qa_router(cfg: LineConfig) -> APIRouter:
 
     @router.get("/inspections/{inspection_id}/heatmap.png", response_class=Response, responses={
         200: {"content": {"image/png": {"schema": FILE}},
-              "description": "The kept image with the anomaly map over it."},
-        **refusals({404: "No inspection with this id, or it has no kept image with a heatmap."})})
+              "description": "The kept image with the anomaly map and detection boxes over it."},
+        **refusals({404: "No inspection with this id, or it has no kept image with a heatmap or boxes."})})
     def heatmap(inspection_id: RowId) -> Response:
-        """The part's kept image with the model's anomaly map blended over it (models with an anomaly map)."""
-        rows = read_rows(cfg.data_dir, "SELECT image, image_pruned_ns FROM inspections WHERE id = ?", (inspection_id,))
+        """The part's kept image with what the model saw: its anomaly map blended over it (anomaly models,
+        classifiers' class-activation maps) and its detection boxes (detection models)."""
+        rows = read_rows(cfg.data_dir, "SELECT image, image_pruned_ns, detections FROM inspections WHERE id = ?",
+                         (inspection_id,))
         if not rows:
             raise HTTPException(404, f"no inspection {inspection_id}")
-        image, pruned = rows[0]
-        overlay = load_overlay(cfg.data_dir, image) if image and not pruned else None
+        image, pruned, boxes = rows[0]
+        detections = json.loads(boxes) if boxes else None
+        overlay = load_overlay(cfg.data_dir, image, detections) if image and not pruned else None
         if overlay is None:
-            raise HTTPException(404, f"inspection {inspection_id} has no kept image with a heatmap")
+            raise HTTPException(404, f"inspection {inspection_id} has no kept image with a heatmap or boxes")
         _, png = cv2.imencode(".png", cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
         return Response(png.tobytes(), media_type="image/png")
 

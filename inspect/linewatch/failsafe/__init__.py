@@ -27,6 +27,7 @@ from linewatch.failsafe.rules import (
     PresenceRule,
     StatisticsRule,
 )
+from linewatch.model.bands import BandError, class_bands, meta_json, number_pair, review_band, threshold
 from linewatch.model.onnx import ModelInfo
 from linewatch.wire import Final, FrameHeader
 
@@ -67,31 +68,21 @@ class ConfidenceBandRule:
         return None
 
 
-def _meta_json(meta: dict[str, str], key: str) -> Any:
-    if key not in meta:
-        return None
-    try:
-        return json.loads(meta[key])
-    except ValueError as exc:
-        raise RulesetError(f"model metadata {key}: not valid JSON ({exc})") from None
-
-
-def _pair(value: Any, where: str) -> tuple[float, float]:
-    if not (isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(x, int | float) for x in value)):
-        raise RulesetError(f"{where}: must be a pair of numbers, got {value!r}")
-    return float(value[0]), float(value[1])
-
-
 class FailSafe:
     """The rule set of one worker for one model (rebuilt when the model changes)."""
 
     def __init__(self, cfg: FailsafeConfig, frame_shape: tuple[int, ...] | None = None,
                  model: ModelInfo | None = None):
+        try:
+            self._build(cfg, frame_shape, model)
+        except BandError as exc:  # the model's metadata: thresholds, bands or statistics unreadable
+            raise RulesetError(str(exc)) from None
+
+    def _build(self, cfg: FailsafeConfig, frame_shape: tuple[int, ...] | None, model: ModelInfo | None) -> None:
         self.cfg = cfg
         meta = model.metadata if model else {}
         self.defect_labels = tuple(sorted(model.defect_labels)) if model else ("defect",)
-        threshold = _meta_json(meta, "linewatch.threshold")
-        self.threshold = float(threshold) if isinstance(threshold, int | float) else 0.5
+        self.threshold = threshold(meta)
         self.frame_rules: list[FrameRule] = [FrameShapeRule(frame_shape)]
         if cfg.exposure.enabled:
             self.frame_rules.append(ExposureRule(cfg.exposure))
@@ -124,25 +115,20 @@ class FailSafe:
         sc = self.cfg.statistics
         if sc.reference_mean is not None and sc.reference_std is not None:
             return sc.reference_mean, sc.reference_std
-        ref = _meta_json(meta, "linewatch.reference_stats")
+        ref = meta_json(meta, "linewatch.reference_stats")
         if ref is None:
             return None
         if not isinstance(ref, dict):
             raise RulesetError(f"model metadata linewatch.reference_stats: must be an object, got {ref!r}")
         where = "model metadata linewatch.reference_stats"
-        return _pair(ref.get("mean"), f"{where}.mean"), _pair(ref.get("std"), f"{where}.std")
+        return number_pair(ref.get("mean"), f"{where}.mean"), number_pair(ref.get("std"), f"{where}.std")
 
     def _bands(self, meta: dict[str, str]) -> list[ConfidenceBandRule]:
         verdict = self.cfg.uncertain_verdict
-        bands = dict(self.cfg.class_bands)
-        if not bands:
-            found = _meta_json(meta, "linewatch.class_bands")
-            if found is not None and not isinstance(found, dict):
-                raise RulesetError(f"model metadata linewatch.class_bands: must be an object, got {found!r}")
-            bands = {k: _pair(v, f"model metadata linewatch.class_bands.{k}") for k, v in (found or {}).items()}
+        bands = class_bands(self.cfg, meta)
         if bands:
             return [ConfidenceBandRule(lo, hi, verdict, label) for label, (lo, hi) in sorted(bands.items())]
-        low, high = self.cfg.review_band
+        low, high = review_band(self.cfg, meta)
         return [ConfidenceBandRule(low, high, verdict)]
 
     def check_frame(self, header: FrameHeader, pixels: np.ndarray) -> tuple[Decision | None, FrameView]:

@@ -42,6 +42,7 @@ from linewatch.store.images import ImagePolicy, png_bytes
 from linewatch.wire import (
     KIND_VERDICT,
     KIND_VERDICT_BATCH,
+    Detection,
     Endpoints,
     FrameHeader,
     MessageError,
@@ -69,6 +70,7 @@ class _Job:
     decision: Decision | None = None
     probs: np.ndarray | None = None
     heatmap: np.ndarray | None = None  # the model's anomaly map for this frame, when it has one
+    detections: list[Detection] | None = None  # a detection model's boxes for this frame
 
 
 class Infer:
@@ -261,14 +263,15 @@ class Infer:
         try:
             for group in groups.values():
                 pred = self.model.predict(self._batch(group))
-                maps = pred.anomaly_maps
+                maps, boxes = pred.anomaly_maps, pred.detections
                 for i, (j, p) in enumerate(zip(group, pred.probs, strict=True)):
                     j.probs, j.heatmap = p, None if maps is None else maps[i]
+                    j.detections = None if boxes is None else boxes[i]
         except ModelError as exc:
             rule = "model_output" if isinstance(exc, ModelOutputError) else "model_error"
             self._fault(rule, str(exc), alarms)
             for j in ready:
-                j.probs = j.heatmap = None
+                j.probs = j.heatmap = j.detections = None
                 j.decision = self.failsafe.model_down(str(exc), j.view, f"rule:{rule}")
             return t_model, mono_ns()
         t_done = mono_ns()
@@ -279,7 +282,7 @@ class Infer:
             reason = f"model_latency: batch of {len(ready)} took {infer_ms:.4g} ms > threshold {budget:.4g} ms"
             self._fault("model_latency", reason, alarms)
             for j in ready:
-                j.probs = j.heatmap = None  # too late to be trusted
+                j.probs = j.heatmap = j.detections = None  # too late to be trusted
                 j.decision = self.failsafe.model_down(reason, j.view, "rule:model_latency")
             return t_model, t_done
         self.batching.ran(len(ready), infer_ms)
@@ -311,6 +314,7 @@ class Infer:
             t_received_ns=part_wall_ns(h.t_capture_ns, h.t_capture_mono_ns, j.t_received_mono),
             t_decided_ns=part_wall_ns(h.t_capture_ns, h.t_capture_mono_ns, t_decided),
             t_capture_mono_ns=h.t_capture_mono_ns, timings_ms=timings, worker=self.name, truth=h.truth,
+            detections=j.detections if j.probs is not None else None,
         )
         pixels: list[Any] = []
         if self._wants_image(verdict):

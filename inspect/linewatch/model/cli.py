@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from linewatch.config import ConfigError, LineConfig, load_config
 from linewatch.model.registry import DEFAULT_ROOT, Registry, RegistryError, comparison_table, holdout_metrics, validate
 
 
@@ -34,19 +35,33 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _line(args: argparse.Namespace) -> LineConfig:
+    """The line config the gate judges with: its fail-safe bands and its worker's batch sizes."""
+    try:
+        return load_config(args.config) if args.config else LineConfig()
+    except ConfigError as exc:
+        raise RegistryError(str(exc)) from None
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
-    model = validate(Path(args.file))
+    cfg = _line(args)
+    model = validate(Path(args.file), cfg.infer.max_batch)
     info = model.info
-    print(f"{args.file}: ok — {info.name} sha256 {info.sha256[:12]}, labels {list(info.labels)}, "
-          f"input {info.layout} {info.width}x{info.height}x{info.channels} uint8, providers {model.providers}")
+    files = model.files.names()
+    print(f"{args.file}: ok — {info.name} ({info.adapter}) sha256 {info.sha256[:12]}, labels {list(info.labels)}, "
+          f"input {info.layout} {info.width}x{info.height}x{info.channels} uint8, batch sizes "
+          f"{list(model.settings.batch_sizes)}" + (f" (the graph's fixed batch is {model.fixed_batch})"
+                                                  if model.fixed_batch else "")
+          + f", providers {model.providers}" + (f", files {list(files)}" if len(files) > 1 else ""))
     if args.holdout:
-        print(comparison_table({"metrics": {"candidate": holdout_metrics(model, Path(args.holdout))}}))
+        print(comparison_table({"metrics": {"candidate": holdout_metrics(model, Path(args.holdout), cfg.failsafe)}}))
     return 0
 
 
 def _cmd_promote(args: argparse.Namespace) -> int:
+    cfg = _line(args)
     report = _registry(args).promote(args.ref, args.recipe, Path(args.holdout) if args.holdout else None,
-                                     args.tolerance)
+                                     args.tolerance, cfg.failsafe, cfg.infer.max_batch)
     if "metrics" in report:
         print(comparison_table(report))
     print(f"promoted {report['candidate'][:12]} for recipe {args.recipe!r}"
@@ -82,12 +97,15 @@ def add_commands(sub: Any) -> None:
     val = msub.add_parser("validate", help="check a model file as the worker would; metrics on a holdout")
     val.add_argument("file")
     val.add_argument("--holdout", help="labelled folder or manifest to evaluate on")
+    val.add_argument("--config", help="the line's config: its batch sizes and REVIEW bands (default: built-in)")
     val.set_defaults(func=_guard(_cmd_validate))
     pro = msub.add_parser("promote", help="make a model active for a recipe, through the validation gate")
     pro.add_argument("ref", help="an .onnx file (added to the registry) or a registered hash/name")
     pro.add_argument("--recipe", default="default")
     pro.add_argument("--holdout", help="the recipe's holdout set (required when a model is already active)")
-    pro.add_argument("--tolerance", type=float, default=0.01, help="allowed loss in accuracy and escape rate")
+    pro.add_argument("--tolerance", type=float, default=0.01,
+                     help="allowed loss in accuracy, escape rate and REVIEW rate")
+    pro.add_argument("--config", help="the line's config: its batch sizes and REVIEW bands (default: built-in)")
     pro.set_defaults(func=_guard(_cmd_promote))
     rb = msub.add_parser("rollback", help="make the previously active model active again")
     rb.add_argument("--recipe", default="default")

@@ -18,7 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from linewatch.model.onnx import Model, ModelError, file_sha256
+from linewatch.config import FailsafeConfig, LineConfig
+from linewatch.model.bands import BandError, defect_band, threshold
+from linewatch.model.files import model_files
+from linewatch.model.onnx import Model, ModelError
+from linewatch.model.runtime import SessionSettings, batch_sizes
 from linewatch.paths import MODELS_DIR
 
 DEFAULT_ROOT = MODELS_DIR
@@ -37,36 +41,28 @@ class Version:
     added: str
 
 
-def holdout_metrics(model: Model, holdout: Path) -> dict[str, Any]:
-    """PASS/FAIL metrics of `model` on a labelled holdout (folder or manifest), at the model's own band."""
-    from linewatch.training.dataset import load_dataset
+def holdout_metrics(model: Model, holdout: Path, failsafe: FailsafeConfig | None = None) -> dict[str, Any]:
+    """PASS/FAIL/REVIEW metrics of `model` on a labelled holdout (folder or manifest), decided at the bands the
+    line will use with `failsafe` (the default config's when None): model/bands.py."""
+    from linewatch.training.dataset import DatasetError, load_dataset
     from linewatch.training.evaluate import evaluate
 
     info = model.info
-    ds = load_dataset(holdout)
-    ds.load((info.width, info.height), info.channels)
+    try:
+        ds = load_dataset(holdout)
+        ds.load((info.width, info.height), info.channels)
+    except (DatasetError, OSError, ValueError) as exc:
+        raise RegistryError(f"holdout {holdout}: {exc}") from None
     assert ds.images is not None and ds.targets is not None
-    probs = np.concatenate([model.run(ds.images[i:i + 64]) for i in range(0, len(ds.images), 64)])
+    try:
+        probs = np.concatenate([model.run(ds.images[i:i + 64]) for i in range(0, len(ds.images), 64)])
+        band = defect_band(failsafe or FailsafeConfig(), info.metadata, info.labels, info.defect_labels)
+    except (ModelError, BandError) as exc:
+        raise RegistryError(f"holdout {holdout}: {exc}") from None
     defect_idx = [i for i, lab in enumerate(info.labels) if lab in info.defect_labels]
     p_defect = probs[:, defect_idx].sum(axis=1)
     binary = np.stack([1 - p_defect, p_defect], axis=1)
-    band = model_band(info.metadata)
-    return evaluate(binary, (ds.targets != 0).astype(np.int64), ["good", "defect"], band)
-
-
-def model_band(meta: dict[str, str]) -> tuple[float, float]:
-    """The defect-probability band a model ships (`linewatch.class_bands` on its good label), else none."""
-    try:
-        bands = json.loads(meta.get("linewatch.class_bands", "{}"))
-        labels = json.loads(meta["linewatch.labels"])
-        defects = set(json.loads(meta["linewatch.defect_labels"]))
-    except (KeyError, ValueError):
-        return 0.5, 0.5
-    good = [lab for lab in labels if lab not in defects]
-    if len(good) == 1 and good[0] in bands:
-        lo, hi = bands[good[0]]
-        return round(1 - hi, 4), round(1 - lo, 4)
-    return 0.5, 0.5
+    return evaluate(binary, (ds.targets != 0).astype(np.int64), ["good", "defect"], band, threshold(info.metadata))
 
 
 class Registry:
@@ -113,38 +109,68 @@ class Registry:
             raise RegistryError(f"{ref!r} is ambiguous: " + ", ".join(v.sha256[:12] for v in matches))
         return matches[-1]
 
-    def add(self, onnx_file: Path) -> Version:
-        """Validate a file and store it content-addressed (with its card when one lies beside it)."""
-        model = validate(onnx_file)
-        sha = model.info.sha256
+    def add(self, onnx_file: Path, max_batch: int | None = None) -> Version:
+        """Validate a model and store all its files (graph, external weights, sidecars: model/files.py)
+        content-addressed, with its card when one lies beside it."""
+        model = validate(onnx_file, max_batch)
+        sha, files = model.info.sha256, model.files
         data = self._load()
         if sha in data["versions"]:
             return self.find(sha)
-        if onnx_file.resolve().is_relative_to(self.root.resolve()):
-            folder = onnx_file.resolve().parent  # already inside the registry (e.g. the bundled model)
+        if files.graph.is_relative_to(self.root):
+            folder = files.folder  # already inside the registry (e.g. the bundled model)
         else:
             folder = self.root / f"{model.info.name}-{sha[:12]}"
             folder.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(onnx_file, folder / onnx_file.name)
+            for name in files.names():
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(files.folder / name, folder / name)
             for extra in ("card.json", "CARD.md"):
-                if (onnx_file.parent / extra).exists():
-                    shutil.copy2(onnx_file.parent / extra, folder / extra)
+                if (files.folder / extra).exists():
+                    shutil.copy2(files.folder / extra, folder / extra)
         card = folder / "card.json"
-        if file_sha256(folder / onnx_file.name) != sha:
+        stored = model_files(folder / files.graph.name).read_by(files.sidecars)
+        if stored.version_hash() != sha:
             raise RegistryError(f"copy of {onnx_file} does not match its hash; disk problem?")
         data["versions"][sha] = {
-            "name": model.info.name, "file": str((folder / onnx_file.name).relative_to(self.root.resolve())),
-            "card": str(card.relative_to(self.root.resolve())) if card.exists() else None,
+            "name": model.info.name, "file": str((folder / files.graph.name).relative_to(self.root)),
+            "files": list(files.names()),
+            "card": str(card.relative_to(self.root)) if card.exists() else None,
             "added": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         self._save(data)
         return self.find(sha)
 
-    def promote(self, ref: str, recipe: str, holdout: Path | None, tolerance: float = 0.01) -> dict[str, Any]:
-        """Make a version active for a recipe if it passes the gate; returns the comparison."""
+    def _forget(self, sha: str) -> None:
+        """Remove a version this call added (a refused candidate): its index entry and its folder."""
+        data = self._load()
+        entry = data["versions"].pop(sha, None)
+        if entry is None or sha in data["active"].values():
+            return
+        self._save(data)
+        folder = (self.root / entry["file"]).parent
+        if folder != self.root and folder.name.endswith(sha[:12]):
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def promote(self, ref: str, recipe: str, holdout: Path | None, tolerance: float = 0.01,
+                failsafe: FailsafeConfig | None = None, max_batch: int | None = None) -> dict[str, Any]:
+        """Make a version active for a recipe if it passes the gate; returns the comparison. A candidate file
+        this call added and the gate refused is removed again: a refused promotion leaves the registry as it was."""
         path = Path(ref)
-        candidate = self.add(path) if path.suffix == ".onnx" and path.exists() else self.find(ref)
-        model = validate(candidate.file)
+        is_file = path.suffix == ".onnx" and path.exists()
+        known = set(self._load()["versions"])
+        candidate = self.add(path, max_batch) if is_file else self.find(ref)
+        try:
+            return self._gate(candidate, recipe, holdout, tolerance, failsafe, max_batch)
+        except RegistryError as exc:
+            if candidate.sha256 not in known:
+                self._forget(candidate.sha256)
+                raise RegistryError(f"{exc}\n{candidate.sha256[:12]} was not kept in the registry") from None
+            raise
+
+    def _gate(self, candidate: Version, recipe: str, holdout: Path | None, tolerance: float,
+              failsafe: FailsafeConfig | None, max_batch: int | None) -> dict[str, Any]:
+        model = validate(candidate.file, max_batch)
         current = self.active(recipe)
         report: dict[str, Any] = {"recipe": recipe, "candidate": candidate.sha256, "active": None}
         if current is not None and current.sha256 == candidate.sha256:
@@ -153,20 +179,22 @@ class Registry:
             if holdout is None:
                 raise RegistryError(f"recipe {recipe!r} has an active model: promotion needs --holdout to compare")
             report["active"] = current.sha256
-            cand_m = holdout_metrics(model, holdout)
-            curr_m = holdout_metrics(validate(current.file), holdout)
+            cand_m = holdout_metrics(model, holdout, failsafe)
+            curr_m = holdout_metrics(validate(current.file, max_batch), holdout, failsafe)
             report["metrics"] = {"candidate": cand_m, "active": curr_m}
             worse = []
             if cand_m["escape_rate"] > curr_m["escape_rate"] + tolerance:
                 worse.append(f"escape rate {cand_m['escape_rate']:.4f} > {curr_m['escape_rate']:.4f} + {tolerance}")
             if cand_m["accuracy"] < curr_m["accuracy"] - tolerance:
                 worse.append(f"accuracy {cand_m['accuracy']:.4f} < {curr_m['accuracy']:.4f} - {tolerance}")
+            if cand_m["review_rate"] > curr_m["review_rate"] + tolerance:
+                worse.append(f"REVIEW rate {cand_m['review_rate']:.4f} > {curr_m['review_rate']:.4f} + {tolerance}")
             if worse:
                 report["refused"] = worse
                 raise RegistryError("promotion refused: candidate is worse than the active model: " + "; ".join(worse)
                                     + "\n" + comparison_table(report))
         elif holdout is not None:
-            report["metrics"] = {"candidate": holdout_metrics(model, holdout)}
+            report["metrics"] = {"candidate": holdout_metrics(model, holdout, failsafe)}
         data = self._load()
         history = data["history"].setdefault(recipe, [])
         if current is not None:
@@ -202,13 +230,15 @@ class Registry:
         return self.find(previous)
 
 
-def validate(onnx_file: Path) -> Model:
-    """Load the file as the worker would (contract, metadata, a test inference); RegistryError if unusable."""
+def validate(onnx_file: Path, max_batch: int | None = None) -> Model:
+    """Load the model as the worker would and run every batch size the worker will use (up to `max_batch`,
+    the default line config's `infer.max_batch` when None); RegistryError if anything fails."""
+    sizes = batch_sizes(max_batch if max_batch is not None else LineConfig().infer.max_batch)
     try:
-        model = Model(onnx_file, providers="cpu")
+        model = Model(onnx_file, settings=SessionSettings(providers="cpu", batch_sizes=sizes))
         model.warm_up()
     except ModelError as exc:
-        raise RegistryError(str(exc)) from None
+        raise RegistryError(f"{exc} (tried batch sizes {list(sizes)})") from None
     return model
 
 

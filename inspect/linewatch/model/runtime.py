@@ -196,7 +196,7 @@ def _provider_options(name: str, s: SessionSettings, input_shape: tuple[str, lis
     return {}
 
 
-def _single_batched_input(data: bytes) -> tuple[str, list[Any]] | None:
+def _single_batched_input(data: bytes | str) -> tuple[str, list[Any]] | None:
     """(name, dims) of the model's only input when all but its batch dimension are fixed (for TRT profiles)."""
     import onnxruntime as ort
 
@@ -208,9 +208,10 @@ def _single_batched_input(data: bytes) -> tuple[str, list[Any]] | None:
     return inputs[0].name, list(inputs[0].shape)
 
 
-def open_session(data: bytes, s: SessionSettings, key: str) -> OpenedSession:
-    """A session on the best provider of `s.providers` that really loads; raises ProviderError on a demand
-    that cannot be met, and lets ORT's own error through when the model itself is bad."""
+def open_session(data: bytes | str, s: SessionSettings, key: str) -> OpenedSession:
+    """A session on the best provider of `s.providers` that really loads, from the graph's bytes or its path
+    (a graph with external weights); raises ProviderError on a demand that cannot be met, and lets ORT's own
+    error through when the model itself is bad."""
     import onnxruntime as ort
 
     fallbacks: list[str] = []

@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -70,14 +71,35 @@ def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) ->
     return cv2.addWeighted(rgb, 1 - alpha, colour, alpha, 0)
 
 
-def load_overlay(data_dir: Path, image_relpath: str) -> np.ndarray | None:
-    """A kept image with its heatmap blended over it (RGB), or None when either file is missing."""
+def draw_detections(rgb: np.ndarray, detections: list[dict[str, Any]] | None) -> np.ndarray:
+    """Boxes (the row's `detections`: label, score, box x, y, width, height in frame pixels) drawn on an RGB image,
+    each labelled with its class and score."""
+    if not detections:
+        return rgb
+    out = np.ascontiguousarray(rgb.copy())
+    thick = max(1, round(min(out.shape[:2]) / 200))
+    for d in detections:
+        x, y, w, h = (round(float(v)) for v in d["box"])
+        cv2.rectangle(out, (x, y), (x + w, y + h), (255, 40, 40), thick)
+        cv2.putText(out, f"{d['label']} {float(d['score']):.2f}", (x, max(10, y - 3)), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.35 * thick, (255, 40, 40), thick, cv2.LINE_AA)
+    return out
+
+
+def load_overlay(data_dir: Path, image_relpath: str,
+                 detections: list[dict[str, Any]] | None = None) -> np.ndarray | None:
+    """A kept image (RGB) with what the model saw in it: its heatmap blended over it and its detection boxes;
+    None when the image is gone or the model gave neither."""
     heat_path = data_dir / heatmap_relpath(image_relpath)
     heat = cv2.imread(str(heat_path), cv2.IMREAD_GRAYSCALE) if heat_path.is_file() else None
-    pixels = cv2.imread(str(data_dir / image_relpath), cv2.IMREAD_UNCHANGED) if heat is not None else None
-    if heat is None or pixels is None:
+    if heat is None and not detections:
         return None
-    return heatmap_overlay(pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB), heat)
+    pixels = cv2.imread(str(data_dir / image_relpath), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        return None
+    rgb = pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
+    shown = heatmap_overlay(rgb, heat) if heat is not None else heatmap_overlay(rgb, np.zeros((1, 1), np.uint8), 0.0)
+    return draw_detections(shown, detections)
 
 
 def live_path(data_dir: Path, camera: str) -> Path:

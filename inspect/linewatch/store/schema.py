@@ -114,6 +114,12 @@ def _migration_4(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_inspections_not_pass ON inspections(final) WHERE final != 'PASS'")
 
 
+@_migration("v5_detections")
+def _migration_5(db: sqlite_utils.Database) -> None:
+    """A detection model's boxes per part (JSON: label, score, box x, y, width, height in frame pixels)."""
+    db.table("inspections").add_column("detections", str)
+
+
 #: The writer's own automatic checkpoint, a backstop: `Checkpointer` copies the WAL back from its thread.
 WAL_BACKSTOP_PAGES = 10_000
 

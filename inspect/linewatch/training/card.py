@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import linewatch
-from linewatch.model.onnx import file_sha256
+from linewatch.model.files import file_sha256
 
 
 def code_version() -> str:

@@ -65,6 +65,7 @@ class TrainOptions:
     target_escape: float = 0.01
     max_review: float = 0.05
     coreset: float = 0.02  # patchcore: share of the good patches kept in the memory bank
+    freeze_fraction: float = FREEZE_FRACTION  # backbone: share of training with only the new head learning
 
 
 def _augment(torch: Any, x: Any, opts: TrainOptions, gen: Any) -> Any:
@@ -189,7 +190,7 @@ def train(data: Path, out_dir: Path, opts: TrainOptions, log: Any = print) -> di
         weights = torch.ones_like(weights)
     net, groups = _build(torch, opts, spec, len(ds.labels))
     optim = torch.optim.AdamW(groups, lr=opts.lr, weight_decay=opts.weight_decay)
-    frozen = len(groups) > 1
+    frozen = len(groups) > 1 and opts.freeze_fraction > 0
     _freeze(groups, frozen)
     steps, step, progress, t_loop = math.ceil(len(xt) / opts.batch), 0, 0.0, time.monotonic()
     _set_lr(optim, opts.lr, progress)
@@ -216,7 +217,7 @@ def train(data: Path, out_dir: Path, opts: TrainOptions, log: Any = print) -> di
                 step += 1
                 progress = _progress(step, steps * opts.epochs, time.monotonic() - t_loop, opts.max_minutes)
                 _set_lr(optim, opts.lr, progress)
-                if frozen and progress >= FREEZE_FRACTION:
+                if frozen and progress >= opts.freeze_fraction:
                     frozen = _freeze(groups, False)
                     log(f"backbone unfrozen at {100 * progress:.0f} % of training")
                 total, seen = total + float(loss.detach()) * len(idx), seen + len(idx)

@@ -40,6 +40,8 @@ from linewatch.wire.frames import (
     peek_identity,
 )
 from linewatch.wire.verdicts import (
+    MAX_DETECTIONS,
+    Detection,
     Final,
     Verdict,
     VerdictError,
@@ -50,8 +52,9 @@ from linewatch.wire.verdicts import (
 
 __all__ = [
     "DTYPES", "FRAME_VERSION", "FRAME_VERSIONS", "KIND_ACTION", "KIND_ALARM", "KIND_ANNOUNCE", "KIND_VERDICT",
-    "KIND_VERDICTS", "KIND_VERDICT_BATCH", "LOT_MAX_CHARS", "MAX_INT64", "Alarm", "CameraCommand", "CameraReply",
-    "Count", "Endpoints", "Final", "FrameHeader", "LotError", "MessageError", "OperatorAction", "PixelDtype",
-    "Positive", "SlotRelease", "Verdict", "VerdictError", "check_lot", "decode_frame", "decode_verdict_group",
-    "encode_frame", "encode_verdict_batch", "encode_verdict_group", "now_ns", "peek_identity",
+    "KIND_VERDICTS", "KIND_VERDICT_BATCH", "LOT_MAX_CHARS", "MAX_DETECTIONS", "MAX_INT64", "Alarm", "CameraCommand",
+    "CameraReply", "Count", "Detection", "Endpoints", "Final", "FrameHeader", "LotError", "MessageError",
+    "OperatorAction", "PixelDtype", "Positive", "SlotRelease", "Verdict", "VerdictError", "check_lot",
+    "decode_frame", "decode_verdict_group", "encode_frame", "encode_verdict_batch", "encode_verdict_group",
+    "now_ns", "peek_identity",
 ]

@@ -14,6 +14,17 @@ from linewatch.wire.codec import DECODE_ERRORS, Count, MessageError, check_stora
 from linewatch.wire.frames import FrameHeader, peek_identity
 
 Final = Literal["PASS", "FAIL", "REVIEW"]
+MAX_DETECTIONS = 100  # boxes kept per part: a detector's 300 padded rows are not evidence
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One box a detection model found (after NMS): its class, score, and (x, y, width, height) of the box
+    in the frame's pixels, top-left corner first."""
+
+    label: str
+    score: float
+    box: tuple[float, float, float, float]
 
 
 class VerdictError(MessageError):
@@ -56,6 +67,7 @@ class Verdict:
     worker: str = ""
     truth: dict[str, Any] | None = None
     image: str | None = None  # set by record when the image is kept
+    detections: list[Detection] | None = None  # detection models: the boxes that decided the part
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)

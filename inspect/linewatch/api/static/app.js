@@ -49,6 +49,11 @@ function renderLast(v) {
   if (v.decided_by !== 'model') {
     for (const r of v.reasons || []) ul.appendChild(document.createElement('li')).textContent = r;
   }
+  for (const d of (v.detections || []).slice(0, 3)) {     // a detection model's boxes: what it found
+    const li = ul.appendChild(document.createElement('li'));
+    li.className = 'detection';
+    li.textContent = `${d.label} ${num(d.score, 2)}`;
+  }
   $('last-latency').textContent = `${v.camera ?? ''} · ${timeOf(v.t_capture_ns)} · latency ${num(v.latency_ms, 1)} ms`;
 }
 

@@ -15,10 +15,11 @@ from typing import Any
 import yaml
 
 from linewatch.model.adapters.anomalib import ANOMALIB
-from linewatch.model.adapters.base import Adapter, AdapterError, Detection, Format, ModelFile, Prediction
+from linewatch.model.adapters.base import Adapter, AdapterError, Format, ModelFile, Prediction
 from linewatch.model.adapters.generic import GENERIC
 from linewatch.model.adapters.native import NATIVE
 from linewatch.model.adapters.yolo import YOLO
+from linewatch.wire import Detection
 
 #: every format by its key, in the order a file is tried against them
 FORMATS: dict[str, Format] = {f.key: f for f in (NATIVE, ANOMALIB, YOLO, GENERIC)}
@@ -26,8 +27,9 @@ FORMATS: dict[str, Format] = {f.key: f for f in (NATIVE, ANOMALIB, YOLO, GENERIC
 __all__ = ["FORMATS", "Adapter", "AdapterError", "Detection", "Format", "ModelFile", "Prediction", "choose_adapter"]
 
 
-def choose_adapter(path: Path, meta: dict[str, str], inputs: list[Any], outputs: list[Any]) -> Adapter:
-    """The adapter for a loaded session, from its metadata, its signature and sidecar files."""
+def choose_adapter(path: Path, meta: dict[str, str], inputs: list[Any], outputs: list[Any]) -> tuple[Adapter, Format]:
+    """The adapter for a loaded session, from its metadata, its signature and sidecar files beside the graph
+    at `path` (the real file, not a link to it); with the format, which says which sidecars it read."""
     sidecar_path = path.with_suffix(".yaml")
     sidecar: dict[str, Any] = {}
     if sidecar_path.exists():
@@ -35,10 +37,12 @@ def choose_adapter(path: Path, meta: dict[str, str], inputs: list[Any], outputs:
             loaded = yaml.safe_load(sidecar_path.read_text())
         except yaml.YAMLError as exc:
             raise AdapterError(f"{sidecar_path}: not valid YAML ({exc})") from None
-        sidecar = loaded if isinstance(loaded, dict) else {}
+        if loaded is not None and not isinstance(loaded, dict):
+            raise AdapterError(f"{sidecar_path}: must be a mapping of settings, got {type(loaded).__name__}")
+        sidecar = loaded or {}
     model_file = ModelFile(path, meta, inputs, outputs, sidecar)
     for fmt in FORMATS.values():
         if fmt.recognises(model_file):
-            return fmt.create(model_file)
+            return fmt.create(model_file), fmt
     raise AdapterError(f"{model_file.where}: unknown model format: no linewatch metadata, no anomalib outputs, "
                        f"no YOLO 'names', and no sidecar {sidecar_path.name} describing it")

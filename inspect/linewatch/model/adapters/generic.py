@@ -7,7 +7,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from linewatch.model.adapters.base import Adapter, AdapterError, Format, ModelFile, fixed_hw, float_input, split_labels
+from linewatch.model.adapters.base import (
+    Adapter,
+    AdapterError,
+    Format,
+    ModelFile,
+    fixed_hw,
+    float_input,
+    sidecar_band,
+    split_labels,
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,7 @@ def _create(f: ModelFile) -> Adapter:
     names, defects = split_labels(labels, spec.get("defect_labels"), where)
     return GenericAdapter(
         "generic", names, defects, "NHW" if channels == 1 else "NHWC", h, w, channels, False, inputs[0].name,
+        sidecar_band(spec, where),
         mean=tuple(float(x) for x in inp.get("mean", [0.0] * channels)),
         std=tuple(float(x) for x in inp.get("std", [1.0] * channels)),
         scale=float(inp.get("scale", 1 / 255)),

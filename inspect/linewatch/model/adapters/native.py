@@ -39,4 +39,4 @@ def _create(f: ModelFile) -> Adapter:
     return Adapter("native", tuple(labels), frozenset(defects), layout, h, w, c, True, inputs[0].name)
 
 
-NATIVE = Format("native", _recognises, _create)
+NATIVE = Format("native", _recognises, _create, sidecars=())

@@ -1,0 +1,99 @@
+"""The files a model is: its ONNX graph and everything beside it that changes what it does.
+
+Exporters write more than one file. anomalib 2.x and PyTorch's exporter keep the weights outside
+the graph (`model.onnx` + `model.onnx.data`); a model from elsewhere is described by a sidecar
+`<model>.yaml` (defect classes, confidence, bands), an older anomalib export by `metadata.json`.
+Each of them changes the verdicts, so a model version is all of them: they are found here, stored,
+moved and hashed together. A graph alone keeps the plain SHA-256 of its file as its version hash
+(so hashes already recorded stay valid); with companions the version hash is the SHA-256 of the
+list of `name<TAB>sha256` lines of every file, the graph included.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+SIDECAR_SUFFIX = ".yaml"
+LEGACY_ANOMALIB_METADATA = "metadata.json"
+
+
+class ModelFilesError(Exception):
+    """A file the model needs is missing, or the graph names one outside its own folder."""
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """A model's graph (the real file, links resolved) and its companions, named relative to its folder."""
+
+    graph: Path
+    external_data: tuple[str, ...] = ()  # weights the graph keeps in other files: it must be loaded from its path
+    sidecars: tuple[str, ...] = ()
+
+    @property
+    def folder(self) -> Path:
+        return self.graph.parent
+
+    @property
+    def companions(self) -> tuple[str, ...]:
+        return tuple(sorted({*self.external_data, *self.sidecars}))
+
+    def read_by(self, sidecars: tuple[str, ...]) -> ModelFiles:
+        """The same files with only the sidecars its adapter reads (a native model ignores a stray YAML)."""
+        return ModelFiles(self.graph, self.external_data, tuple(n for n in self.sidecars if n in sidecars))
+
+    def names(self) -> tuple[str, ...]:
+        """Every file of the model, relative to its folder: the graph first."""
+        return (self.graph.name, *self.companions)
+
+    def version_hash(self, graph_sha256: str | None = None) -> str:
+        """The version's identity; `graph_sha256` when the caller already hashed the graph's bytes."""
+        graph_sha = graph_sha256 or file_sha256(self.graph)
+        if not self.companions:
+            return graph_sha
+        lines = [f"{self.graph.name}\t{graph_sha}\n"]
+        lines += [f"{name}\t{file_sha256(self.folder / name)}\n" for name in self.companions]
+        return hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()
+
+
+def external_data_locations(graph: bytes) -> tuple[str, ...]:
+    """The files an ONNX graph keeps tensors in (its initializers' `location` entries)."""
+    import onnx
+
+    try:
+        model = onnx.load_model_from_string(graph)
+    except Exception:  # not a protobuf onnx reads: ONNX Runtime will say what is wrong with it
+        return ()
+    found: set[str] = set()
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            found.update(e.value for e in tensor.external_data if e.key == "location")
+    return tuple(sorted(found))
+
+
+def model_files(path: Path, graph: bytes | None = None) -> ModelFiles:
+    """The files of the model at `path` (a link is followed: companions lie beside the real file); every
+    sidecar that exists is listed, `read_by` keeps those its adapter uses."""
+    real = path.resolve()
+    data = graph if graph is not None else real.read_bytes()
+    external = external_data_locations(data)
+    for name in external:
+        rel = PurePosixPath(name)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise ModelFilesError(f"model {path}: its weights file {name!r} lies outside the model's folder; "
+                                  "refusing to read it")
+        if not (real.parent / rel).is_file():
+            raise ModelFilesError(f"model {path}: the graph keeps its weights in {name}, which is not beside it "
+                                  f"in {real.parent} (copy both files together)")
+    sidecars = [p.name for p in (real.with_suffix(SIDECAR_SUFFIX), real.parent / LEGACY_ANOMALIB_METADATA)
+                if p.is_file()]
+    return ModelFiles(real, external, tuple(sidecars))
