@@ -79,3 +79,35 @@ def test_operator_sets_the_lot_and_triggers_a_part_from_the_screen(line) -> None
     actions = db_rows(ln.data_dir, "SELECT action, actor FROM operator_actions")
     assert [(a["action"], a["actor"]) for a in actions] == [("set_lot", "hmi")]
     ln.stop()
+
+
+def test_a_detection_models_boxes_are_listed_on_screen_and_in_the_pdf(line, tmp_path: Path) -> None:
+    import re
+    import subprocess
+    import sys
+
+    from tests.test_adapters import yolo_det_model
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    ln = line(cameras=[{"name": "cam0", "fps": 20, "max_frames": 60}], model={"path": str(yolo_det_model(folder))})
+    ln.start()
+    wait_for(lambda: count_rows(ln.data_dir) >= 60, 60, "60 rows")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(ln.url + "/")
+            page.wait_for_function("document.body.dataset.ready === '1'", timeout=15_000)
+            found = page.locator("#last-reasons li.detection")
+            found.first.wait_for(timeout=15_000)  # the latest part's boxes: class and score
+            assert all(t.split()[0] in ("scratch", "label") for t in found.all_text_contents())
+        finally:
+            browser.close()
+    ln.stop()
+    pdf = tmp_path / "r.pdf"
+    subprocess.run([sys.executable, "-m", "linewatch", "report", "--data-dir", str(ln.data_dir), "--format", "pdf",
+                    "--from", "2000-01-01", "--to", "2100-01-01", "--out", str(pdf)], check=True, timeout=120)
+    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    kept = db_rows(ln.data_dir, "SELECT detections FROM inspections WHERE final != 'PASS' AND image IS NOT NULL")
+    assert kept and re.search(r"(scratch|label) 0\.\d\d", text)  # the gallery lists each part's boxes

@@ -153,3 +153,18 @@ def test_cli_validate_names_the_fixed_batch_and_the_files(tmp_path: Path) -> Non
     out = validate_cli(lone)
     assert out.returncode == 2 and "model.onnx.data, which is not beside it" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_holdout_metrics_and_the_gate_work_on_a_static_batch_export(tmp_path: Path) -> None:
+    from tests.test_training import write_parts
+
+    holdout = write_parts(tmp_path / "holdout", 70, seed=3)  # more than the 64 frames holdout_metrics runs at once
+    static = EXPORTS / "yolo-cls-static.onnx"
+    out = subprocess.run([sys.executable, "-m", "linewatch", "models", "validate", str(static),
+                          "--holdout", str(holdout)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "review_rate" in out.stdout and "Traceback" not in out.stderr
+    reg = Registry(tmp_path / "models")
+    report = reg.promote(str(EXPORTS / "yolo-cls-static.onnx"), "default", holdout)
+    assert report["metrics"]["candidate"]["count"] == 70
+    assert report["metrics"]["candidate"]["band"] == [0.2, 0.8]  # the line's default band: no sidecar band
