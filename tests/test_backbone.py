@@ -85,7 +85,8 @@ def test_fine_tuned_backbone_runs_on_the_line(parts: Path, tmp_path: Path) -> No
     probs, maps = pred.probs, pred.anomaly_maps
     assert probs.shape == (5, 2) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
     assert maps is not None and maps.shape == (5, 1, 1) and maps.min() >= 0 and maps.max() <= 1  # 32 px / 32
-    assert model.info.metadata["linewatch.outputs"] == "probs, anomaly_map"
+    assert model.info.metadata["linewatch.outputs"] == "probs, anomaly_map, embedding"
+    assert pred.embeddings is not None and pred.embeddings.shape == (5, 1280)  # pooled features, for drift
     assert card["metrics"]["onnx_torch_max_abs_diff"] <= 1e-3
 
 
@@ -128,6 +129,10 @@ def test_the_exported_cam_matches_pytorch(tmp_path: Path) -> None:
     assert pred.anomaly_maps is not None and pred.anomaly_maps.shape == (6, FRAME // 32, FRAME // 32)
     assert float(np.abs(pred.anomaly_maps - ref_cam).max()) <= 1e-3
     assert float(np.abs(pred.probs - ref_probs).max()) <= 1e-3  # the map explains; the probabilities still decide
+    with torch.no_grad():
+        ref_embedding = net.features(x).mean((2, 3)).numpy()  # type: ignore[operator]
+    assert pred.embeddings is not None and np.abs(pred.embeddings - ref_embedding).max() <= 1e-3 * (
+        1 + np.abs(ref_embedding).max())  # what the head pools: the embedding drift detection compares
     peaks = pred.anomaly_maps.max(axis=(1, 2))  # each frame's own maximum: 1, or 0 without any defect evidence
     assert pred.anomaly_maps.min() >= 0 and np.all((np.abs(peaks - 1) < 1e-3) | (peaks == 0)) and peaks.max() > 0
 

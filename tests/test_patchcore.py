@@ -62,9 +62,11 @@ def test_patchcore_is_one_graph_the_line_runs(fitted: dict) -> None:
     model = Model(path)
     assert model.info.metadata["linewatch.kind"] == "patchcore"
     assert model.info.metadata["linewatch.memory_bank"] == str(fitted["card"]["memory_bank"]["size"])
-    assert [o.name for o in model.session.get_outputs()] == ["probs", "anomaly_map"]
+    assert [o.name for o in model.session.get_outputs()] == ["probs", "anomaly_map", "embedding"]
     pred = model.predict(np.zeros((2, FRAME, FRAME), np.uint8))
     assert pred.probs.shape == (2, 2) and np.allclose(pred.probs.sum(1), 1, atol=1e-5)
+    features = fitted["card"]["memory_bank"]["features"]
+    assert pred.embeddings is not None and pred.embeddings.shape == (2, features)  # mean patch feature
     assert pred.anomaly_maps is not None and pred.anomaly_maps.shape == (2, FRAME // 4, FRAME // 4)
 
 

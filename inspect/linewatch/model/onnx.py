@@ -184,4 +184,7 @@ class Model:
             raise ModelOutputError(f"model {self.info.name}: output contains NaN or inf")
         if maps is not None and (len(maps) != batch.shape[0] or not np.all(np.isfinite(maps))):
             raise ModelOutputError(f"model {self.info.name}: anomaly map has shape {maps.shape} or NaN/inf values")
+        emb = pred.embeddings
+        if emb is not None and (len(emb) != batch.shape[0] or not np.all(np.isfinite(emb))):
+            raise ModelOutputError(f"model {self.info.name}: embedding has shape {emb.shape} or NaN/inf values")
         return pred if probs is pred.probs else replace(pred, probs=probs)

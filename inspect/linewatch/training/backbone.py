@@ -10,6 +10,9 @@ The classifier takes the trainer's normalised input, maps it to the normalisatio
 per-channel affine (a grey frame is broadcast to three channels), and ends in the last feature map
 (`features`, for a class-activation map), global average pooling and a linear head.
 
+Every backbone export also outputs its `embedding` (N, D): the pooled features its decision rests on, which
+drift detection compares with the training images'.
+
 The export explains every call: beside `probs` it writes an `anomaly_map` (N, 1, h, w) at the feature map's
 resolution (the network's input / 32), the class-activation map ReLU(sum_c w[k, c] * features[c]) of the defect
 classes k (their strongest at each pixel), divided by its own maximum + CAM_EPS. Per-frame max normalisation
@@ -260,5 +263,7 @@ def export_backbone_onnx(net: Any, spec: InputSpec, temperature: float, metadata
     g.node("ReduceMax", ["cam"], "cam_peak", axes=[2, 3], keepdims=1)
     g.node("Add", ["cam_peak", g.const("cam.eps", np.array(CAM_EPS, np.float32))], "cam_scale")
     g.node("Div", ["cam", "cam_scale"], "anomaly_map")
-    meta = {**metadata, "linewatch.outputs": "probs, anomaly_map"}
-    g.save([("probs", ["N", fc.out_features]), ("anomaly_map", ["N", 1, layers.size, layers.size])], meta, out)
+    g.node("Identity", ["feat"], "embedding")  # the pooled features the head reads: for drift detection
+    meta = {**metadata, "linewatch.outputs": "probs, anomaly_map, embedding"}
+    g.save([("probs", ["N", fc.out_features]), ("anomaly_map", ["N", 1, layers.size, layers.size]),
+            ("embedding", ["N", FEATURES])], meta, out)

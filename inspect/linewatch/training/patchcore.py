@@ -127,7 +127,9 @@ def export_patchcore(net: Any, bank: np.ndarray, spec: InputSpec, platt: tuple[f
     g.node("Sigmoid", ["calibrated"], "p_defect")
     g.node("Sub", [g.const("one", np.array(1.0, np.float32)), "p_defect"], "p_good")
     g.node("Concat", ["p_good", "p_defect"], "probs", axis=1)
-    g.save([("probs", ["N", 2]), ("anomaly_map", ["N", 1, m, m])], meta, out)
+    g.node("GlobalAveragePool", [feats], "patch_mean")
+    g.node("Flatten", ["patch_mean"], "embedding")  # the image's mean patch feature: for drift detection
+    g.save([("probs", ["N", 2]), ("anomaly_map", ["N", 1, m, m]), ("embedding", ["N", c])], meta, out)
 
 
 def _resize(g: GraphBuilder, x: str, side: int, out: str) -> str:
@@ -187,7 +189,7 @@ def train_patchcore(data: Path, out_dir: Path, opts: Any, log: Any = print) -> d
     calibration = evaluate(np.stack([1 - p_cal, p_cal], 1), labels.numpy().astype(np.int64), ["good", "defect"], band)
     meta = contract_metadata(opts.name, "patchcore", spec, ["good", "defect"], ["defect"], band,
                              ds.images[train_idx], p_cal[labels.numpy() < 0.5], ds.content_hash())
-    meta["linewatch.outputs"] = "probs, anomaly_map"
+    meta["linewatch.outputs"] = "probs, anomaly_map, embedding"
     meta["linewatch.memory_bank"] = str(size)
     onnx_path = out_dir / f"{opts.name}.onnx"
     bank_np = bank.numpy()

@@ -31,6 +31,7 @@ class Prediction:
 
     probs: np.ndarray  # (N, labels), the good class first
     anomaly_maps: np.ndarray | None = None  # (N, h, w) in [0, 1]: models with an `anomaly_map` output
+    embeddings: np.ndarray | None = None  # (N, D): models with an `embedding` output (pooled backbone features)
     detections: list[list[Detection]] | None = None  # per frame, in its pixels: detection models
 
 
@@ -96,7 +97,9 @@ class Adapter:
 
     def decode(self, outputs: dict[str, np.ndarray], frame_hw: tuple[int, int] | None = None) -> Prediction:
         """The graph's outputs, by name, as a `Prediction` (boxes in the pixels of frames `frame_hw` in size)."""
-        return Prediction(self.probabilities(outputs), self.anomaly_maps(outputs))
+        emb = outputs.get("embedding")
+        return Prediction(self.probabilities(outputs), self.anomaly_maps(outputs),
+                          embeddings=None if emb is None else np.asarray(emb, np.float32).reshape(len(emb), -1))
 
     def probabilities(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
         return next(iter(outputs.values()))

@@ -93,7 +93,7 @@ class YoloDetectAdapter(Adapter):
             p, found = decode(pred)
             probs[b] = (1 - p, p)
             detections.append(self._in_frame(found, frame_hw)[:MAX_DETECTIONS])
-        return Prediction(probs, self.anomaly_maps(outputs), detections)
+        return Prediction(probs, self.anomaly_maps(outputs), detections=detections)
 
     def _in_frame(self, found: list[Detection], frame_hw: tuple[int, int] | None) -> list[Detection]:
         """Boxes from letterboxed input pixels back to the frame's (as `letterbox` placed the frame)."""
