@@ -6,8 +6,8 @@ For each scene in cameras/scenes/ (label, metal-surface, round-part): renders GO
 (the first good frames of seed 1) and a labelled test stream (frames 100,000 on of the same camera,
 seed 1: a new seed is a new camera, other dust; the scene's own defect rate, types and severity range,
 so its subtle low-severity defects are in it), fits `--kind patchcore` and `--kind anomaly` on the
-same good parts with the trainer `linewatch train` calls (the CLI's defaults but `--net-size 128`:
-at the default 64 px patchcore's round-part AUROC was 0.59, at 256 px its calibration failed), then
+same good parts with the trainer `linewatch train` calls, at the CLI's defaults (net size: 256 px for
+patchcore, 64 for anomaly; `--net-size` sets one for both), then
 runs each exported ONNX through the line's `Model.predict` and decides PASS / REVIEW / FAIL at the
 model's calibrated band the way the fail-safe does (`defect_band` + `evaluate`, as `holdout_metrics`
 does): image AUROC, escape rate (defective parts decided PASS), REVIEW rate, fit seconds. The
@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -130,7 +131,8 @@ def goodonly(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                                       backbone="efficientnet-lite0", epochs=args.epochs), log=lambda _: None)
             fit_s = time.monotonic() - t0
             row = {**score(tmp / path.stem / kind / card["file"], test_px, truth, scene.defects.severity),
-                   "fit_s": round(fit_s, 1), "train_goods": len(train_px), "render_s": round(render_s, 1)}
+                   "net_size": card["input"]["net_size"], "fit_s": round(fit_s, 1), "train_goods": len(train_px),
+                   "render_s": round(render_s, 1)}
             out[kind][path.stem] = row
             print(f"{path.stem} {kind}: {json.dumps(row)}", flush=True)
     return out
@@ -192,6 +194,23 @@ def cost(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return rows
 
 
+def fit_time(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """`linewatch train DATA --kind patchcore` as a user runs it, on 160 `linewatch emulate` parts (the CLI's
+    default scene and size; the memory bank from their good ones), timed from start to exit."""
+    data, out = tmp / "fit160-data", tmp / "fit160-model"
+    cli = [sys.executable, "-m", "linewatch"]
+    subprocess.run([*cli, "emulate", "--count", "160", "--out", str(data)], check=True, capture_output=True)
+    command = [*cli, "train", str(data), "--kind", "patchcore", "--out", str(out), *args.fit_args]
+    t0 = time.monotonic()
+    subprocess.run(command, check=True, capture_output=True)
+    seconds = time.monotonic() - t0
+    card = json.loads((out / "card.json").read_text())
+    return {"seconds": round(seconds, 1), "parts": 160, "good_parts": card["data"]["class_counts"]["good (trained on)"],
+            "frame": [card["input"]["width"], card["input"]["height"]], "net_size": card["input"]["net_size"],
+            "memory_bank": card["memory_bank"]["size"],
+            "command": " ".join(["linewatch", "train", "DATA", "--kind", "patchcore", "--out", "OUT", *args.fit_args])}
+
+
 def _cpu() -> str:
     info = Path("/proc/cpuinfo")
     names = [line.split(":", 1)[1].strip() for line in (info.read_text().splitlines() if info.exists() else [])
@@ -205,12 +224,13 @@ def _f(x: Any, spec: str) -> str:
 
 def table(result: dict[str, Any]) -> str:
     """The two tables of the RESULTS.md section, from the JSON."""
-    lines = ["| scene | kind | AUROC | escape | REVIEW | false reject | band | subtle AUROC / escape (n) "
+    lines = ["| scene | kind (net) | AUROC | escape | REVIEW | false reject | band | subtle AUROC / escape (n) "
              "| test parts (defects) | fit s | p50 ms | MB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for kind in KINDS:
         for scene, r in result.get(kind, {}).items():
-            lines.append(f"| {scene} | {kind} | {_f(r['auroc'], '.4f')} | {r['escape']:.4f} | {r['review']:.4f} | "
-                         f"{r['false_reject']:.4f} | [{r['band'][0]:.3f}, {r['band'][1]:.3f}) | "
+            net = r.get("net_size", result.get("net_size"))
+            lines.append(f"| {scene} | {kind} ({net}) | {_f(r['auroc'], '.4f')} | {r['escape']:.4f} | "
+                         f"{r['review']:.4f} | {r['false_reject']:.4f} | [{r['band'][0]:.3f}, {r['band'][1]:.3f}) | "
                          f"{_f(r['subtle_auroc'], '.4f')} / {r['subtle_escape']:.4f} ({r['subtle_defects']}) | "
                          f"{r['test_parts']} ({r['test_defects']}) | {r['fit_s']} | {r['p50_ms_b1']} | "
                          f"{r['file_mb']} |")
@@ -223,6 +243,11 @@ def table(result: dict[str, Any]) -> str:
                 continue
             lines.append(f"| {r['kind']} | {r['size']}² ({r['net_size']}) | {r['p50_ms_b1']} | {r['fps_b1']} | "
                          f"{r['best_batch']}: {r['fps_best']} ({r['ms_per_frame_best']}) | {r['file_mb']} |")
+    fit = result.get("fit_160")
+    if fit:
+        lines += ["", f"`{fit['command']}` on {fit['parts']} emulated parts ({fit['good_parts']} good, "
+                      f"{fit['frame'][0]}x{fit['frame'][1]}, net size {fit['net_size']}, memory bank "
+                      f"{fit['memory_bank']}): {fit['seconds']} s from start to exit."]
     return "\n".join(lines)
 
 
@@ -231,8 +256,7 @@ def main() -> int:
     ap.add_argument("--goods", type=int, default=200, help="good training parts per scene (<= 200)")
     ap.add_argument("--test-parts", type=int, default=2000, help="test parts per scene")
     ap.add_argument("--size", type=int, default=256, help="frame side of the scenes")
-    ap.add_argument("--net-size", type=int, default=128,
-                    help="as `linewatch train --net-size` (its default 64 misses most of these defects)")
+    ap.add_argument("--net-size", type=int, help="as `linewatch train --net-size` (default: each kind's own)")
     ap.add_argument("--epochs", type=int, default=30, help="anomaly kind: as `linewatch train --epochs`")
     ap.add_argument("--cost-sizes", type=int, nargs="+", default=[256, 512])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
@@ -240,6 +264,7 @@ def main() -> int:
     ap.add_argument("--scenes", nargs="+", help="only these scenes (file stems)")
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     ap.add_argument("--skip-cost", action="store_true")
+    ap.add_argument("--fit-args", nargs="*", default=[], help="more `linewatch train` arguments for the 160-part fit")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "goodonly.json")
     ap.add_argument("--table", action="store_true", help="only print the tables of --out")
     args = ap.parse_args()
@@ -251,6 +276,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         result: dict[str, Any] = goodonly(args, Path(tmp))
         result["cost"] = {} if args.skip_cost else cost(args, Path(tmp))
+        result["fit_160"] = fit_time(args, Path(tmp))
+        print(f"fit 160 parts: {json.dumps(result['fit_160'])}", flush=True)
     result.update({
         "test_parts": args.test_parts, "train_goods": args.goods, "frame": args.size, "net_size": args.net_size,
         "machine": f"{_cpu()}, {os.cpu_count()} cores, "

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from linewatch.training.card import code_version, write_card
-from linewatch.training.common import EarlyStopping, contract_metadata, input_spec, prepared
+from linewatch.training.common import DEFAULT_NET_SIZE, EarlyStopping, contract_metadata, input_spec, prepared
 from linewatch.training.dataset import load_good_only
 from linewatch.training.evaluate import choose_band, evaluate
 from linewatch.training.network import GraphBuilder, InputSpec
@@ -107,7 +107,7 @@ def train_anomaly(data: Path, out_dir: Path, opts: Any, log: Any = print) -> dic
                                                           opts.seed)
     assert ds.images is not None and ds.targets is not None
     n_good = len(train_idx) + len(val_idx)
-    spec = input_spec(ds.images, train_idx, opts.net_size, opts.channels)
+    spec = input_spec(ds.images, train_idx, opts.net_size, opts.channels, DEFAULT_NET_SIZE["anomaly"])
     h, w = spec.height, spec.width
     log(f"{n_good} good images {w}x{h} (train {len(train_idx)} / validation {len(val_idx)}), "
         f"{len(real_defects)} real defect images kept for evaluation only")

@@ -46,7 +46,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--name", default="model", help="model name (file name and metadata)")
     p.add_argument("--kind", choices=["classifier", "anomaly", "patchcore"], default="classifier",
                    help="classifier (labelled good/defect); anomaly or patchcore (fitted on good images only)")
-    p.add_argument("--net-size", type=int, default=64, help="side the network sees after in-graph resize")
+    p.add_argument("--net-size", type=int, help="side the network sees after in-graph resize (default by kind: 64; "
+                                                "224 on the backbone; 256 for patchcore; at most the frame's)")
     p.add_argument("--arch", choices=["compact", "fine"], default="compact",
                    help="compact, or fine for thin defects such as cracks (deeper, sees every pixel; slower)")
     p.add_argument("--backbone", choices=["efficientnet-lite0", "none"], default="efficientnet-lite0",

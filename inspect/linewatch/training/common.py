@@ -70,11 +70,20 @@ def contract_metadata(name: str, kind: str, spec: InputSpec, labels: list[str], 
     }
 
 
-def input_spec(images: np.ndarray, train_idx: np.ndarray, net_size: int, channels: int) -> InputSpec:
-    """The frames the model takes, normalised with the training images' mean and std."""
+# The side each kind's network sees when --net-size is not given (capped at the frame's): the compact networks
+# are sized for 64 px; the pretrained backbone learnt ImageNet at 224; PatchCore at 256 px found label and
+# round-part defects at image AUROC 0.999-1.0 where 128 px gave 0.98 (benchmarks/goodonly.py).
+DEFAULT_NET_SIZE = {"classifier": 64, "anomaly": 64, "backbone": 224, "patchcore": 256}
+
+
+def input_spec(images: np.ndarray, train_idx: np.ndarray, net_size: int | None, channels: int,
+               default: int = 64) -> InputSpec:
+    """The frames the model takes, normalised with the training images' mean and std; the side the network sees
+    is `net_size`, else the kind's `default` (never more than the frame's shorter side)."""
     sample = images[train_idx].astype(np.float32)
     h, w = images.shape[1:3]
-    return InputSpec(h, w, channels, net_size, float(sample.mean()), float(sample.std()) or 1.0)
+    side = net_size if net_size is not None else min(default, h, w)
+    return InputSpec(h, w, channels, side, float(sample.mean()), float(sample.std()) or 1.0)
 
 
 def prepared(torch: Any, images: np.ndarray, idx: np.ndarray, spec: InputSpec) -> Any:

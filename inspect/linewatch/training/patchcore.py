@@ -23,7 +23,7 @@ import numpy as np
 from linewatch.training.anomaly import MAP_STRIDE, _platt, synthesize
 from linewatch.training.backbone import GraphNet, build_backbone_net, same_pads
 from linewatch.training.card import code_version, write_card
-from linewatch.training.common import contract_metadata, input_spec, prepared
+from linewatch.training.common import DEFAULT_NET_SIZE, contract_metadata, input_spec, prepared
 from linewatch.training.dataset import load_good_only
 from linewatch.training.evaluate import choose_band, evaluate
 from linewatch.training.network import GraphBuilder, InputSpec
@@ -35,6 +35,7 @@ PROJECTION_DIMS = 64  # k-center greedy runs on this random projection of the fe
 MIN_BANK = 256
 MAX_BANK = 8192
 PARITY = 1e-3
+REVIEW_SPAN = 1.25  # good-only band: REVIEW from the worst held-out good part's distance to 1.25 times it
 
 
 def taps_for(net_size: int) -> tuple[int, int]:
@@ -140,6 +141,20 @@ def _resize(g: GraphBuilder, x: str, side: int, out: str) -> str:
     return g.node("Resize", [x, "", "", sizes], out, mode="linear", coordinate_transformation_mode="half_pixel")
 
 
+def good_only_band(slope: float, worst_good: float) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(Platt slope and intercept, REVIEW band) from good parts alone: REVIEW starts at the worst held-out good
+    part's distance and FAIL at REVIEW_SPAN times it, with p(defect) = 0.5 halfway (geometrically) between.
+
+    Synthetic anomalies set the slope but not the band: they are stronger than a line's subtle defects, and a
+    band placed for them let 4-14 % of the emulator scenes' defects pass (benchmarks/goodonly.py). Anything
+    farther from the good patches than every held-out good part is not passed: it goes to REVIEW, or FAIL."""
+    middle = worst_good * REVIEW_SPAN ** 0.5
+    intercept = -slope * middle
+    low = 1 / (1 + np.exp(-(slope * worst_good + intercept)))
+    high = 1 / (1 + np.exp(-(slope * worst_good * REVIEW_SPAN + intercept)))
+    return (slope, intercept), (round(float(low), 6), round(float(high), 6))
+
+
 def _bank_size(patches: int, fraction: float) -> int:
     return min(patches, max(MIN_BANK, min(MAX_BANK, round(fraction * patches))))
 
@@ -157,7 +172,7 @@ def train_patchcore(data: Path, out_dir: Path, opts: Any, log: Any = print) -> d
     n_good = len(train_idx) + len(val_idx)
     real = np.random.default_rng(opts.seed).permutation(real)
     cal_defects, eval_defects = (real[:len(real) // 2], real[len(real) // 2:]) if len(real) >= 4 else (real[:0], real)
-    spec = input_spec(ds.images, train_idx, opts.net_size, opts.channels)
+    spec = input_spec(ds.images, train_idx, opts.net_size, opts.channels, DEFAULT_NET_SIZE["patchcore"])
     log(f"{n_good} good images {spec.width}x{spec.height} (memory bank from {len(train_idx)}, "
         f"calibration {len(val_idx)}), {len(real)} real defect images ({len(cal_defects)} calibrate, "
         f"{len(eval_defects)} evaluate)")
@@ -184,8 +199,12 @@ def train_patchcore(data: Path, out_dir: Path, opts: Any, log: Any = print) -> d
     scale = float(scores.std()) or 1.0
     a, b = _platt(torch, scores / scale, labels)
     platt = (max(a, 1e-3) / scale, b)
-    p_cal = torch.sigmoid(platt[0] * scores + platt[1]).numpy()
-    band = choose_band(p_cal, labels.numpy() > 0.5, 0.5, opts.target_escape, opts.max_review)
+    if len(cal_defects):  # real defects: the band that meets the escape target on them
+        p_cal = torch.sigmoid(platt[0] * scores + platt[1]).numpy()
+        band = choose_band(p_cal, labels.numpy() > 0.5, 0.5, opts.target_escape, opts.max_review)
+    else:
+        platt, band = good_only_band(platt[0], float(scores[labels < 0.5].max()))
+        p_cal = torch.sigmoid(platt[0] * scores + platt[1]).numpy()
     calibration = evaluate(np.stack([1 - p_cal, p_cal], 1), labels.numpy().astype(np.int64), ["good", "defect"], band)
     meta = contract_metadata(opts.name, "patchcore", spec, ["good", "defect"], ["defect"], band,
                              ds.images[train_idx], p_cal[labels.numpy() < 0.5], ds.content_hash())

@@ -24,7 +24,7 @@ import numpy as np
 
 from linewatch.training.backbone import BACKBONES, Weights, build_backbone_net, export_backbone_onnx
 from linewatch.training.card import code_version, write_card
-from linewatch.training.common import EarlyStopping, contract_metadata, input_spec, prepared
+from linewatch.training.common import DEFAULT_NET_SIZE, EarlyStopping, contract_metadata, input_spec, prepared
 from linewatch.training.dataset import Dataset, load_dataset, stratified_split
 from linewatch.training.evaluate import choose_band, evaluate
 from linewatch.training.network import InputSpec, build_net, export_onnx, preprocess
@@ -43,7 +43,7 @@ MAP_PARITY = 1e-2  # a backbone classifier's CAM: about 2.5 grey levels of its P
 class TrainOptions:
     name: str = "model"
     kind: str = "classifier"  # or "anomaly" / "patchcore": from good images only
-    net_size: int = 64
+    net_size: int | None = None  # None: the kind's default (DEFAULT_NET_SIZE)
     arch: str = "compact"  # or "fine": thin defects, see network.py (only with backbone "none")
     backbone: str = "none"  # or "efficientnet-lite0": ImageNet-pretrained (the CLI's default), see backbone.py
     channels: int = 1
@@ -177,7 +177,8 @@ def train(data: Path, out_dir: Path, opts: TrainOptions, log: Any = print) -> di
     ds.load(opts.frame_size, opts.channels)
     assert ds.images is not None and ds.targets is not None
     train_idx, val_idx = stratified_split(ds.targets, opts.val_fraction, opts.seed)
-    spec = input_spec(ds.images, train_idx, opts.net_size, opts.channels)
+    default = DEFAULT_NET_SIZE["backbone" if opts.backbone != "none" else "classifier"]
+    spec = input_spec(ds.images, train_idx, opts.net_size, opts.channels, default)
     h, w = spec.height, spec.width
     log(f"{len(ds.items)} images {w}x{h}x{opts.channels}, labels {ds.labels}, "
         f"train {len(train_idx)} / validation {len(val_idx)}")
