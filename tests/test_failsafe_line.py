@@ -86,28 +86,19 @@ def test_hung_worker_gives_timeout_fails_and_its_late_verdicts_are_ignored(line)
 
 
 def test_hmi_shows_rules_only_mode(line, tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
-
-    from tests.test_hmi_browser import ARGS, CHROMIUM
+    from tests.test_hmi_browser import hmi_page
 
     model = tmp_path / "model.onnx"
     shutil.copy(REFERENCE_MODEL, model)
     ln = line(cameras=[{"name": "cam0", "fps": 20}], model={"path": str(model)},
               failsafe={"model_health": {"reload_check_s": 0.2}}).start()
     wait_for(lambda: count_rows(ln.data_dir) >= 10, 30, "the first verdicts")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.goto(ln.url + "/")
-            page.wait_for_function("document.body.dataset.ready === '1'", timeout=15_000)
-            assert page.locator("#rules-only").is_hidden()
-            model.write_bytes(b"\x08\x07not a model" * 100)
-            page.wait_for_selector("#rules-only", state="visible", timeout=20_000)
-            assert page.locator("#rules-only").text_content() == "rules only"
-            shutil.copy(REFERENCE_MODEL, tmp_path / "good.onnx")
-            os.replace(tmp_path / "good.onnx", model)
-            page.wait_for_selector("#rules-only", state="hidden", timeout=20_000)
-        finally:
-            browser.close()
+    with hmi_page(ln.url) as page:
+        assert page.locator("#rules-only").is_hidden()
+        model.write_bytes(b"\x08\x07not a model" * 100)
+        page.wait_for_selector("#rules-only", state="visible", timeout=20_000)
+        assert page.locator("#rules-only").text_content() == "rules only"
+        shutil.copy(REFERENCE_MODEL, tmp_path / "good.onnx")
+        os.replace(tmp_path / "good.onnx", model)
+        page.wait_for_selector("#rules-only", state="hidden", timeout=20_000)
     ln.stop()

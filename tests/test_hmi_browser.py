@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Page, sync_playwright
 
 from tests.conftest import count_rows, db_rows, wait_for
 
@@ -14,6 +16,20 @@ pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
+
+
+@contextmanager
+def hmi_page(url: str) -> Iterator[Page]:
+    """The HMI at `url` in Chromium (1280x800), loaded and ready; the browser is closed afterwards."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto(url + "/")
+            page.wait_for_function("document.body.dataset.ready === '1'", timeout=15_000)
+            yield page
+        finally:
+            browser.close()
 
 
 def test_hmi_shows_live_verdicts_counts_and_image(line, tmp_path: Path) -> None:
@@ -54,28 +70,21 @@ def test_hmi_shows_live_verdicts_counts_and_image(line, tmp_path: Path) -> None:
 
 def test_operator_sets_the_lot_and_triggers_a_part_from_the_screen(line) -> None:
     ln = line(cameras=[{"name": "cam0", "trigger": "software"}]).start()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.goto(ln.url + "/")
-            page.wait_for_function("document.body.dataset.ready === '1'", timeout=15_000)
-            assert page.locator("#trigger-btn").is_visible()
-            page.fill("#lot-input", "LOT-42")
-            page.click("#lot-set")
-            page.wait_for_function("document.getElementById('lot').textContent === 'LOT-42'", timeout=15_000)
-            page.click("#trigger-btn")
-            page.wait_for_function("document.getElementById('control-msg').textContent.startsWith('triggered cam0-')",
-                                   timeout=15_000)
-            part = page.locator("#control-msg").text_content().removeprefix("triggered ")
-            rows = wait_for(lambda: db_rows(ln.data_dir, "SELECT part_id, lot, decided_by FROM inspections "
-                                                         "WHERE part_id = ?", (part,)), 15, "the triggered part")
-            assert rows[0]["lot"] == "LOT-42" and rows[0]["decided_by"] != "not_inspected"
-            page.fill("#lot-input", " ")
-            page.click("#lot-set")  # the browser refuses an empty lot before it reaches the server
-            assert page.locator("#lot").text_content() == "LOT-42"
-        finally:
-            browser.close()
+    with hmi_page(ln.url) as page:
+        assert page.locator("#trigger-btn").is_visible()
+        page.fill("#lot-input", "LOT-42")
+        page.click("#lot-set")
+        page.wait_for_function("document.getElementById('lot').textContent === 'LOT-42'", timeout=15_000)
+        page.click("#trigger-btn")
+        page.wait_for_function("document.getElementById('control-msg').textContent.startsWith('triggered cam0-')",
+                               timeout=15_000)
+        part = page.locator("#control-msg").text_content().removeprefix("triggered ")
+        rows = wait_for(lambda: db_rows(ln.data_dir, "SELECT part_id, lot, decided_by FROM inspections "
+                                                     "WHERE part_id = ?", (part,)), 15, "the triggered part")
+        assert rows[0]["lot"] == "LOT-42" and rows[0]["decided_by"] != "not_inspected"
+        page.fill("#lot-input", " ")
+        page.click("#lot-set")  # the browser refuses an empty lot before it reaches the server
+        assert page.locator("#lot").text_content() == "LOT-42"
     actions = db_rows(ln.data_dir, "SELECT action, actor FROM operator_actions")
     assert [(a["action"], a["actor"]) for a in actions] == [("set_lot", "hmi")]
     ln.stop()
@@ -93,17 +102,10 @@ def test_a_detection_models_boxes_are_listed_on_screen_and_in_the_pdf(line, tmp_
     ln = line(cameras=[{"name": "cam0", "fps": 20, "max_frames": 60}], model={"path": str(yolo_det_model(folder))})
     ln.start()
     wait_for(lambda: count_rows(ln.data_dir) >= 60, 60, "60 rows")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.goto(ln.url + "/")
-            page.wait_for_function("document.body.dataset.ready === '1'", timeout=15_000)
-            found = page.locator("#last-reasons li.detection")
-            found.first.wait_for(timeout=15_000)  # the latest part's boxes: class and score
-            assert all(t.split()[0] in ("scratch", "label") for t in found.all_text_contents())
-        finally:
-            browser.close()
+    with hmi_page(ln.url) as page:
+        found = page.locator("#last-reasons li.detection")
+        found.first.wait_for(timeout=15_000)  # the latest part's boxes: class and score
+        assert all(t.split()[0] in ("scratch", "label") for t in found.all_text_contents())
     ln.stop()
     pdf = tmp_path / "r.pdf"
     subprocess.run([sys.executable, "-m", "linewatch", "report", "--data-dir", str(ln.data_dir), "--format", "pdf",

@@ -118,3 +118,31 @@ def test_the_gate_judges_at_the_bands_the_line_uses(src: Path, tmp_path: Path) -
         Model(bad / "model.onnx")
     with pytest.raises(RegistryError, match=r"holdout .*nope"):
         holdout_metrics(plain, tmp_path / "nope")
+
+
+def test_bad_model_files_are_refused_naming_the_problem(src: Path, tmp_path: Path) -> None:
+    path = _external(src)
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:  # a graph pointing at a file outside its folder
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../elsewhere.data"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    onnx.save_model(model, str(outside / "model.onnx"))
+    (tmp_path / "elsewhere.data").write_bytes(path.with_name("model.onnx.data").read_bytes())
+    with pytest.raises(ModelError, match=r"'\.\./elsewhere\.data' lies outside the model's folder"):
+        Model(outside / "model.onnx")
+
+    newer = onnx.load(str(anomalib_model(src / "src")))
+    newer.ir_version = 14  # what onnx writes by default, one above what this ONNX Runtime loads
+    onnx.save(newer, str(tmp_path / "ir14.onnx"))
+    with pytest.raises(ModelError, match=r"IR version: 14, max supported IR version: 13; .* with an older opset"):
+        Model(tmp_path / "ir14.onnx")
+
+    listed = src / "listed"
+    listed.mkdir()
+    det = yolo_det_model(listed)
+    det.with_suffix(".yaml").write_text("- scratch\n- dent\n")
+    with pytest.raises(ModelError, match=r"det\.yaml: must be a mapping of settings, got list"):
+        Model(det)

@@ -168,3 +168,30 @@ def test_holdout_metrics_and_the_gate_work_on_a_static_batch_export(tmp_path: Pa
     report = reg.promote(str(EXPORTS / "yolo-cls-static.onnx"), "default", holdout)
     assert report["metrics"]["candidate"]["count"] == 70
     assert report["metrics"]["candidate"]["band"] == [0.2, 0.8]  # the line's default band: no sidecar band
+
+
+def test_an_end_to_end_row_naming_an_unknown_class_is_a_model_fault() -> None:
+    model = Model(EXPORTS / "yolo26-e2e.onnx")
+    out = np.zeros((1, 300, 6), np.float32)
+    out[0, 0] = (10, 20, 50, 60, 0.9, 7)  # class 7 of a 3-class model
+    with pytest.raises(ValueError, match=r"end-to-end output names class \[7\], the model has 3 classes"):
+        model.adapter.decode({"output0": out})
+
+
+def test_anomalib_with_no_size_anywhere_is_refused(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    from tests.test_adapters import ONE, _darkness, _save
+
+    # anomalib's outputs with the input's height and width free and an anomaly map as large as the input
+    nodes = [*_darkness("input", "pred_score"), helper.make_node("Sub", ["one", "input"], ["anomaly_map"])]
+    path = _save(tmp_path / "model.onnx", nodes,
+                 [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["B", 3, "H", "W"])],
+                 [helper.make_tensor_value_info("pred_score", TensorProto.FLOAT, ["B"]),
+                  helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["B", 3, "H", "W"])], [ONE])
+    with pytest.raises(ModelError, match=r"input height and width are free .* nor a fixed anomaly_map"):
+        Model(path)
+    path.with_suffix(".yaml").write_text("input: {height: 96, width: 96}\n")
+    model = Model(path)
+    assert (model.info.height, model.info.width) == (96, 96)
+    assert model.run(np.full((2, 50, 70), 10, np.uint8))[0, 1] > 0.9  # fed as it is: the graph takes any size

@@ -314,7 +314,7 @@ class Infer:
             t_received_ns=part_wall_ns(h.t_capture_ns, h.t_capture_mono_ns, j.t_received_mono),
             t_decided_ns=part_wall_ns(h.t_capture_ns, h.t_capture_mono_ns, t_decided),
             t_capture_mono_ns=h.t_capture_mono_ns, timings_ms=timings, worker=self.name, truth=h.truth,
-            detections=j.detections if j.probs is not None else None,
+            detections=j.detections,
         )
         pixels: list[Any] = []
         if self._wants_image(verdict):

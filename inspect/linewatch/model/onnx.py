@@ -47,10 +47,11 @@ class ModelInfo:
 def _load_error(exc: Exception) -> str:
     """ONNX Runtime's load error, with the remedy when it is the IR version an exporter wrote too new."""
     text = str(exc).strip()
-    if "Unsupported model IR version" in text:
-        text += ("; this ONNX Runtime loads older IR versions only: export again with an older opset or set "
-                 "the model's ir_version (onnx.save after model.ir_version = 10)")
-    return text[:400]
+    if "Unsupported model IR version" in text:  # ORT's own text names the versions; the remedy follows it whole
+        return (text[text.index("Unsupported model IR version"):][:200] + "; this ONNX Runtime loads older IR "
+                "versions only: export again with an older opset or set the model's ir_version (onnx.save after "
+                "model.ir_version = 10)")
+    return text[:300]
 
 
 def choose_providers(request: str) -> list[str]:

@@ -158,24 +158,25 @@ def _gallery(pdf: FPDF, rows: list[dict[str, Any]], data_dir: Path) -> None:
             pdf.add_page()
         x = pdf.l_margin + (i % 2) * 95
         y = pdf.get_y()
-        pdf.image(_with_heatmap(data_dir, r["image"], r.get("detections")), x=x, y=y, w=40, h=40)
+        boxes = _boxes(r.get("detections"))
+        pdf.image(_with_heatmap(data_dir, r["image"], boxes), x=x, y=y, w=40, h=40)
         pdf.set_xy(x + 42, y)
         reasons = "; ".join(json.loads(r["reasons"] or "[]")) or "—"
-        boxes = "".join(f"\n{d['label']} {float(d['score']):.2f}" for d in _boxes(r)[:3])
+        found = "".join(f"\n{d['label']} {float(d['score']):.2f}" for d in boxes[:3])
         pdf.multi_cell(50, 4, f"{r['final']} {r['camera']} seq {r['seq']}\npart {r['part_id']}\n"
-                       f"{r['decided_by']}\n{reasons}{boxes}", new_x="LMARGIN", new_y="NEXT")
+                       f"{r['decided_by']}\n{reasons}{found}", new_x="LMARGIN", new_y="NEXT")
         pdf.set_y(y if i % 2 == 0 else y + 44)
         if i % 2 == 0 and i == len(shown) - 1:
             pdf.set_y(y + 44)
 
 
 
-def _boxes(row: dict[str, Any]) -> list[dict[str, Any]]:
-    value = row.get("detections")
-    return list(json.loads(value) if isinstance(value, str) else value or [])
+def _boxes(detections: Any) -> list[dict[str, Any]]:
+    """A row's `detections` (JSON text in the export's rows) as a list."""
+    return list(json.loads(detections) if isinstance(detections, str) else detections or [])
 
 
-def _with_heatmap(data_dir: Path, image: str, detections: Any = None) -> Any:
+def _with_heatmap(data_dir: Path, image: str, detections: list[dict[str, Any]]) -> Any:
     """The kept image, or the image with what the model saw: its anomaly map blended over it, its boxes."""
-    overlay = load_overlay(data_dir, image, _boxes({"detections": detections}))
+    overlay = load_overlay(data_dir, image, detections)
     return str(data_dir / image) if overlay is None else Image.fromarray(overlay)

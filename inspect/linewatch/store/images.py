@@ -60,11 +60,16 @@ def heatmap_relpath(image_relpath: str) -> str:
     return image_relpath.rsplit(".", 1)[0] + ".heat.png"
 
 
-def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """The image (mono or RGB) with the heatmap (uint8 or [0, 1] float, any size) blended over it, as RGB."""
+def rgb8(image: np.ndarray) -> np.ndarray:
+    """A frame (mono or RGB, 8 or 16 bits) as 8-bit RGB for drawing on."""
     if image.dtype != np.uint8:  # 16-bit frames: their top 8 bits
         image = (image.astype(np.uint32) * 255 // max(int(np.iinfo(image.dtype).max), 1)).astype(np.uint8)
-    rgb = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else np.ascontiguousarray(image[..., :3])
+    return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else np.ascontiguousarray(image[..., :3])
+
+
+def heatmap_overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """The image (mono or RGB) with the heatmap (uint8 or [0, 1] float, any size) blended over it, as RGB."""
+    rgb = rgb8(image)
     h8 = heat if heat.dtype == np.uint8 else (np.clip(heat, 0, 1) * 255).astype(np.uint8)
     h8 = cv2.resize(h8, (rgb.shape[1], rgb.shape[0]), interpolation=cv2.INTER_LINEAR)
     colour = cv2.cvtColor(cv2.applyColorMap(h8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
@@ -98,8 +103,7 @@ def load_overlay(data_dir: Path, image_relpath: str,
     if pixels is None:
         return None
     rgb = pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
-    shown = heatmap_overlay(rgb, heat) if heat is not None else heatmap_overlay(rgb, np.zeros((1, 1), np.uint8), 0.0)
-    return draw_detections(shown, detections)
+    return draw_detections(heatmap_overlay(rgb, heat) if heat is not None else rgb8(rgb), detections)
 
 
 def live_path(data_dir: Path, camera: str) -> Path:

@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 
 from linewatch.training.card import code_version, write_card
-from linewatch.training.common import DEFAULT_NET_SIZE, EarlyStopping, contract_metadata, input_spec, prepared
+from linewatch.training.common import (
+    DEFAULT_NET_SIZE,
+    EarlyStopping,
+    contract_metadata,
+    input_spec,
+    prepared,
+    real_defect_metrics,
+)
 from linewatch.training.dataset import load_good_only
 from linewatch.training.evaluate import choose_band, evaluate
 from linewatch.training.network import GraphBuilder, InputSpec
@@ -171,9 +178,7 @@ def train_anomaly(data: Path, out_dir: Path, opts: Any, log: Any = print) -> dic
     metrics: dict[str, Any] = {**synthetic, "evaluated_on": "validation good images with synthetic anomalies",
                                "onnx_torch_max_abs_diff": parity}
     if len(real_defects):
-        idx = np.concatenate([val_idx, real_defects])
-        probs = np.concatenate([model.run(ds.images[idx[i:i + 64]]) for i in range(0, len(idx), 64)])
-        metrics["real_defects"] = evaluate(probs, (ds.targets[idx] != 0).astype(np.int64), ["good", "defect"], band)
+        metrics["real_defects"] = real_defect_metrics(model, ds, val_idx, real_defects, band)
     card = {
         "name": opts.name, "kind": "anomaly", "file": onnx_path.name, "labels": ["good", "defect"],
         "input": {"layout": spec.layout, "height": h, "width": w, "channels": opts.channels, "dtype": "uint8",

@@ -91,3 +91,14 @@ def prepared(torch: Any, images: np.ndarray, idx: np.ndarray, spec: InputSpec) -
     with torch.no_grad():
         return torch.cat([preprocess(torch, torch.from_numpy(images[idx[i:i + 256]]), spec)
                           for i in range(0, len(idx), 256)])
+
+
+def real_defect_metrics(model: Any, ds: Any, good_idx: np.ndarray, defect_idx: np.ndarray,
+                        band: tuple[float, float]) -> dict[str, Any]:
+    """A good-only model's export (`Model`) on held-out good images and the dataset's real defects, at its band:
+    the card's `real_defects` section."""
+    from linewatch.training.evaluate import evaluate
+
+    idx = np.concatenate([good_idx, defect_idx])
+    probs = np.concatenate([model.run(ds.images[idx[i:i + 64]]) for i in range(0, len(idx), 64)])
+    return evaluate(probs, (ds.targets[idx] != 0).astype(np.int64), ["good", "defect"], band)

@@ -23,7 +23,7 @@ import numpy as np
 from linewatch.training.anomaly import MAP_STRIDE, _platt, synthesize
 from linewatch.training.backbone import GraphNet, build_backbone_net, same_pads
 from linewatch.training.card import code_version, write_card
-from linewatch.training.common import DEFAULT_NET_SIZE, contract_metadata, input_spec, prepared
+from linewatch.training.common import DEFAULT_NET_SIZE, contract_metadata, input_spec, prepared, real_defect_metrics
 from linewatch.training.dataset import load_good_only
 from linewatch.training.evaluate import choose_band, evaluate
 from linewatch.training.network import GraphBuilder, InputSpec
@@ -228,9 +228,7 @@ def train_patchcore(data: Path, out_dir: Path, opts: Any, log: Any = print) -> d
                                "evaluated_on": "validation good images with synthetic anomalies"
                                                + (" and half of the real defects" if len(cal_defects) else "")}
     if len(eval_defects):
-        idx = np.concatenate([val_idx, eval_defects])
-        probs = np.concatenate([model.run(ds.images[idx[i:i + 64]]) for i in range(0, len(idx), 64)])
-        metrics["real_defects"] = evaluate(probs, (ds.targets[idx] != 0).astype(np.int64), ["good", "defect"], band)
+        metrics["real_defects"] = real_defect_metrics(model, ds, val_idx, eval_defects, band)
     card = {
         "name": opts.name, "kind": "patchcore", "file": onnx_path.name, "labels": ["good", "defect"],
         "input": {"layout": spec.layout, "height": spec.height, "width": spec.width, "channels": opts.channels,

@@ -42,15 +42,20 @@ def resize_crop(frame: np.ndarray, height: int, width: int) -> np.ndarray:
     return img[top:top + height, left:left + width]
 
 
+def _placement(h: int, w: int, height: int, width: int) -> tuple[float, int, int, int, int]:
+    """Where `letterbox` puts an h x w frame in the height x width input: (scale, top, left, rows, columns)."""
+    k = min(height / h, width / w)
+    nh, nw = round(h * k), round(w * k)
+    return k, (height - nh) // 2, (width - nw) // 2, nh, nw
+
+
 def letterbox(frame: np.ndarray, height: int, width: int) -> np.ndarray:
     """Ultralytics' detect transform: scaled to fit with cv2's bilinear resize, centred, padded with grey 114;
     boxes come back in these input pixels."""
     h, w = frame.shape[:2]
-    k = min(height / h, width / w)
-    nh, nw = round(h * k), round(w * k)
+    _, top, left, nh, nw = _placement(h, w, height, width)
     img = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nh, nw) != (h, w) else frame
     out = np.full((height, width, *frame.shape[2:]), LETTERBOX_GREY, np.uint8)
-    top, left = (height - nh) // 2, (width - nw) // 2
     out[top:top + nh, left:left + nw] = img
     return out
 
@@ -100,8 +105,7 @@ class YoloDetectAdapter(Adapter):
         if frame_hw is None:
             return found
         h, w = frame_hw
-        k = min(self.height / h, self.width / w)
-        top, left = (self.height - round(h * k)) // 2, (self.width - round(w * k)) // 2
+        k, top, left, _, _ = _placement(h, w, self.height, self.width)
         out = []
         for d in found:
             x0, y0 = np.clip((d.box[0] - left) / k, 0, w), np.clip((d.box[1] - top) / k, 0, h)
