@@ -10,19 +10,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sqlite_utils
 import uvicorn
 
 from linewatch.api.app import create_app
 from linewatch.config import LineConfig, parse_config
 from linewatch.line.supervisor import resolve_paths
 from linewatch.store import insert_alarm, insert_verdicts, open_writer, verdict_row
+from linewatch.store.drift import insert_drift_alarm, save_reference, write_state
 from linewatch.store.images import image_relpath, save_kept, save_live
 from linewatch.wire import Alarm, Verdict
 from tests.conftest import RecordRig, free_port, wait_for
 
 
 def seed_store(data_dir: Path) -> None:
-    """Five inspections (ids 1-5; 3 FAIL and 4 REVIEW with kept images), one active alarm (id 1), a live image."""
+    """Five inspections (ids 1-5; 3 FAIL and 4 REVIEW with kept images), one active alarm (id 1), a live image, and
+    cam0's drift reference, detector state and an active drift alarm (id 2) for `/api/drift`."""
     db = open_writer(data_dir)
     rows = []
     for seq, final in enumerate(["PASS", "PASS", "FAIL", "REVIEW", "PASS"]):
@@ -33,8 +36,26 @@ def seed_store(data_dir: Path) -> None:
         rows.append(verdict_row(v, 1_790_000_000_000_000_100 + seq))
     insert_verdicts(db, rows)
     insert_alarm(db, Alarm("supervisor", "process_restart", "infer[0] died"))
+    _seed_drift(db, 1_790_000_000_000_000_200)
     db.close()
     save_live(data_dir, "cam0", np.zeros((8, 8), np.uint8))
+
+
+def _seed_drift(db: sqlite_utils.Database, t_ns: int) -> None:
+    signal = {"quantiles": [0.1] * 201, "parts": 1000, "source": "learned", "mean": 0.1, "sd": 0.05, "k": 0.125,
+              "h_up": 9.0, "h_down": 9.0}
+    save_reference(db, "cam0", "", "m", 1000, {"parts": 1000, "centroid": None, "scale": None,
+                                              "signals": {"score": signal}}, t_ns)
+    write_state(db, t_ns, [{"camera": "cam0", "signal": "score", "recipe": "", "model_hash": "m", "reference": 0.1,
+                            "statistic_up": 0.2, "statistic_down": 0.0, "window_parts": 3, "window_mean": 0.2,
+                            "in_drift": 1},
+                           {"camera": "cam0", "signal": "estimated_defect_rate", "recipe": "", "model_hash": "m",
+                            "window_parts": 5, "window_mean": 0.1}])
+    text = "drift: camera cam0, model score 0.1 -> 0.2 (+100 %), CUSUM over 3 parts (recipe , reference of ...)"
+    alarm_id = insert_alarm(db, Alarm("watch", "drift", text, t_ns=t_ns))
+    insert_drift_alarm(db, alarm_id, t_ns, {"camera": "cam0", "recipe": "", "model_hash": "m", "signal": "score",
+                                            "direction": "up", "reference": 0.1, "current": 0.2, "window_parts": 3,
+                                            "seq": 4})
 
 
 @contextmanager

@@ -44,10 +44,10 @@ schema = schemathesis.openapi.from_dict(_openapi())
 
 @schema.hook
 def filter_case(ctx: Any, case: schemathesis.Case) -> bool:
-    """A report window must run forward (`to` after `from`): a rule across two parameters that a schema cannot
-    state, so two valid times generated independently in the wrong order are not sent."""
+    """A report's (or the drift alarms') window must run forward (`to` after `from`): a rule across two parameters
+    that a schema cannot state, so two valid times generated independently in the wrong order are not sent."""
     query = case.query
-    if case.operation.path != "/api/report" or not query:
+    if case.operation.path not in ("/api/report", "/api/drift") or not query:
         return True
     try:
         return parse_time(str(query["to"]), "to") > parse_time(str(query["from"]), "from")

@@ -20,7 +20,8 @@ BASE = {
     "training": _FOUNDATION | {"wire", "model"},
     "model": _FOUNDATION | {"wire", "training"},
     "failsafe": _FOUNDATION | {"wire", "store", "model"},
-    "reports": _FOUNDATION | {"wire", "store", "failsafe"},
+    "reports": _FOUNDATION | {"wire", "store", "failsafe", "watch"},  # the drift report names the watch's signals
+    "watch": _FOUNDATION | {"wire", "model"},
 }
 
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from linewatch.config import RecordConfig, ShiftConfig
-from linewatch.record.retention import DAY_NS, DiskLow, Pruned, Retention, archive_bytes
+from linewatch.record.retention import DAY_NS, DiskLow, Pruned, Retention
 from linewatch.shifts import shift_at
 from linewatch.store import insert_verdicts, mark_pruned, open_writer, verdict_row
-from linewatch.store.images import ImageWriter, heatmap_relpath, image_relpath, load_overlay, save_kept
+from linewatch.store.images import ImageWriter, archive_bytes, heatmap_relpath, image_relpath, load_overlay, save_kept
 from linewatch.wire import Verdict, now_ns
 from tests.conftest import wait_for
 

@@ -99,10 +99,10 @@ def test_schema_wal_and_migrations_recorded(tmp_path: Path) -> None:
     assert {"inspections", "alarms", "models", "_sqlite_migrations", "operator_actions", "review_decisions",
             "hook_outbox", "commits"} <= set(db.table_names())
     assert "schema_migrations" not in db.table_names()  # sqlite-utils records them, in `_sqlite_migrations`
-    assert applied_version(db) == 5 == len(_applied(db))
+    assert applied_version(db) == 6 == len(_applied(db))
     db.close()
     db = open_writer(tmp_path)  # reopening does not re-run migrations (nor back up)
-    assert db["_sqlite_migrations"].count == 5
+    assert db["_sqlite_migrations"].count == 6
     assert not list(tmp_path.glob("*.bak"))
 
 
@@ -138,7 +138,7 @@ def test_upgrading_a_v1_database_keeps_its_data_and_backs_it_up(tmp_path: Path) 
     db = open_writer(tmp_path, schema_version=1)
     assert "lot" not in db["inspections"].columns_dict
     v1_rows = [{k: v for k, v in r.items()
-                if k not in ("lot", "shift", "acquire_ms", "transport_ms", "commit_id", "detections")}
+                if k not in ("lot", "shift", "acquire_ms", "transport_ms", "commit_id", "detections", "signals")}
                for r in _rows(3000)]
     db["inspections"].insert_all(v1_rows)
     insert_alarm(db, Alarm("supervisor", "process_restart", "infer[0] died"))
@@ -146,14 +146,14 @@ def test_upgrading_a_v1_database_keeps_its_data_and_backs_it_up(tmp_path: Path) 
     before = [tuple(r) for r in db.execute("SELECT * FROM inspections ORDER BY id").fetchall()]
     db.close()
 
-    db = open_writer(tmp_path)  # migrates 1 -> 2 -> 3 -> 4 -> 5
-    assert applied_version(db) == 5 == len(_applied(db))
+    db = open_writer(tmp_path)  # migrates 1 -> 2 -> ... -> 6
+    assert applied_version(db) == 6 == len(_applied(db))
     after = db.execute("SELECT * FROM inspections ORDER BY id").fetchall()
     n_v1 = len(before[0])
     assert [tuple(r[:n_v1]) for r in after] == before  # every old value where it was
     assert {"lot", "shift", "image_pruned_ns", "acquire_ms", "transport_ms", "commit_id", "detections"} <= set(
         db["inspections"].columns_dict)
-    assert all(r[n_v1:] == (None,) * 7 for r in after)
+    assert all(r[n_v1:] == (None,) * 8 for r in after)
     assert db["alarms"].count == 1 and db["models"].count == 1
     assert insert_verdicts(db, [verdict_row(Verdict("cam0", "s", 5000, "p", "FAIL", "model"), 1, "L1", "late")]) == 1
     backups = list(tmp_path.glob("linewatch.db.v1-*.bak"))
@@ -168,18 +168,18 @@ def test_upgrading_a_v1_database_keeps_its_data_and_backs_it_up(tmp_path: Path) 
 def test_upgrading_a_v2_database_adds_stage_times_keeps_its_data_and_backs_it_up(tmp_path: Path) -> None:
     db = open_writer(tmp_path, schema_version=2)
     assert "commits" not in db.table_names() and "commit_id" not in db["inspections"].columns_dict
-    v2_rows = [{k: v for k, v in r.items() if k not in ("acquire_ms", "transport_ms", "commit_id", "detections")}
-               for r in _rows(2500)]
+    newer = ("acquire_ms", "transport_ms", "commit_id", "detections", "signals")
+    v2_rows = [{k: v for k, v in r.items() if k not in newer} for r in _rows(2500)]
     db.table("inspections").insert_all(v2_rows)
     apply_action(db, OperatorAction("set_lot", "op", "req-1", {"lot": "L7"}))
     before = [tuple(r) for r in db.execute("SELECT * FROM inspections ORDER BY id").fetchall()]
     db.close()
 
-    db = open_writer(tmp_path)  # migrates 2 -> 3 -> 4 -> 5
-    assert applied_version(db) == 5 == len(_applied(db))
+    db = open_writer(tmp_path)  # migrates 2 -> 3 -> ... -> 6
+    assert applied_version(db) == 6 == len(_applied(db))
     after = db.execute("SELECT * FROM inspections ORDER BY id").fetchall()
     n_v2 = len(before[0])
-    assert [tuple(r[:n_v2]) for r in after] == before and all(r[n_v2:] == (None,) * 4 for r in after)
+    assert [tuple(r[:n_v2]) for r in after] == before and all(r[n_v2:] == (None,) * 5 for r in after)
     assert current_lot(db) == "L7" and db["commits"].count == 0
     row = verdict_row(Verdict("cam0", "s", 9000, "p", "PASS", "model", t_decided_ns=5,
                               timings_ms={"acquire": 0.3, "transport": 0.2}), 10, "L7", "late")
@@ -241,10 +241,11 @@ def test_pruned_images_and_cleared_alarms_are_marked(tmp_path: Path) -> None:
 
 def test_fail_and_review_rows_are_found_through_their_own_index_which_pass_rows_skip(tmp_path: Path) -> None:
     db = open_writer(tmp_path, schema_version=3)
-    db["inspections"].insert_all({k: v for k, v in r.items() if k not in ("commit_id", "detections")} | {"final": f}
+    old = ("commit_id", "detections", "signals")
+    db["inspections"].insert_all({k: v for k, v in r.items() if k not in old} | {"final": f}
                                  for r, f in zip(_rows(300), ["PASS", "PASS", "FAIL"] * 100, strict=True))
     db.close()
-    db = open_writer(tmp_path)  # migrates 3 -> 4 -> 5
+    db = open_writer(tmp_path)  # migrates 3 -> 4 -> 5 -> 6
     indexes = {r[1]: r for r in db.execute("PRAGMA index_list(inspections)")}
     assert "idx_inspections_final" not in indexes and indexes["idx_inspections_not_pass"][4] == 1  # partial
     assert db.execute("SELECT count(*) FROM inspections INDEXED BY idx_inspections_not_pass "

@@ -85,11 +85,36 @@ FRAME_SLOTS_RECLAIMED = Counter(
     "linewatch_frame_slots_reclaimed", "Frame ring slots taken back from a worker that held them past the deadline.",
     ["camera"],
 )
+DRIFT_STATISTIC = Gauge(
+    "linewatch_drift_statistic", "A drift detector's CUSUM statistic over its calibrated threshold (a drift alarm "
+    "at 1), per camera, signal and direction (up, down).", ["camera", "signal", "direction"],
+    multiprocess_mode="mostrecent",
+)
+DRIFT_ACTIVE = Gauge(
+    "linewatch_drift_active", "1 while a signal of the camera is in drift (its alarm not yet acknowledged).",
+    ["camera", "signal"], multiprocess_mode="mostrecent",
+)
+ESTIMATED_ACCURACY = Gauge(
+    "linewatch_estimated_accuracy", "Accuracy of the model's PASS/FAIL decisions estimated without labels from its "
+    "calibrated probabilities (CBPE) over the last watch.window parts.", ["camera"], multiprocess_mode="mostrecent",
+)
+ESTIMATED_DEFECT_RATE = Gauge(
+    "linewatch_estimated_defect_rate", "Share of truly defective parts estimated from the model's calibrated "
+    "defect probabilities (CBPE) over the last watch.window parts.", ["camera"], multiprocess_mode="mostrecent",
+)
+REALISED_ACCURACY = Gauge(
+    "linewatch_realised_accuracy", "Share of the last watch.window reviewed PASS/FAIL parts whose verdict the "
+    "reviewer confirmed.", ["camera"], multiprocess_mode="mostrecent",
+)
+WATCH_SECONDS = Counter(
+    "linewatch_watch_cpu_seconds", "CPU time spent on drift signals (infer) and detectors (record).", ["process"]
+)
 
 ALL = (FRAMES_ACQUIRED, FRAMES_DROPPED, FRAMES_INSPECTED, VERDICTS, MESSAGES_REJECTED, LATE_VERDICTS, ALARMS,
        RESTARTS, INFERENCE_SECONDS, END_TO_END_SECONDS, MODEL_INFO, MODEL_UP, IMAGES_DROPPED, IMAGES_PRUNED,
        RULES_ONLY, FAILSAFE_OVERRIDES, PLC_CLIENTS, PLC_REQUESTS, PLC_EXCEPTIONS, PLC_ERRORS, PLC_COMMANDS,
-       STAGE_SECONDS, FRAME_SLOTS_RECLAIMED, ROWS_LOST)
+       STAGE_SECONDS, FRAME_SLOTS_RECLAIMED, ROWS_LOST, DRIFT_STATISTIC, DRIFT_ACTIVE,
+       ESTIMATED_ACCURACY, ESTIMATED_DEFECT_RATE, REALISED_ACCURACY, WATCH_SECONDS)
 
 
 def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:

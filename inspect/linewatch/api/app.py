@@ -1,7 +1,8 @@
 """api: the web app — touchscreen HMI, REST API, live events (SSE) and Prometheus /metrics.
 
 It only reads: results through read-only SQLite connections, live events from record's PUB
-socket, metrics from the multiprocess directory every process writes to.
+socket, metrics from the multiprocess directory every process writes to, and resource figures (CPU, memory,
+disk, GPU) read at scrape time (`api/resources.py`).
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from linewatch.api.body import BodyLimit, JsonRoute
 from linewatch.api.cameras import camera_router
+from linewatch.api.drift import drift_router
 from linewatch.api.errors import refusals, validation_refused
 from linewatch.api.methods import AllowedMethods, path_methods
 from linewatch.api.qa import qa_router
+from linewatch.api.resources import ResourceCollector
 from linewatch.config import LineConfig
 from linewatch.paths import STATIC_DIR
 from linewatch.store import read_rows, row_to_api, select_inspections
@@ -54,6 +57,7 @@ def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
     endpoints = Endpoints(run_dir)
     zctx = zmq.asyncio.Context()
     (data_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    resources = ResourceCollector(data_dir, run_dir)  # one per app: it keeps the archive walk and NVML open
 
     def query(sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         return read_rows(data_dir, sql, params)
@@ -137,6 +141,7 @@ def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
     def metrics_endpoint() -> Response:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(resources)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", include_in_schema=False)
@@ -156,6 +161,7 @@ def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
 
     app.include_router(qa_router(cfg))
     app.include_router(camera_router(cfg))
+    app.include_router(drift_router(cfg))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount("/images", StaticFiles(directory=data_dir / IMAGES_DIR, check_dir=False), name="images")
     app.add_middleware(AllowedMethods, table=path_methods(app))

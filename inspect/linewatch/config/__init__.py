@@ -29,11 +29,38 @@ from linewatch.config.line import (
 )
 from linewatch.config.loading import _format_error, from_json, load_config, parse_config, to_json
 from linewatch.config.plc import PlcConfig
+from linewatch.config.watch import SIGNAL_NAMES, WatchConfig
 
 __all__ = [
-    "ApiConfig", "BlurRuleConfig", "CameraConfig", "ConfigError",
-    "DarkSpotRuleConfig", "EmulatorSource", "ExposureRuleConfig", "FailsafeConfig", "GenicamSource", "InferConfig",
-    "LineConfig", "ModelConfig", "ModelHealthConfig", "PlcConfig", "PresenceRuleConfig", "RecordConfig", "ReplaySource",
-    "ShiftConfig", "SourceConfig", "StatisticsRuleConfig", "StreakConfig", "SupervisorConfig", "TemplateRuleConfig",
-    "_Strict", "_format_error", "from_json", "load_config", "parse_config", "to_json",
+    "SIGNAL_NAMES",
+    "ApiConfig",
+    "BlurRuleConfig",
+    "CameraConfig",
+    "ConfigError",
+    "DarkSpotRuleConfig",
+    "EmulatorSource",
+    "ExposureRuleConfig",
+    "FailsafeConfig",
+    "GenicamSource",
+    "InferConfig",
+    "LineConfig",
+    "ModelConfig",
+    "ModelHealthConfig",
+    "PlcConfig",
+    "PresenceRuleConfig",
+    "RecordConfig",
+    "ReplaySource",
+    "ShiftConfig",
+    "SourceConfig",
+    "StatisticsRuleConfig",
+    "StreakConfig",
+    "SupervisorConfig",
+    "TemplateRuleConfig",
+    "WatchConfig",
+    "_Strict",
+    "_format_error",
+    "from_json",
+    "load_config",
+    "parse_config",
+    "to_json",
 ]

@@ -11,6 +11,7 @@ from linewatch.config.base import _Strict
 from linewatch.config.cameras import MAX_CAMERAS, CameraConfig
 from linewatch.config.failsafe import FailsafeConfig
 from linewatch.config.plc import PlcConfig
+from linewatch.config.watch import WatchConfig
 from linewatch.paths import DEFAULT_MODEL
 
 
@@ -145,6 +146,7 @@ class LineConfig(_Strict):
     infer: InferConfig = Field(default_factory=InferConfig, description="Inference workers.")
     failsafe: FailsafeConfig = Field(default_factory=FailsafeConfig, description="Rules over the model.")
     record: RecordConfig = Field(default_factory=RecordConfig, description="Store, deadline and images.")
+    watch: WatchConfig = Field(default_factory=WatchConfig, description="Drift watch over every camera's signals.")
     api: ApiConfig = Field(default_factory=ApiConfig, description="Web app: HMI, REST, metrics.")
     plc: PlcConfig = Field(default_factory=PlcConfig, description="Modbus TCP server for the line's PLC.")
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig, description="Restarts and stopping.")

@@ -61,6 +61,37 @@ class FrameView:
         mean, std = cv2.meanStdDev(self.gray)
         return float(mean[0][0]), float(std[0][0])
 
+    @cached_property
+    def saturated_share(self) -> float:
+        return float(np.count_nonzero(self.gray == 255)) / self.gray.size
+
+    def sharpness(self, size: int) -> float:
+        """Variance of the Laplacian on a size x size copy, so it does not depend on resolution."""
+        key = f"sharpness{size}"
+        if key not in self._cache:
+            small = self.halved(size)  # shared with the presence rule when halvings reach the size exactly
+            if small.shape != (size, size):  # else one direct resize: halving first would blur more (measured)
+                small = cv2.resize(self.gray, (size, size), interpolation=cv2.INTER_AREA)
+            _, sd = cv2.meanStdDev(cv2.Laplacian(small, cv2.CV_64F))
+            self._cache[key] = float(sd[0][0]) ** 2
+        value: float = self._cache[key]
+        return value
+
+    def signals(self, sharpness_size: int) -> dict[str, float]:
+        """The frame's drift signals (`watch/`): what the rules measured anyway, plus what they skipped.
+
+        Brightness and contrast are the grey mean and std, sharpness the blur rule's Laplacian variance,
+        saturation the share at 255; the part's centre (share of width and height) and area share come from
+        the presence rule's blob, absent when no part was found."""
+        mean, std = self.mean_std
+        out = {"brightness": mean, "contrast": std, "sharpness": self.sharpness(sharpness_size),
+               "saturation": self.saturated_share}
+        part = self.part
+        if part is not None:
+            h, w = self.gray.shape
+            out.update(part_x=part.cx / w, part_y=part.cy / h, part_size=part.area / (h * w))
+        return out
+
     def halved(self, min_side: int) -> np.ndarray:
         """The grey frame halved (2x2 area means) while its shorter side stays >= min_side.
 
@@ -171,9 +202,9 @@ class ExposureRule:
         return self.cfg.model_dump(mode="json")
 
     def check(self, header: FrameHeader, view: FrameView) -> Decision | None:
-        g, c = view.gray, self.cfg
+        c = self.cfg
         mean, std = view.mean_std
-        saturated = float(np.count_nonzero(g == 255)) / g.size
+        saturated = view.saturated_share
         if mean < c.min_mean:
             why = breach(self.name, "mean grey level", mean, "<", c.min_mean)
         elif mean > c.max_mean:
@@ -198,12 +229,7 @@ class BlurRule:
         return self.cfg.model_dump(mode="json")
 
     def check(self, header: FrameHeader, view: FrameView) -> Decision | None:
-        size = self.cfg.size
-        small = view.halved(size)  # shared with the presence rule when halvings reach the size exactly
-        if small.shape != (size, size):  # else one direct resize: halving first would blur more (measured)
-            small = cv2.resize(view.gray, (size, size), interpolation=cv2.INTER_AREA)
-        _, sd = cv2.meanStdDev(cv2.Laplacian(small, cv2.CV_64F))
-        sharpness = float(sd[0][0]) ** 2
+        sharpness = view.sharpness(self.cfg.size)
         if sharpness >= self.cfg.min_laplacian_var:
             return None
         return Decision(self.cfg.verdict, f"rule:{self.name}",

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 import zmq
 
@@ -39,6 +40,7 @@ from linewatch.infer.health import ModelFileWatch, ModelHealth, load_model
 from linewatch.model.onnx import Model, ModelError, ModelOutputError
 from linewatch.model.runtime import SessionSettings
 from linewatch.store.images import ImagePolicy, png_bytes
+from linewatch.watch import sketch
 from linewatch.wire import (
     KIND_VERDICT,
     KIND_VERDICT_BATCH,
@@ -71,6 +73,7 @@ class _Job:
     probs: np.ndarray | None = None
     heatmap: np.ndarray | None = None  # the model's anomaly map for this frame, when it has one
     detections: list[Detection] | None = None  # a detection model's boxes for this frame
+    embedding: np.ndarray | None = None  # the model's embedding of this frame, when it has one
 
 
 class Infer:
@@ -83,6 +86,7 @@ class Infer:
         self.frame_shape: tuple[int, ...] | None = None
         self.images = ImagePolicy(cfg.record)  # the pixels of a verdict travel to record only when kept
         self._last_reject_alarm = 0.0
+        self.watch_cpu_ns, self._watch_counted_at = 0, time.monotonic()
         ic = cfg.infer
         self.batching = BatchPolicy(ic.max_batch, ic.batch_wait_ms, ic.latency_target_ms)
 
@@ -169,6 +173,9 @@ class Infer:
                     except zmq.Again:
                         log.error("record not accepting verdicts; the deadline watch will fail these parts")
                 self.frames.flush()  # the batch's ring slots go back to acquire
+                if time.monotonic() - self._watch_counted_at > 1.0:
+                    metrics.WATCH_SECONDS.labels("infer").inc(self.watch_cpu_ns / 1e9)
+                    self.watch_cpu_ns, self._watch_counted_at = 0, time.monotonic()
         finally:
             self.frames.close()
             alarms.close()
@@ -263,10 +270,11 @@ class Infer:
         try:
             for group in groups.values():
                 pred = self.model.predict(self._batch(group))
-                maps, boxes = pred.anomaly_maps, pred.detections
+                maps, boxes, emb = pred.anomaly_maps, pred.detections, pred.embeddings
                 for i, (j, p) in enumerate(zip(group, pred.probs, strict=True)):
                     j.probs, j.heatmap = p, None if maps is None else maps[i]
                     j.detections = None if boxes is None else boxes[i]
+                    j.embedding = None if emb is None else emb[i]
         except ModelError as exc:
             rule = "model_output" if isinstance(exc, ModelOutputError) else "model_error"
             self._fault(rule, str(exc), alarms)
@@ -316,6 +324,8 @@ class Infer:
             t_capture_mono_ns=h.t_capture_mono_ns, timings_ms=timings, worker=self.name, truth=h.truth,
             detections=j.detections,
         )
+        if self.cfg.watch.enabled:
+            verdict.signals, verdict.embedding = self._signals(j)
         pixels: list[Any] = []
         if self._wants_image(verdict):
             pixels = [j.raw_header, self.frames.image(h, j.pixels)]  # taken before the ring slot goes back
@@ -330,6 +340,22 @@ class Infer:
         if decision.decided_by.startswith("rule:"):
             metrics.FAILSAFE_OVERRIDES.labels(decision.decided_by.removeprefix("rule:"), decision.final).inc()
         return verdict, pixels
+
+    def _signals(self, j: _Job) -> tuple[dict[str, float] | None, list[float] | None]:
+        """The frame's drift signals (finite ones: a verdict carries no NaN) and its embedding's sketch, timed as
+        the watch's cost."""
+        t0 = time.thread_time_ns()
+        signals = None
+        if j.view is not None:
+            try:
+                signals = {k: round(x, 6) for k, x in j.view.signals(self.cfg.failsafe.blur.size).items()
+                           if math.isfinite(x)}
+            except cv2.error as exc:  # a frame the rules could not measure was decided by them already
+                log.warning("%s: drift signals of %s seq %d not measured: %s", self.name, j.header.camera,
+                            j.header.seq, exc)
+        embedding = sketch(j.embedding) if j.embedding is not None else None
+        self.watch_cpu_ns += time.thread_time_ns() - t0
+        return signals, embedding
 
     def _wants_image(self, v: Verdict) -> bool:
         return self.images.keeps(v.final, v.seq) or self.images.live_due(v.camera)

@@ -25,6 +25,7 @@ STATUS_BITS = {
     "camera_lost": 4,  # a camera is away (lost, not yet back)
     "disk_low": 5,  # the data disk is below record.disk_low_free_mb (uncleared disk_low alarm)
     "alarm_unacknowledged": 6,  # any unacknowledged alarm, whatever its severity
+    "drift": 7,  # a camera's signals drifted from their reference (an unacknowledged drift alarm)
 }
 
 VERDICT_CODES = {"PASS": 1, "FAIL": 2, "REVIEW": 3}  # 0: no verdict yet

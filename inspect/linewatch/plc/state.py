@@ -49,7 +49,7 @@ class LineState:
         self.stop_latched = False
         self.last_alarm_id = 0
         self.flags = dict.fromkeys(("line_running", "rules_only", "critical_alarm", "disk_low",
-                                    "alarm_unacknowledged"), False)
+                                    "alarm_unacknowledged", "drift"), False)
 
     def load_baseline(self) -> None:
         """Counters, latest verdicts, lot and latched alarms as the store has them now."""
@@ -119,6 +119,8 @@ class LineState:
                 self.stop_latched = True
         if kind in DISK_ALARMS:
             self.flags["disk_low"] = True
+        if kind == "drift":
+            self.flags["drift"] = True
         cam = self._by_name.get(source.removeprefix("acquire[").removesuffix("]"))
         if cam is not None and kind in ("camera_lost", "camera_back"):
             cam.lost = kind == "camera_lost"
@@ -132,12 +134,14 @@ class LineState:
             self.on_alarm(dict(r))
         rows = read_rows(d, "SELECT coalesce(sum(acknowledged_by IS NULL), 0) AS unack, "
                             "coalesce(sum(acknowledged_by IS NULL AND severity = 'critical'), 0) AS critical, "
-                            "coalesce(sum(kind IN ('disk_low', 'disk_full') AND t_cleared_ns IS NULL), 0) AS disk "
+                            "coalesce(sum(kind IN ('disk_low', 'disk_full') AND t_cleared_ns IS NULL), 0) AS disk, "
+                            "coalesce(sum(kind = 'drift' AND acknowledged_by IS NULL), 0) AS drift "
                             "FROM alarms")
         if rows:
             self.flags["alarm_unacknowledged"] = rows[0]["unack"] > 0
             self.flags["critical_alarm"] = rows[0]["critical"] > 0
             self.flags["disk_low"] = rows[0]["disk"] > 0
+            self.flags["drift"] = rows[0]["drift"] > 0
 
     def refresh_processes(self) -> None:
         """Line health from the ready files the children write (and the supervisor removes when one dies)."""

@@ -45,7 +45,18 @@ from linewatch.store import (
     verdict_values,
 )
 from linewatch.store.disk import DiskReserve, is_disk_full
+from linewatch.store.drift import (
+    insert_drift_alarm,
+    realised_accuracy,
+    save_reference,
+    stored_reference,
+    unacknowledged_drift,
+    write_state,
+)
 from linewatch.store.images import ImagePolicy, ImageWriter, image_relpath
+from linewatch.watch import DriftAlarm, DriftWatch, Reference, ReferenceError
+from linewatch.watch import Key as DriftKey
+from linewatch.watch.model_reference import model_signals
 from linewatch.wire import (
     KIND_ACTION,
     KIND_ALARM,
@@ -95,6 +106,12 @@ class Record:
                 raise
             self.db = open_writer(self.cfg.data_dir)
         self.watch = self._resume_watch()
+        self.drift = DriftWatch(self.cfg.watch, self._stored_reference, partial(model_signals, self.cfg.model.path)
+                                ) if self.cfg.watch.enabled else None
+        if self.drift is not None:
+            self.drift.latched = unacknowledged_drift(self.db)
+        self.drift_cpu_ns = 0
+        self.drift_due = time.monotonic() + self.cfg.watch.state_interval_s
         self.lot = current_lot(self.db)
         self.committer = GroupCommitter(self.db, rc, str(self.cfg.model.path), next_commit_id(self.db),
                                         self._publish, self._on_refused)
@@ -132,6 +149,8 @@ class Record:
                 log.error("stopped with %d verdict row(s) and %d other write(s) the store refused (%s)",
                           len(self.committer.gathered), len(self.committer.held), self.committer.store_down)
             self.images.close()
+            if self.drift is not None:
+                self.drift.close()
             inbound.close()
             self.events.close()
             ctx.term()
@@ -181,6 +200,7 @@ class Record:
             self._gather(Verdict.not_inspected(due.header or due.key, self.cfg.recipe, due.reason, due.decided_by))
         self._apply_retention()
         self._watch_disk()
+        self._drift_housekeeping()
         self.committer.tick(drained)
         return got
 
@@ -300,6 +320,13 @@ class Record:
     def _gather(self, v: Verdict) -> None:
         """The part's row goes to the next group: settled in the watch, so it never gets a second one."""
         if self.watch.settle((v.camera, v.stream, v.seq)):
+            if self.drift is not None:
+                t0 = time.thread_time_ns()
+                v.signals, alarms = self.drift.observe(v)
+                self.drift_cpu_ns += time.thread_time_ns() - t0
+                for alarm in alarms:
+                    metrics.ALARMS.labels("drift").inc()
+                    self.committer.write(partial(self._store_drift_alarm, alarm))
             values = verdict_values(v, self.lot, self.shifts.at(v.t_capture_ns or now_ns()))
             self.committer.add(values, v.t_capture_mono_ns)
 
@@ -341,6 +368,10 @@ class Record:
             metrics.MESSAGES_REJECTED.labels("record", "action").inc()
             log.error("operator action refused: %s", exc)
             return
+        if action.action == "ack_alarm" and self.drift is not None:
+            self.drift.acknowledged(unacknowledged_drift(self.db))
+        if action.action == "review" and self.drift is not None:
+            self._realised_accuracy()
         if action.action == "set_lot":
             self.lot = action.detail["lot"]
             log.info("lot %s set by %s", self.lot, action.actor)
@@ -371,3 +402,71 @@ class Record:
     def _store_alarm(self, alarm: Alarm) -> None:
         alarm_id = insert_alarm(self.db, alarm)
         self.events.send_multipart([b"alarm", json.dumps({"id": alarm_id, **alarm.__dict__}).encode()])
+
+    def _stored_reference(self, key: DriftKey) -> Reference | None:
+        try:
+            stored = stored_reference(self.db, *key)
+            return None if stored is None else Reference.from_json(stored)
+        except ReferenceError as exc:  # learnt again rather than trusted
+            log.error("camera %s: stored drift reference unreadable (%s); learning it again", key[0], exc)
+            return None
+        except sqlite3.Error as exc:  # a full disk or a locked store: learn again, the line goes on
+            log.error("camera %s: drift reference not read from the store (%s); learning it again", key[0], exc)
+            return None
+
+    def _store_drift_alarm(self, alarm: DriftAlarm) -> None:
+        stored = Alarm("watch", "drift", alarm.text)
+        alarm_id = insert_alarm(self.db, stored)
+        insert_drift_alarm(self.db, alarm_id, stored.t_ns, {
+            "camera": alarm.camera, "recipe": alarm.recipe, "model_hash": alarm.model_hash, "signal": alarm.signal,
+            "direction": alarm.direction, "reference": alarm.reference, "current": alarm.current,
+            "window_parts": alarm.window_parts, "seq": alarm.seq})
+        log.warning("%s", alarm.text)
+        self.events.send_multipart([b"alarm", json.dumps({"id": alarm_id, **stored.__dict__}).encode()])
+
+    def _drift_housekeeping(self) -> None:
+        """Every watch.state_interval_s: store new references and the detectors' state, set the gauges."""
+        drift = self.drift
+        if drift is None or time.monotonic() < self.drift_due:
+            return
+        self.drift_due = time.monotonic() + self.cfg.watch.state_interval_s
+        t0 = time.thread_time_ns()
+        for (camera, recipe, model_hash), learnt in drift.completed:
+            self.committer.write(partial(save_reference, self.db, camera, recipe, model_hash, learnt.parts,
+                                         learnt.to_json(), now_ns()))
+        drift.completed.clear()
+        rows = []
+        for camera, key in drift.current.items():
+            est = drift.estimates.get(camera)
+            if est is not None and est.defect_rate is not None:
+                metrics.ESTIMATED_DEFECT_RATE.labels(camera).set(est.defect_rate)
+                if est.accuracy is not None:
+                    metrics.ESTIMATED_ACCURACY.labels(camera).set(est.accuracy)
+                rows.append({"camera": camera, "signal": "estimated_defect_rate", "recipe": key[1],
+                             "model_hash": key[2], "window_parts": len(est.parts), "window_mean": est.defect_rate})
+                rows.append({"camera": camera, "signal": "estimated_accuracy", "recipe": key[1], "model_hash": key[2],
+                             "window_parts": est.decided, "window_mean": est.accuracy})
+            ref = drift.references(camera)
+            for name, sref in (ref.signals.items() if ref else ()):
+                up, down = sref.cusum.up, sref.cusum.down
+                metrics.DRIFT_STATISTIC.labels(camera, name, "up").set(up.s / up.h)
+                metrics.DRIFT_STATISTIC.labels(camera, name, "down").set(down.s / down.h)
+                in_drift = (camera, name) in drift.latched
+                metrics.DRIFT_ACTIVE.labels(camera, name).set(int(in_drift))
+                side = up if up.s / up.h >= down.s / down.h else down
+                rows.append({"camera": camera, "signal": name, "recipe": key[1], "model_hash": key[2],
+                             "reference": sref.mean, "statistic_up": up.s / up.h, "statistic_down": down.s / down.h,
+                             "window_parts": side.n, "window_mean": side.total / side.n if side.n else None,
+                             "in_drift": int(in_drift)})
+        if rows:
+            self.committer.write(partial(write_state, self.db, now_ns(), rows))
+        self.drift_cpu_ns += time.thread_time_ns() - t0
+        metrics.WATCH_SECONDS.labels("record").inc(self.drift_cpu_ns / 1e9)
+        self.drift_cpu_ns = 0
+
+    def _realised_accuracy(self) -> None:
+        assert self.drift is not None
+        for camera in self.drift.current:
+            got = realised_accuracy(self.db, camera, self.cfg.watch.window)
+            if got is not None:
+                metrics.REALISED_ACCURACY.labels(camera).set(got[0])

@@ -8,7 +8,6 @@ images are never removed for the quota, only by `image_max_age_days` when that i
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import shutil
 import sqlite3
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from linewatch.config import RecordConfig
 from linewatch.store import open_reader
-from linewatch.store.images import IMAGES_DIR, heatmap_relpath
+from linewatch.store.images import archive_bytes, heatmap_relpath
 from linewatch.wire import Alarm, now_ns
 
 log = logging.getLogger("retention")
@@ -37,17 +36,6 @@ class DiskLow:
     """raise: an alarm to store; clear: the condition is gone."""
 
     alarm: Alarm | None
-
-
-def archive_bytes(data_dir: Path) -> int:
-    total = 0
-    for root, _, files in os.walk(data_dir / IMAGES_DIR):
-        for name in files:
-            try:
-                total += os.stat(os.path.join(root, name)).st_size
-            except FileNotFoundError:
-                continue
-    return total
 
 
 class Retention:

@@ -1,9 +1,11 @@
-"""`linewatch report` (QA export) and `linewatch review export` (labelled dataset for retraining)."""
+"""`linewatch report` (QA export), `linewatch review export` (labelled dataset for retraining) and
+`linewatch drift report` (each signal against its reference, as an HTML page)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,32 @@ from linewatch.reports.review_export import export_reviews
 
 def _data_dir(args: argparse.Namespace) -> Path:
     return Path(args.data_dir) if args.data_dir else load_config(args.config).data_dir
+
+
+DRIFT_DEFAULT_HOURS = 24  # without --from, the drift report covers this much before --to
+
+
+def _cmd_drift_report(args: argparse.Namespace) -> int:
+    from linewatch.reports.drift import DriftQuery, drift_report
+    from linewatch.store.drift import latest_capture_ns
+
+    cfg = load_config(args.config)  # the embedded default without --config: its watch window and line name
+    data_dir = Path(args.data_dir) if args.data_dir else cfg.data_dir
+    try:
+        if args.t_to:
+            t_to = parse_time(args.t_to, "--to")
+        else:  # up to the latest part: a report of a line stopped last week still shows its last day
+            latest = latest_capture_ns(data_dir, args.camera)
+            t_to = (latest + 1) if latest is not None else int(datetime.now().timestamp() * 1e9)
+        t_from = parse_time(args.t_from, "--from") if args.t_from else t_to - DRIFT_DEFAULT_HOURS * 3600 * 10**9
+        out = Path(args.out) if args.out else Path(f"linewatch-drift-{datetime.now():%Y%m%d-%H%M%S}.html")
+        drift_report(data_dir, DriftQuery(t_from, t_to, args.camera), out, window=cfg.watch.window,
+                     reference_parts=cfg.watch.reference_parts, title=cfg.line)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -63,3 +91,14 @@ def add_commands(sub: Any) -> None:
     exp.add_argument("--to", dest="t_to", help="reviews before, ISO 8601")
     _store_args(exp)
     exp.set_defaults(func=_cmd_review_export)
+
+    drift = sub.add_parser("drift", help="the drift watch: each signal against its reference")
+    drift_sub = drift.add_subparsers(dest="drift_command", required=True)
+    dr = drift_sub.add_parser("report", help="HTML page: each signal over time against its reference, alarms, "
+                                             "estimated and realised accuracy")
+    dr.add_argument("--from", dest="t_from", help=f"start, ISO 8601 (default: {DRIFT_DEFAULT_HOURS} h before --to)")
+    dr.add_argument("--to", dest="t_to", help="end (exclusive), ISO 8601 (default: just after the latest part)")
+    dr.add_argument("--camera", help="only this camera")
+    dr.add_argument("--out", help="output file (default: linewatch-drift-DATE-TIME.html here)")
+    _store_args(dr)
+    dr.set_defaults(func=_cmd_drift_report)

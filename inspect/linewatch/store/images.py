@@ -27,6 +27,18 @@ LIVE_DIR = "live"
 EXTENSIONS = {"png": "png", "jpeg": "jpg"}
 
 
+
+def archive_bytes(data_dir: Path) -> int:
+    """Bytes of the kept-image archive (images, heatmaps), one stat a file; files removed meanwhile are skipped."""
+    total = 0
+    for folder, _, files in os.walk(data_dir / IMAGES_DIR):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(folder, name)).st_size
+            except FileNotFoundError:
+                continue
+    return total
+
 class ImagePolicy:
     """Which parts' images are kept, and when a camera's live view is refreshed: decided by the same rules
     in infer (which sends a verdict's pixels only when they are wanted) and record (which writes them).

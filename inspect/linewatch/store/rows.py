@@ -23,10 +23,10 @@ VERDICT_COLUMNS = (
     "lot", "shift", "camera", "stream", "seq", "part_id", "recipe", "final", "decided_by", "reasons", "label",
     "score", "probs", "model_hash", "model_name", "ruleset_hash", "t_capture_ns", "t_sent_ns", "t_received_ns",
     "t_decided_ns", "queue_ms", "preprocess_ms", "inference_ms", "failsafe_ms", "worker", "image",
-    "truth_label", "truth", "acquire_ms", "transport_ms", "detections",
+    "truth_label", "truth", "acquire_ms", "transport_ms", "detections", "signals",
 )
 ROW_COLUMNS = (*VERDICT_COLUMNS, "t_recorded_ns", "latency_ms", "commit_id")
-JSON_COLUMNS = ("reasons", "probs", "truth", "detections")  # JSON text in the row
+JSON_COLUMNS = ("reasons", "probs", "truth", "detections", "signals")  # JSON text in the row
 COMMIT_TIMES = ("t_committed_ns", "record_ms", "event_ms")
 VIEW_COLUMNS = ("id", *ROW_COLUMNS, "image_pruned_ns", *COMMIT_TIMES)
 
@@ -51,7 +51,8 @@ def verdict_values(v: Verdict, lot: str | None = None, shift: str | None = None)
             v.t_capture_ns, v.t_sent_ns, v.t_received_ns, v.t_decided_ns,
             get("queue"), get("preprocess"), get("inference"), get("failsafe"), v.worker, v.image,
             v.truth.get("label") if v.truth else None, _json_text(v.truth) if v.truth else None,
-            get("acquire"), get("transport"), _json_text(v.detections) if v.detections is not None else None)
+            get("acquire"), get("transport"), _json_text(v.detections) if v.detections is not None else None,
+            _json_text(v.signals) if v.signals else None)
 
 
 def committed_values(values: tuple[Any, ...], t_recorded_ns: int, commit_id: int | None,

@@ -120,6 +120,25 @@ def _migration_5(db: sqlite_utils.Database) -> None:
     db.table("inspections").add_column("detections", str)
 
 
+@_migration("v6_drift")
+def _migration_6(db: sqlite_utils.Database) -> None:
+    """The drift watch (docs/drift.md): each part's signals (JSON), each camera's stored references (JSON per
+    camera, recipe and model), its drift alarms with what drifted, and the detectors' latest state."""
+    db.table("inspections").add_column("signals", str)
+    db.table("drift_references").create(
+        {"camera": str, "recipe": str, "model_hash": str, "t_ns": int, "parts": int, "reference": str},
+        pk=("camera", "recipe", "model_hash"), not_null={"t_ns", "reference"})
+    db.table("drift_alarms").create(
+        {"alarm_id": int, "t_ns": int, "camera": str, "recipe": str, "model_hash": str, "signal": str,
+         "direction": str, "statistic": str, "reference": float, "current": float, "window_parts": int, "seq": int},
+        pk="alarm_id", not_null={"t_ns", "camera", "signal"}, foreign_keys=[("alarm_id", "alarms", "id")])
+    db.table("drift_alarms").create_index(["camera", "t_ns"])
+    db.table("drift_state").create(
+        {"camera": str, "signal": str, "t_ns": int, "recipe": str, "model_hash": str, "reference": float,
+         "statistic_up": float, "statistic_down": float, "window_parts": int, "window_mean": float, "in_drift": int},
+        pk=("camera", "signal"), not_null={"t_ns"})
+
+
 #: The writer's own automatic checkpoint, a backstop: `Checkpointer` copies the WAL back from its thread.
 WAL_BACKSTOP_PAGES = 10_000
 

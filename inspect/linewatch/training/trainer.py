@@ -239,6 +239,10 @@ def train(data: Path, out_dir: Path, opts: TrainOptions, log: Any = print) -> di
         log(f"interrupted: exporting the best model so far (epoch {stopper.best_epoch})")
     stopper.restore()
     with torch.no_grad():
+        # Weighted training moves each class's optimal logit by log(weight) (Menon et al. 2021, logit adjustment):
+        # taken back out of the head's bias, so the calibrated probabilities estimate real defect rates (CBPE).
+        head = net._fc if hasattr(net, "_fc") else list(net)[-1]
+        head.bias -= torch.log(weights)
         logits = _predict(torch, net, xv)
     temperature = _temperature(torch, logits, yv)
     probs = torch.softmax(logits / temperature, dim=1).numpy()

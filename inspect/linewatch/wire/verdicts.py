@@ -68,6 +68,8 @@ class Verdict:
     truth: dict[str, Any] | None = None
     image: str | None = None  # set by record when the image is kept
     detections: list[Detection] | None = None  # detection models: the boxes that decided the part
+    signals: dict[str, float] | None = None  # the frame's drift signals (`FrameView.signals`)
+    embedding: list[float] | None = None  # models with an embedding: its sketch (`watch.signals.sketch`)
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)

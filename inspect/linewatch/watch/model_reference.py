@@ -1,0 +1,53 @@
+"""Image signals' references a model brings: `linewatch.reference_stats` in its metadata (its training images).
+
+linewatch's trainer writes the training images' grey-level mean and standard deviation there (mean and spread of
+each over the images: `training/common.py`); they are the reference of `brightness`, and of `contrast` for a
+one-channel model (a colour model's std is over its channels, not over the grey image the line measures). Taken
+only when the model file is the very version the verdicts name; a normal distribution with those moments stands
+for the training images, counted as `ASSUMED_PARTS` parts (the set's size is not in the metadata).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from statistics import NormalDist
+
+import numpy as np
+import onnx
+
+from linewatch.model.files import ModelFilesError, model_files
+from linewatch.watch.reference import SignalReference, from_quantiles
+
+log = logging.getLogger("watch")
+ASSUMED_PARTS = 200
+_PROBABILITIES = np.linspace(0.0025, 0.9975, 201)  # the quantiles a normal distribution is stored as
+
+
+def model_signals(path: Path, model_hash: str, k: float, target_arl: float) -> dict[str, SignalReference]:
+    """The references the model at `path` supplies, if it is version `model_hash` and carries reference_stats."""
+    try:
+        if model_files(path).read_by(()).version_hash() != model_hash:
+            return {}  # the file changed since: the line's own parts are learnt instead
+        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except (OSError, ModelFilesError, onnx.onnx_cpp2py_export.checker.ValidationError, ValueError) as exc:
+        log.warning("model %s: no drift reference read from its metadata (%s); learning it on the line", path, exc)
+        return {}
+    try:
+        stats = json.loads(meta.get("linewatch.reference_stats", "null"))
+        if stats is None:
+            return {}
+        pairs = {"brightness": stats["mean"]}
+        if meta.get("linewatch.input_channels", "1") == "1":
+            pairs["contrast"] = stats["std"]
+        out = {}
+        for name, (mean, sd) in pairs.items():
+            normal = NormalDist(float(mean), float(sd))
+            quantiles = [normal.inv_cdf(float(q)) for q in _PROBABILITIES]
+            out[name] = from_quantiles(name, quantiles, ASSUMED_PARTS, k, target_arl)
+        return out
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning("model %s: linewatch.reference_stats unreadable (%s); learning the reference on the line",
+                    path, exc)
+        return {}

@@ -1,0 +1,228 @@
+"""The drift watch's parts: the CUSUM's calibration against simulation, the watch over verdicts (reference,
+alarm text, latching, acknowledgement, a stationary run), CBPE, and references stored as JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from linewatch.config import WatchConfig
+from linewatch.model.onnx import Model
+from linewatch.watch import (
+    SKETCH_DIMS,
+    DriftWatch,
+    Reference,
+    ReferenceError,
+    average_run_length,
+    sketch,
+    threshold_for,
+)
+from linewatch.watch.model_reference import model_signals
+from linewatch.wire import Verdict
+from tests.conftest import REFERENCE_MODEL
+
+
+def _simulated_arl(z: np.ndarray, k: float, h: float, runs: int, rng: np.random.Generator) -> float:
+    lengths = []
+    for _ in range(runs):
+        s, n = 0.0, 0
+        draws = z[rng.integers(len(z), size=100_000)] - k
+        while True:
+            s = max(0.0, s + draws[n])
+            n += 1
+            if s > h:
+                break
+        lengths.append(n)
+    return float(np.mean(lengths))
+
+
+@pytest.mark.parametrize("distribution", ["normal", "skewed"])
+def test_markov_chain_threshold_gives_the_target_run_length_in_simulation(distribution: str) -> None:
+    rng = np.random.default_rng(7)
+    ref = rng.standard_normal(1000) if distribution == "normal" else rng.gamma(2.0, 1.0, 1000)
+    z = (ref - ref.mean()) / ref.std()
+    h = threshold_for(z - 0.125, np.ones_like(z), 500)
+    assert _simulated_arl(z, 0.125, h, 1500, rng) == pytest.approx(500, rel=0.12)
+
+
+def test_threshold_grows_with_the_target_and_a_bernoulli_rate_is_calibrated_too() -> None:
+    z = np.random.default_rng(1).standard_normal(1000)
+    w = np.ones_like(z)
+    assert threshold_for(z - 0.125, w, 1e4) < threshold_for(z - 0.125, w, 1e6) < threshold_for(z - 0.125, w, 1e8)
+    p = 0.02
+    support = (np.array([0.0, 1.0]) - p) / math.sqrt(p * (1 - p))
+    weights = np.array([1 - p, p])
+    h = threshold_for(support - 0.125, weights, 1e5)
+    assert average_run_length(support - 0.125, weights, h) >= 1e5
+    assert average_run_length(support - 0.125, weights, h * 0.8) < 1e5, "the smallest such threshold"
+
+
+def _verdict(seq: int, brightness: float, *, final: str = "PASS", score: float = 0.1, decided_by: str = "model",
+             camera: str = "cam0", model: str = "m1", embedding: list[float] | None = None) -> Verdict:
+    return Verdict(camera=camera, stream="s", seq=seq, part_id=f"p{seq}", final=final,  # type: ignore[arg-type]
+                   decided_by=decided_by, model_hash=model, score=score, embedding=embedding,
+                   signals={"brightness": brightness, "contrast": 40.0 + brightness / 10, "part_x": 0.5})
+
+
+def _settled(watch: DriftWatch, camera: str = "cam0") -> None:
+    """Wait for the calibration thread (tens of ms)."""
+    for _ in range(500):
+        if watch.references(camera) is not None:
+            return
+        pending = [w.pending for w in watch._keys[camera].values() if w.pending is not None]
+        if pending:
+            pending[0].result(timeout=10)
+        watch.observe(_verdict(-1, 120.0, camera=camera))
+    raise AssertionError("no reference")
+
+
+def _feed(watch: DriftWatch, values: np.ndarray, start: int, **kw: object) -> list[tuple[int, str]]:
+    found = []
+    for i, x in enumerate(values):
+        _, alarms = watch.observe(_verdict(start + i, float(x), **kw))  # type: ignore[arg-type]
+        found += [(a.seq, a.signal) for a in alarms]
+    return found
+
+
+def test_a_step_alarms_once_names_what_drifted_and_stays_quiet_until_acknowledged() -> None:
+    rng = np.random.default_rng(3)
+    watch = DriftWatch(WatchConfig(reference_parts=500), lambda key: None)
+    assert _feed(watch, 120 + 3 * rng.standard_normal(500), 0) == []
+    _settled(watch)
+    assert _feed(watch, 120 + 3 * rng.standard_normal(2000), 1000) == [], "no drift, no alarm"
+    step = _feed(watch, 114 + 3 * rng.standard_normal(500), 3000)  # -5 %: two reference sds
+    brightness = [seq for seq, signal in step if signal == "brightness"]
+    assert len(brightness) == 1 and 3000 < brightness[0] < 3100
+    assert ("cam0", "brightness") in watch.latched
+    assert _feed(watch, 114 + 3 * rng.standard_normal(500), 3500) == [], "latched until acknowledged"
+    watch.acknowledged(set())
+    again = _feed(watch, 114 + 3 * rng.standard_normal(300), 4000)
+    assert [s for s in again if s[1] == "brightness"], "a drift that lasts alarms again once acknowledged"
+
+
+def test_alarm_text_names_camera_signal_values_change_statistic_and_window() -> None:
+    rng = np.random.default_rng(4)
+    watch = DriftWatch(WatchConfig(reference_parts=400), lambda key: None)
+    _feed(watch, 100 + 2 * rng.standard_normal(400), 0, camera="top")
+    _settled(watch, "top")
+    alarm = None
+    for i, x in enumerate(80 + 2 * rng.standard_normal(200)):
+        _, alarms = watch.observe(_verdict(1000 + i, float(x), camera="top"))
+        alarm = alarm or next((a for a in alarms if a.signal == "brightness"), None)
+    assert alarm is not None and alarm.direction == "down" and alarm.camera == "top"
+    assert alarm.current == pytest.approx(80, abs=1.5) and alarm.reference == pytest.approx(100, abs=0.5)
+    assert alarm.text == (f"drift: camera top, brightness mean {alarm.reference:.3g} -> {alarm.current:.3g} "
+                          f"({(alarm.current - alarm.reference) / alarm.reference * 100:+.0f} %), CUSUM over "
+                          f"{alarm.window_parts} parts (recipe , reference of 400 learned parts)")
+    assert alarm.seq - alarm.window_parts + 1 == 1000, "the window starts where the change did"
+
+
+def test_a_long_stationary_run_raises_no_alarm_at_the_default_false_alarm_rate() -> None:
+    rng = np.random.default_rng(5)
+    watch = DriftWatch(WatchConfig(reference_parts=1000), lambda key: None)
+    for i, (x, bad) in enumerate(zip(rng.gamma(4.0, 5.0, 1000) + 100, rng.random(1000) < 0.1, strict=True)):
+        watch.observe(_verdict(i, float(x), final="FAIL" if bad else "PASS"))
+    _settled(watch)
+    finals = rng.random(40_000) < 0.1
+    found = []
+    for i, (x, bad) in enumerate(zip(rng.gamma(4.0, 5.0, 40_000) + 100, finals, strict=True)):
+        _, alarms = watch.observe(_verdict(2000 + i, float(x), final="FAIL" if bad else "PASS"))
+        found += alarms
+    assert found == []
+
+
+def test_defect_rate_rise_and_model_change_learn_a_new_reference() -> None:
+    rng = np.random.default_rng(6)
+    watch = DriftWatch(WatchConfig(reference_parts=500), lambda key: None)
+    for i in range(500):
+        watch.observe(_verdict(i, 120.0 + rng.standard_normal(), final="FAIL" if rng.random() < 0.1 else "PASS"))
+    _settled(watch)
+    seen = []
+    for i in range(1500):
+        _, alarms = watch.observe(_verdict(1000 + i, 120.0 + rng.standard_normal(),
+                                           final="FAIL" if rng.random() < 0.25 else "PASS"))
+        seen += [a for a in alarms if a.signal == "defect_rate"]
+    assert seen and seen[0].text.startswith(f"drift: camera cam0, defect rate (FAIL or REVIEW) "
+                                            f"{seen[0].reference * 100:.1f} % -> {seen[0].current * 100:.1f} %, CUSUM")
+    assert seen[0].reference == pytest.approx(0.1, abs=0.03) and seen[0].current == pytest.approx(0.25, abs=0.08)
+    assert seen[0].seq < 1000 + 600
+    watch.observe(_verdict(5000, 120.0, model="m2"))
+    assert watch.learning_progress("cam0") == (1, 500), "a new model learns its own reference"
+
+
+def test_parts_not_inspected_are_not_watched_and_rows_keep_their_signals() -> None:
+    watch = DriftWatch(WatchConfig(reference_parts=100), lambda key: None)
+    timeout = Verdict.not_inspected(("cam0", "s", 1), "r", "deadline")
+    assert watch.observe(timeout) == (None, [])
+    v = _verdict(2, 120.0)
+    signals, _ = watch.observe(v)
+    assert signals == v.signals and watch.learning_progress("cam0") == (1, 100)
+
+
+def test_embedding_distance_is_watched_and_kept_in_the_row() -> None:
+    rng = np.random.default_rng(8)
+    watch = DriftWatch(WatchConfig(reference_parts=300), lambda key: None)
+    emb = lambda shift: sketch(rng.standard_normal(64).astype(np.float32) + shift)  # noqa: E731
+    for i in range(300):
+        watch.observe(_verdict(i, 120.0 + rng.standard_normal(), embedding=emb(0.0)))
+    _settled(watch)
+    ref = watch.references("cam0")
+    assert ref is not None and "embedding" in ref.signals and len(ref.centroid or []) == SKETCH_DIMS
+    signals, _ = watch.observe(_verdict(400, 120.0, embedding=emb(0.0)))
+    assert signals is not None and 0 < signals["embedding"] < 3
+    found = []
+    for i in range(300):
+        found += watch.observe(_verdict(500 + i, 120.0 + rng.standard_normal(), embedding=emb(1.5)))[1]
+    assert any(a.signal == "embedding" and a.direction == "up" for a in found)
+
+
+def test_estimated_defect_rate_and_accuracy_from_calibrated_probabilities() -> None:
+    rng = np.random.default_rng(9)
+    watch = DriftWatch(WatchConfig(reference_parts=100, window=5000), lambda key: None)
+    truth = []
+    right = []
+    for i in range(5000):
+        p = float(rng.beta(0.3, 1.5))  # calibrated: the part is defective with probability p
+        bad = rng.random() < p
+        final = "FAIL" if p >= 0.5 else "PASS"
+        truth.append(bad)
+        right.append((final == "FAIL") == bad)
+        watch.observe(_verdict(i, 120.0, final=final, score=p))
+    est = watch.estimates["cam0"]
+    assert est.defect_rate == pytest.approx(np.mean(truth), abs=0.02)
+    assert est.accuracy == pytest.approx(np.mean(right), abs=0.02)
+
+
+def test_references_round_trip_as_json_and_a_corrupt_one_is_refused() -> None:
+    rng = np.random.default_rng(10)
+    stored: dict[object, Reference] = {}
+    watch = DriftWatch(WatchConfig(reference_parts=200), lambda key: stored.get(key))
+    _feed(watch, 120 + 3 * rng.standard_normal(200), 0)
+    _settled(watch)
+    (key, ref), = watch.completed
+    back = Reference.from_json(ref.to_json())
+    assert back.to_json() == ref.to_json()
+    stored[key] = back
+    restarted = DriftWatch(WatchConfig(reference_parts=200), lambda k: stored.get(k))
+    restarted.observe(_verdict(500, 120.0))
+    assert restarted.references("cam0") is back, "a restart takes the stored reference, learns nothing"
+    broken = ref.to_json()
+    broken["signals"]["brightness"]["sd"] = 0
+    with pytest.raises(ReferenceError, match="drift reference of brightness: ValueError"):
+        Reference.from_json(broken)
+    with pytest.raises(ReferenceError, match="drift reference: KeyError"):
+        Reference.from_json({"signals": {}})
+
+
+def test_a_model_supplies_its_training_images_brightness_and_contrast_as_reference() -> None:
+    model = Model(REFERENCE_MODEL, providers="cpu")
+    stats = json.loads(model.info.metadata["linewatch.reference_stats"])
+    given = model_signals(REFERENCE_MODEL, model.info.sha256, 0.125, 1e8)
+    assert set(given) == {"brightness", "contrast"}  # a one-channel model: its std is the grey image's
+    assert given["brightness"].mean == pytest.approx(stats["mean"][0], rel=0.01)
+    assert given["brightness"].cusum.sd == pytest.approx(stats["mean"][1], rel=0.05)
+    assert given["contrast"].mean == pytest.approx(stats["std"][0], rel=0.01) and given["contrast"].source == "model"
+    assert model_signals(REFERENCE_MODEL, "0" * 64, 0.125, 1e8) == {}, "another version's figures are not taken"
