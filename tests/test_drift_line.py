@@ -18,7 +18,7 @@ from tests.conftest import count_rows, db_rows, http_text, metric, wait_for
 
 pytestmark = pytest.mark.slow
 DRIFT_BIT = 1 << pm.STATUS_BITS["drift"]
-WATCH = {"reference_parts": 200, "state_interval_s": 0.3}
+WATCH = {"reference_parts": 1000, "state_interval_s": 0.3}
 PERIOD_S = 0.5  # the round-part scene's conveyor brings a part every 60 mm / 120 mm/s
 
 
@@ -44,13 +44,13 @@ def _status(port: int) -> int:
 
 
 def test_stationary_run_learns_a_reference_and_raises_no_drift(line, tmp_path: Path) -> None:
-    frames = 900
-    ln = line(cameras=[{"name": "cam0", "fps": 80, "max_frames": frames}], watch=WATCH).start()
+    frames = 1600
+    ln = line(cameras=[{"name": "cam0", "fps": 100, "max_frames": frames}], watch=WATCH).start()
     wait_for(lambda: count_rows(ln.data_dir) >= frames, 90, f"{frames} verdicts")
     wait_for(lambda: db_rows(ln.data_dir, "SELECT 1 FROM drift_state WHERE signal = 'brightness'"), 10,
              "the detectors' state")
     refs = db_rows(ln.data_dir, "SELECT * FROM drift_references")
-    assert len(refs) == 1 and refs[0]["camera"] == "cam0" and refs[0]["parts"] == 200
+    assert len(refs) == 1 and refs[0]["camera"] == "cam0" and refs[0]["parts"] == 1000
     signals = json.loads(refs[0]["reference"])["signals"]
     assert {"brightness", "contrast", "sharpness", "part_x", "part_y", "part_size", "score", "defect_rate",
             "override_rate"} <= set(signals)
@@ -69,9 +69,9 @@ def test_stationary_run_learns_a_reference_and_raises_no_drift(line, tmp_path: P
 
 
 def test_lighting_step_raises_a_drift_alarm_sets_the_plc_bit_and_changes_no_verdict(line, tmp_path: Path) -> None:
-    fps, step_at = 40, 300  # the step comes once the 200-part reference is learnt and calibrated
+    fps, step_at = 80, 1100  # the step comes once the 1,000-part reference is learnt and calibrated
     scene = _scene(tmp_path, [{"at_s": step_at * PERIOD_S, "lighting": 0.9}])
-    ln = line(cameras=[{"name": "cam0", "fps": fps, "max_frames": 900,
+    ln = line(cameras=[{"name": "cam0", "fps": fps, "max_frames": 1500,
                         "source": {"type": "emulator", "scene": str(scene)}}],
               watch={**WATCH, "reference": "learned"}).start()  # the reference model saw another part in training
     alarm = wait_for(lambda: db_rows(ln.data_dir, "SELECT a.id, a.message, d.* FROM alarms a JOIN drift_alarms d "
@@ -79,7 +79,7 @@ def test_lighting_step_raises_a_drift_alarm_sets_the_plc_bit_and_changes_no_verd
                      "a brightness drift alarm")[0]
     assert re.fullmatch(rf"drift: camera cam0, brightness mean {alarm['reference']:.3g} -> {alarm['current']:.3g} "
                         rf"\(-(9|10|11) %\), CUSUM over {alarm['window_parts']} parts \(recipe default, reference of "
-                        r"200 learned parts\)", alarm["message"]), alarm["message"]
+                        r"1000 learned parts\)", alarm["message"]), alarm["message"]
     assert step_at <= alarm["seq"] < step_at + 150, "found within 150 parts of the step, not before it"
     assert step_at - 5 <= alarm["seq"] - alarm["window_parts"] + 1 <= step_at + 5, "the window starts at the step"
     assert alarm["current"] == pytest.approx(0.9 * alarm["reference"], rel=0.03)
@@ -90,7 +90,9 @@ def test_lighting_step_raises_a_drift_alarm_sets_the_plc_bit_and_changes_no_verd
     deciders = {r["decided_by"] for r in db_rows(ln.data_dir, "SELECT DISTINCT decided_by FROM inspections")}
     assert not any("drift" in d for d in deciders)
 
-    for a in db_rows(ln.data_dir, "SELECT id FROM alarms WHERE kind = 'drift'"):
+    # a drift that lasts alarms again once acknowledged: acknowledge when the camera has stopped (max_frames)
+    wait_for(lambda: count_rows(ln.data_dir) >= 1500, 60, "the last part")
+    for a in db_rows(ln.data_dir, "SELECT id FROM alarms WHERE kind = 'drift' AND acknowledged_by IS NULL"):
         req = urllib.request.Request(f"{ln.url}/api/alarms/{a['id']}/ack", data=b'{"actor": "qa"}', method="POST",
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=5) as r:

@@ -12,7 +12,7 @@ from linewatch.acquire.sources.emulated import EmulatorCamera
 from linewatch.config import CameraConfig
 from linewatch.emulator.parts import PartEmulator, SceneEmulator
 from linewatch.emulator.products import inject_defect, render_product
-from linewatch.emulator.scene import DEFECT_KINDS, Scene, SceneError, conditions_at, load_scene
+from linewatch.emulator.scene import DEFECT_KINDS, Scenario, Scene, SceneError, conditions_at, load_scene
 from tests.conftest import REPO
 
 SCENES = sorted((REPO / "cameras" / "scenes").glob("*.yaml"))
@@ -136,3 +136,17 @@ def test_a_bad_scene_names_the_file_and_the_field(tmp_path: Path) -> None:
         load_scene(bad)
     text = str(err.value)
     assert "bad.yaml" in text and "defects.rate" in text and "rust" in text and "camera.zoom" in text
+
+
+def test_a_new_flaw_on_its_own_share_leaves_every_other_part_as_it_was() -> None:
+    base = Scene.model_validate({"defects": {"rate": 0.2, "types": ["dent"]}})
+    flawed = base.model_copy(update={"scenarios": [Scenario(at_s=0, add_defect="crack", add_defect_rate=0.5)]})
+    a, b = SceneEmulator(base, 128, 128, seed=3), SceneEmulator(flawed, 128, 128, seed=3)
+    kinds = []
+    for seq in range(200):
+        fa, fb = a.render(seq), b.render(seq)
+        if fa.truth["label"] == "defect" or fb.truth["type"] != "crack":
+            assert fa.truth == fb.truth and np.array_equal(fa.pixels, fb.pixels), seq  # the same part
+        kinds.append(fb.truth["type"])
+    goods = 200 - kinds.count("dent")
+    assert 0.35 < kinds.count("crack") / goods < 0.65, "about half the otherwise good parts get the new flaw"

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from linewatch.config.base import _Strict
 
+#: The reference mean may be off by this many standard errors before the stated false-alarm rate no longer holds
+#: (97.7 %, one-sided): the detectors are calibrated for it (`watch/cusum.py`).
+REFERENCE_SLACK_SE = 2.0
 SignalName = Literal["brightness", "contrast", "sharpness", "saturation", "part_x", "part_y", "part_size",
                      "score", "embedding", "defect_rate", "override_rate"]
 SIGNAL_NAMES: tuple[SignalName, ...] = ("brightness", "contrast", "sharpness", "saturation", "part_x", "part_y",
@@ -24,9 +27,9 @@ class WatchConfig(_Strict):
         "part_size), the model's score and embedding, the defect rate (FAIL or REVIEW share) and the fail-safe's "
         "override rate.")
     reference: Literal["auto", "learned"] = Field(
-        "auto", description="auto: the image signals' reference comes from the model's `linewatch.reference_signals` "
-        "metadata (its training images) when it has one; learned: always from the first reference_parts parts. "
-        "The model's own signals are always learned.")
+        "auto", description="auto: brightness (and contrast, for a one-channel model) take their reference from the "
+        "model's `linewatch.reference_stats` metadata (its training images) when it has them; learned: every signal "
+        "from the first reference_parts parts. The model's own signals are always learned.")
     reference_parts: int = Field(
         1000, ge=100, le=1_000_000, description="Parts learnt as the reference after a model or recipe change (stored: "
         "a restart does not learn them again).")
@@ -39,3 +42,14 @@ class WatchConfig(_Strict):
     window: int = Field(500, ge=10, le=100_000, description="Parts (and reviews) the performance estimates span.")
     state_interval_s: float = Field(
         5.0, gt=0, le=3600, description="How often the detectors' state is written to the store for /api/drift.")
+
+    @model_validator(mode="after")
+    def _allowance_above_the_reference_error(self) -> WatchConfig:
+        """The CUSUM's allowance must exceed the reference mean's error it is calibrated for, else no threshold is
+        ever reached and the detectors are dead."""
+        slack = REFERENCE_SLACK_SE / self.reference_parts**0.5
+        if self.shift_sd / 2 < slack + 0.02:
+            raise ValueError(f"watch.shift_sd {self.shift_sd:g} is too small for watch.reference_parts "
+                             f"{self.reference_parts}: it must be at least {2 * (slack + 0.02):.3g} (more reference "
+                             "parts allow a smaller shift)")
+        return self

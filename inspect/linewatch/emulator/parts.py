@@ -17,7 +17,7 @@ import numpy as np
 
 from linewatch.emulator.optics import CameraModel
 from linewatch.emulator.products import inject_defect, render_product
-from linewatch.emulator.scene import Scene, conditions_at
+from linewatch.emulator.scene import DEFECT_KINDS, Scene, conditions_at
 
 DEFECT_TYPES = ("dent", "scratch", "stain")
 
@@ -120,6 +120,15 @@ class SceneEmulator:
             region = inject_defect(part, kind, severity, rng)
             if region is not None:
                 truth = {**truth, "label": "defect", "type": kind, "severity": round(severity, 3), "region": region}
+        for kind, share in cond.extra_defects:  # a new flaw on its own: drawn apart, the part is otherwise the same
+            extra = np.random.default_rng([self.seed, seq, 2, DEFECT_KINDS.index(kind)])
+            if truth["label"] == "good" and extra.random() < share:
+                low, high = self.scene.defects.severity
+                severity = float(extra.uniform(low, high))
+                region = inject_defect(part, kind, severity, extra)
+                if region is not None:
+                    truth = {**truth, "label": "defect", "type": kind, "severity": round(severity, 3),
+                             "region": region}
         fx = self.scene.camera
         fate = rng.random()
         if fate < fx.drop_rate:

@@ -81,6 +81,9 @@ class Scenario(_Strict):
     shift_px: tuple[float, float] | None = Field(None, description="View offset reached (camera bump).")
     defect_rate: float | None = Field(None, ge=0, le=1, description="Defect rate reached.")
     add_defect: DefectKind | None = Field(None, description="A defect type that appears from `at_s`.")
+    add_defect_rate: float | None = Field(
+        None, ge=0, le=1, description="Share of the parts without another defect that get `add_defect` (a new flaw "
+        "on its own, e.g. a new supplier's material); unset: it joins the types drawn for defective parts.")
 
 
 class Scene(_Strict):
@@ -105,11 +108,13 @@ class Conditions:
     shift: tuple[float, float]
     defect_rate: float
     defect_types: tuple[str, ...]
+    extra_defects: tuple[tuple[str, float], ...] = ()  # (type, share of otherwise good parts) on their own
 
 
 def conditions_at(scene: Scene, t: float) -> Conditions:
     lighting, shift, rate = 1.0, (0.0, 0.0), scene.defects.rate
     types = list(scene.defects.types)
+    extra: dict[str, float] = {}
     for sc in sorted(scene.scenarios, key=lambda s: s.at_s):
         if t < sc.at_s:
             continue
@@ -120,9 +125,11 @@ def conditions_at(scene: Scene, t: float) -> Conditions:
             shift = (shift[0] + (sc.shift_px[0] - shift[0]) * k, shift[1] + (sc.shift_px[1] - shift[1]) * k)
         if sc.defect_rate is not None:
             rate += (sc.defect_rate - rate) * k
-        if sc.add_defect is not None and sc.add_defect not in types:
+        if sc.add_defect is not None and sc.add_defect_rate is not None:
+            extra[sc.add_defect] = sc.add_defect_rate
+        elif sc.add_defect is not None and sc.add_defect not in types:
             types.append(sc.add_defect)
-    return Conditions(lighting, shift, rate, tuple(types))
+    return Conditions(lighting, shift, rate, tuple(types), tuple(extra.items()))
 
 
 def load_scene(path: Path) -> Scene:

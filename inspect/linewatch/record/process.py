@@ -110,7 +110,7 @@ class Record:
                                 ) if self.cfg.watch.enabled else None
         if self.drift is not None:
             self.drift.latched = unacknowledged_drift(self.db)
-        self.drift_cpu_ns = 0
+        self.drift_cpu_ns, self._watch_error_at = 0, -1e9
         self.drift_due = time.monotonic() + self.cfg.watch.state_interval_s
         self.lot = current_lot(self.db)
         self.committer = GroupCommitter(self.db, rc, str(self.cfg.model.path), next_commit_id(self.db),
@@ -143,6 +143,7 @@ class Record:
         finally:
             self.stop.set()  # also when leaving on an error: the checkpoint and retention threads end
             self.retention.wake()
+            self._drift_housekeeping(final=True)  # references learnt since the last interval are kept
             self.committer.commit_all()
             self.committer.write_commit()
             if self.committer.store_down is not None:
@@ -321,12 +322,7 @@ class Record:
         """The part's row goes to the next group: settled in the watch, so it never gets a second one."""
         if self.watch.settle((v.camera, v.stream, v.seq)):
             if self.drift is not None:
-                t0 = time.thread_time_ns()
-                v.signals, alarms = self.drift.observe(v)
-                self.drift_cpu_ns += time.thread_time_ns() - t0
-                for alarm in alarms:
-                    metrics.ALARMS.labels("drift").inc()
-                    self.committer.write(partial(self._store_drift_alarm, alarm))
+                self._watch_drift(v)
             values = verdict_values(v, self.lot, self.shifts.at(v.t_capture_ns or now_ns()))
             self.committer.add(values, v.t_capture_mono_ns)
 
@@ -407,30 +403,57 @@ class Record:
         try:
             stored = stored_reference(self.db, *key)
             return None if stored is None else Reference.from_json(stored)
-        except ReferenceError as exc:  # learnt again rather than trusted
+        except (ReferenceError, ValueError) as exc:  # unreadable JSON or values: learnt again rather than trusted
             log.error("camera %s: stored drift reference unreadable (%s); learning it again", key[0], exc)
             return None
         except sqlite3.Error as exc:  # a full disk or a locked store: learn again, the line goes on
             log.error("camera %s: drift reference not read from the store (%s); learning it again", key[0], exc)
             return None
 
+    def _watch_drift(self, v: Verdict) -> None:
+        """The part through the drift watch (its row gets the signals); a fault in the watch costs no row."""
+        assert self.drift is not None
+        t0 = time.thread_time_ns()
+        try:
+            v.signals, alarms = self.drift.observe(v)
+        except Exception:  # the watch is advice; the part's row is the promise
+            alarms = []
+            if time.monotonic() - self._watch_error_at > 60:
+                self._watch_error_at = time.monotonic()
+                log.exception("drift watch failed on %s seq %d; the part is recorded without it", v.camera, v.seq)
+        self.drift_cpu_ns += time.thread_time_ns() - t0
+        for alarm in alarms:
+            metrics.ALARMS.labels("drift").inc()
+            self.committer.write(partial(self._store_drift_alarm, alarm))
+
     def _store_drift_alarm(self, alarm: DriftAlarm) -> None:
         stored = Alarm("watch", "drift", alarm.text)
-        alarm_id = insert_alarm(self.db, stored)
-        insert_drift_alarm(self.db, alarm_id, stored.t_ns, {
+        with self.db.atomic():  # both or neither: a write the full disk refuses is retried whole
+            alarm_id = insert_alarm(self.db, stored)
+            insert_drift_alarm(self.db, alarm_id, stored.t_ns, {
             "camera": alarm.camera, "recipe": alarm.recipe, "model_hash": alarm.model_hash, "signal": alarm.signal,
             "direction": alarm.direction, "reference": alarm.reference, "current": alarm.current,
-            "window_parts": alarm.window_parts, "seq": alarm.seq})
+                "window_parts": alarm.window_parts, "seq": alarm.seq})
         log.warning("%s", alarm.text)
         self.events.send_multipart([b"alarm", json.dumps({"id": alarm_id, **stored.__dict__}).encode()])
 
-    def _drift_housekeeping(self) -> None:
-        """Every watch.state_interval_s: store new references and the detectors' state, set the gauges."""
+    def _drift_housekeeping(self, final: bool = False) -> None:
+        """Every watch.state_interval_s (and at stop): store new references and the detectors' state, set the
+        gauges."""
         drift = self.drift
-        if drift is None or time.monotonic() < self.drift_due:
+        if drift is None or (time.monotonic() < self.drift_due and not final):
             return
         self.drift_due = time.monotonic() + self.cfg.watch.state_interval_s
         t0 = time.thread_time_ns()
+        try:
+            self._drift_state(drift)
+        except Exception:  # state and gauges are a view: a fault here must not stop record
+            log.exception("drift watch state not written")
+        self.drift_cpu_ns += time.thread_time_ns() - t0
+        metrics.WATCH_SECONDS.labels("record").inc(self.drift_cpu_ns / 1e9)
+        self.drift_cpu_ns = 0
+
+    def _drift_state(self, drift: DriftWatch) -> None:
         for (camera, recipe, model_hash), learnt in drift.completed:
             self.committer.write(partial(save_reference, self.db, camera, recipe, model_hash, learnt.parts,
                                          learnt.to_json(), now_ns()))
@@ -460,9 +483,6 @@ class Record:
                              "in_drift": int(in_drift)})
         if rows:
             self.committer.write(partial(write_state, self.db, now_ns(), rows))
-        self.drift_cpu_ns += time.thread_time_ns() - t0
-        metrics.WATCH_SECONDS.labels("record").inc(self.drift_cpu_ns / 1e9)
-        self.drift_cpu_ns = 0
 
     def _realised_accuracy(self) -> None:
         assert self.drift is not None

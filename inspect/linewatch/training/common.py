@@ -46,8 +46,9 @@ class EarlyStopping:
 
 def contract_metadata(name: str, kind: str, spec: InputSpec, labels: list[str], defect_labels: list[str],
                       band: tuple[float, float], train_images: np.ndarray, p_defect_good: np.ndarray,
-                      dataset_sha256: str) -> dict[str, str]:
-    """The `metadata_props` the worker and the fail-safe read (docs/models.md, "Training")."""
+                      dataset_sha256: str, threshold: float = 0.5) -> dict[str, str]:
+    """The `metadata_props` the worker and the fail-safe read (docs/models.md, "Training"); `threshold`: the defect
+    probability from which the model's verdict is FAIL."""
     g = train_images.reshape(len(train_images), -1).astype(np.float32)
     means, stds, sharp = g.mean(axis=1), g.std(axis=1), sharpness(train_images)
     return {
@@ -55,7 +56,7 @@ def contract_metadata(name: str, kind: str, spec: InputSpec, labels: list[str], 
         "linewatch.labels": json.dumps(labels), "linewatch.defect_labels": json.dumps(defect_labels),
         "linewatch.input_layout": spec.layout, "linewatch.input_height": str(spec.height),
         "linewatch.input_width": str(spec.width), "linewatch.input_channels": str(spec.channels),
-        "linewatch.threshold": "0.5",
+        "linewatch.threshold": str(threshold),
         # The band on the defect probability, written on p(good) = 1 - p(defect) so it fits any label set.
         "linewatch.class_bands": json.dumps({labels[0]: [round(1 - band[1], 6), round(1 - band[0], 6)]}),
         "linewatch.reference_stats": json.dumps({

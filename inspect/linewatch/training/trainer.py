@@ -131,6 +131,14 @@ def _fast(torch: Any, x: Any) -> Any:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+def _weighted_threshold(weights: np.ndarray, counts: np.ndarray) -> float:
+    """The defect probability at which the class weights' costs balance: w_good (1 - p) = w_defect p, w_defect the
+    defect classes' weight averaged over their parts. With the weights taken out of the logits (calibrated
+    probabilities), deciding FAIL above it keeps what the weights were for (fewer escapes); 0.5 without weights."""
+    w_defect = float((weights[1:] * counts[1:]).sum() / max(counts[1:].sum(), 1.0))
+    return round(min(max(float(weights[0]) / (float(weights[0]) + w_defect), 0.05), 0.95), 6)
+
+
 def _temperature(torch: Any, logits: Any, targets: Any) -> float:
     """The temperature minimising validation NLL (grid search: robust with small splits)."""
     best, best_t = math.inf, 1.0
@@ -247,11 +255,12 @@ def train(data: Path, out_dir: Path, opts: TrainOptions, log: Any = print) -> di
     temperature = _temperature(torch, logits, yv)
     probs = torch.softmax(logits / temperature, dim=1).numpy()
     p_defect = probs[:, 1:].sum(axis=1)
-    band = choose_band(p_defect, ds.targets[val_idx] != 0, 0.5, opts.target_escape, opts.max_review)
-    metrics = evaluate(probs, ds.targets[val_idx], ds.labels, band)
+    threshold = _weighted_threshold(weights.numpy(), counts.numpy())
+    band = choose_band(p_defect, ds.targets[val_idx] != 0, threshold, opts.target_escape, opts.max_review)
+    metrics = evaluate(probs, ds.targets[val_idx], ds.labels, band, threshold)
     dataset_hash = ds.content_hash()
     meta = contract_metadata(opts.name, "classifier", spec, ds.labels, ds.defect_labels, band,
-                             ds.images[train_idx], p_defect, dataset_hash)
+                             ds.images[train_idx], p_defect, dataset_hash, threshold)
     meta["linewatch.temperature"] = str(temperature)
     pretrained: Weights | None = getattr(net, "weights", None)
     if pretrained is not None:

@@ -7,10 +7,10 @@ tests state a confidence per window, not a run time between false alarms, and al
 multiply.
 
 Calibration: the average run length (ARL) of a CUSUM whose increments are drawn from the reference is computed
-exactly enough with the Markov chain of Brook and Evans (1972) over the reference's own empirical distribution
+with the Markov chain of Brook and Evans (1972) over the reference's own empirical distribution
 (no normality assumed), and the threshold is found by bisection for the target ARL. The increments are shifted
-towards the alarm by one standard error of the reference mean, so a reference learnt from N parts does not eat
-into the stated false-alarm rate.
+towards the alarm by two standard errors of the reference mean (`REFERENCE_SLACK_SE`): the stated false-alarm
+rate holds unless the reference learnt from N parts is off by more than that (one reference in 44).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from linewatch.config.watch import REFERENCE_SLACK_SE
 
 STATES = 200  # grid points between 0 and the threshold: ARL within ~10 % of simulation (tested)
 
@@ -121,9 +123,10 @@ class Cusum:
     @classmethod
     def from_moments(cls, support: np.ndarray, weights: np.ndarray, mean: float, sd: float, k: float,
                      target_arl: float, reference_parts: int) -> Cusum:
-        """As `calibrated`, with the standardisation given (a floor on sd for a signal that hardly moves)."""
+        """As `calibrated`, with the standardisation given (a floor on sd for a signal that hardly moves). The
+        allowance must exceed the slack (the config checks it), else no threshold is ever reached."""
         z = (support - mean) / sd
-        slack = 1.0 / math.sqrt(reference_parts)
+        slack = REFERENCE_SLACK_SE / math.sqrt(reference_parts)
         return cls(mean, sd, k, Side(threshold_for(z - k + slack, weights, target_arl)),
                    Side(threshold_for(-z - k + slack, weights, target_arl)))
 

@@ -4,7 +4,7 @@ linewatch's trainer writes the training images' grey-level mean and standard dev
 each over the images: `training/common.py`); they are the reference of `brightness`, and of `contrast` for a
 one-channel model (a colour model's std is over its channels, not over the grey image the line measures). Taken
 only when the model file is the very version the verdicts name; a normal distribution with those moments stands
-for the training images, counted as `ASSUMED_PARTS` parts (the set's size is not in the metadata).
+for the training images.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from linewatch.model.files import ModelFilesError, model_files
 from linewatch.watch.reference import SignalReference, from_quantiles
 
 log = logging.getLogger("watch")
-ASSUMED_PARTS = 200
 _PROBABILITIES = np.linspace(0.0025, 0.9975, 201)  # the quantiles a normal distribution is stored as
 
 
-def model_signals(path: Path, model_hash: str, k: float, target_arl: float) -> dict[str, SignalReference]:
-    """The references the model at `path` supplies, if it is version `model_hash` and carries reference_stats."""
+def model_signals(path: Path, model_hash: str, k: float, target_arl: float, parts: int) -> dict[str, SignalReference]:
+    """The references the model at `path` supplies, if it is version `model_hash` and carries reference_stats;
+    counted as `parts` parts (the training set's size is not in the metadata: the line's reference size)."""
     try:
         if model_files(path).read_by(()).version_hash() != model_hash:
             return {}  # the file changed since: the line's own parts are learnt instead
@@ -45,7 +45,7 @@ def model_signals(path: Path, model_hash: str, k: float, target_arl: float) -> d
         for name, (mean, sd) in pairs.items():
             normal = NormalDist(float(mean), float(sd))
             quantiles = [normal.inv_cdf(float(q)) for q in _PROBABILITIES]
-            out[name] = from_quantiles(name, quantiles, ASSUMED_PARTS, k, target_arl)
+            out[name] = from_quantiles(name, quantiles, parts, k, target_arl)
         return out
     except (KeyError, TypeError, ValueError) as exc:
         log.warning("model %s: linewatch.reference_stats unreadable (%s); learning the reference on the line",

@@ -62,7 +62,12 @@ def _projection(dims: int) -> np.ndarray:
     return np.asarray(rng.standard_normal((dims, SKETCH_DIMS)) / np.sqrt(dims), np.float32)
 
 
-def sketch(embedding: np.ndarray) -> list[float]:
+def sketch(embedding: np.ndarray) -> list[float] | None:
     """An embedding (D floats) as SKETCH_DIMS random projections: distances between parts are kept within a few
-    tens of percent, at 32 bytes a verdict instead of 4·D."""
-    return [round(float(x), 5) for x in np.asarray(embedding, np.float32) @ _projection(len(embedding))]
+    tens of percent, at 32 bytes a verdict instead of 4·D. None when a projection overflows (a verdict carries no
+    inf: record would refuse it, failing a good part)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        projected = np.asarray(embedding, np.float32) @ _projection(len(embedding))
+    if not np.all(np.isfinite(projected)):
+        return None
+    return [round(float(x), 5) for x in projected]

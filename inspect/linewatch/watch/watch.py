@@ -25,6 +25,7 @@ log = logging.getLogger("watch")
 
 Key = tuple[str, str, str]  # camera, recipe, model hash ("" for none)
 _SKIPPED = ("not_inspected", "timeout")  # parts that were never looked at say nothing about the line
+_RULES_ONLY = "rule:model_"  # model_unavailable, _error, _output, _latency: the model is down, its own alarm says so
 BACKLOG_MAX = 100_000  # parts kept while the thresholds are calibrated (a fraction of a second, normally)
 KEYS_KEPT = 4  # references in memory per camera (a hot swap interleaves two models' verdicts for a moment)
 
@@ -89,15 +90,15 @@ class _Estimates:
 
 
 class DriftWatch:
-    """`stored(key)`: the reference the store holds for a key, if any; `model_signals(model_hash, k, target_arl)`:
-    the image signals' references a model supplies (its training images), if any."""
+    """`stored(key)`: the reference the store holds for a key, if any; `model_signals(model_hash, k, target_arl,
+    parts)`: the image signals' references a model supplies (its training images), if any."""
 
     def __init__(self, cfg: WatchConfig, stored: Callable[[Key], Reference | None],
-                 model_signals: Callable[[str, float, float], dict[str, SignalReference]] | None = None):
+                 model_signals: Callable[[str, float, float, int], dict[str, SignalReference]] | None = None):
         self.cfg = cfg
         self.k = cfg.shift_sd / 2
         watched: list[str] = list(cfg.signals)
-        self.watched = watched
+        self.watched, self._watched_names = watched, frozenset(watched)
         # each side of each signal alone alarms once in this many parts: together, once in ert_parts per camera
         self.target_arl = cfg.ert_parts * 2 * len(watched)
         self._stored, self._model_signals = stored, model_signals
@@ -113,7 +114,7 @@ class DriftWatch:
 
     def observe(self, v: Verdict) -> tuple[dict[str, float] | None, list[DriftAlarm]]:
         """One decided part: its signal values (for its row) and the drift alarms it completes."""
-        if v.decided_by in _SKIPPED or v.model_hash is None:
+        if v.decided_by in _SKIPPED or v.decided_by.startswith(_RULES_ONLY) or v.model_hash is None:
             return v.signals, []
         key = (v.camera, v.recipe, v.model_hash)
         values = part_values(v)
@@ -124,11 +125,10 @@ class DriftWatch:
             est.add(v.score, v.final, v.decided_by == "model")
         ref = self._ready(key, watched)
         if ref is None:
-            assert watched.learning is not None
             if watched.pending is not None:  # watched as soon as the thresholds are known: no part goes unwatched
                 if len(watched.backlog) < BACKLOG_MAX:
                     watched.backlog.append((values, v.embedding, v.seq))
-            elif watched.learning.add(values, v.embedding):
+            elif watched.learning is not None and watched.learning.add(values, v.embedding):
                 watched.pending = self._pool.submit(self._calibrate, key, watched.learning)
             return _row_signals(v, None), []
         alarms = []
@@ -148,7 +148,7 @@ class DriftWatch:
         alarms = []
         for name, sref in ref.signals.items():
             value = values.get(name)
-            if value is None or (key[0], name) in self.latched:
+            if value is None or name not in self._watched_names or (key[0], name) in self.latched:
                 continue
             side = sref.cusum.update(value)
             if side is not None:
@@ -160,9 +160,14 @@ class DriftWatch:
         watched = by_key.get(key)
         if watched is None:
             stored = self._stored(key)
-            watched = _Watched(None if stored else Learning(self.cfg.reference_parts), reference=stored)
-            if stored is not None:
+            if stored is None:
+                watched = _Watched(Learning(self.cfg.reference_parts))
+            elif stored.calibrated_for(self.k, self.target_arl):
+                watched = _Watched(None, reference=stored)
                 log.info("camera %s: drift reference of recipe %s, model %s taken from the store", *key)
+            else:  # the config asks for another allowance or false-alarm rate: the stored distribution, recalibrated
+                watched = _Watched(None, self._pool.submit(stored.recalibrated, self.k, self.target_arl))
+                log.info("camera %s: stored drift reference of recipe %s, model %s recalibrated for the config", *key)
             by_key[key] = watched
             while len(by_key) > KEYS_KEPT:
                 del by_key[next(iter(by_key))]
@@ -173,8 +178,9 @@ class DriftWatch:
             try:
                 watched.reference = watched.pending.result()
             except Exception:  # a calibration bug must not stop record: learn again, and say so
-                log.exception("camera %s: drift reference calibration failed; learning again", key[0])
+                log.exception("camera %s: drift reference calibration failed; learning it again", key[0])
                 watched.learning, watched.pending = Learning(self.cfg.reference_parts), None
+                watched.backlog.clear()
                 return None
             watched.learning = watched.pending = None
             self.completed.append((key, watched.reference))
@@ -185,7 +191,7 @@ class DriftWatch:
     def _calibrate(self, key: Key, learning: Learning) -> Reference:
         given = {}
         if self.cfg.reference == "auto" and self._model_signals is not None:
-            supplied = self._model_signals(key[2], self.k, self.target_arl)
+            supplied = self._model_signals(key[2], self.k, self.target_arl, self.cfg.reference_parts)
             given = {n: r for n, r in supplied.items() if n in IMAGE_SIGNALS and n in self.watched}
         return calibrate(learning, self.watched, self.k, self.target_arl, given)
 
