@@ -14,6 +14,7 @@ from linewatch.model.onnx import Model
 from linewatch.watch import (
     SKETCH_DIMS,
     DriftWatch,
+    Key,
     Reference,
     ReferenceError,
     average_run_length,
@@ -21,7 +22,7 @@ from linewatch.watch import (
     threshold_for,
 )
 from linewatch.watch.model_reference import model_signals
-from linewatch.wire import Verdict
+from linewatch.wire import MessageError, OperatorAction, Verdict
 from tests.conftest import REFERENCE_MODEL
 
 
@@ -196,13 +197,19 @@ def test_estimated_defect_rate_and_accuracy_from_calibrated_probabilities() -> N
     assert est.accuracy == pytest.approx(np.mean(right), abs=0.02)
 
 
-def test_references_round_trip_as_json_and_a_corrupt_one_is_refused() -> None:
-    rng = np.random.default_rng(10)
-    stored: dict[object, Reference] = {}
-    watch = DriftWatch(WatchConfig(reference_parts=400), lambda key: stored.get(key))
+def _learnt(seed: int) -> tuple[Key, Reference]:
+    """A reference learnt over 400 parts, as record takes it to store."""
+    rng = np.random.default_rng(seed)
+    watch = DriftWatch(WatchConfig(reference_parts=400), lambda key: None)
     _feed(watch, 120 + 3 * rng.standard_normal(400), 0)
     _settled(watch)
     (key, ref), = watch.completed
+    return key, ref
+
+
+def test_references_round_trip_as_json_and_a_corrupt_one_is_refused() -> None:
+    stored: dict[object, Reference] = {}
+    key, ref = _learnt(10)
     back = Reference.from_json(ref.to_json())
     assert back.to_json() == ref.to_json()
     stored[key] = back
@@ -267,13 +274,8 @@ def test_a_quiet_reference_is_widened_to_the_floor_so_a_glint_does_not_alarm() -
 
 
 def test_a_stored_reference_is_recalibrated_when_the_config_asks_for_another_false_alarm_rate() -> None:
-    rng = np.random.default_rng(11)
-    stored: dict[object, Reference] = {}
-    watch = DriftWatch(WatchConfig(reference_parts=400), lambda key: stored.get(key))
-    _feed(watch, 120 + 3 * rng.standard_normal(400), 0)
-    _settled(watch)
-    (key, ref), = watch.completed
-    stored[key] = Reference.from_json(ref.to_json())
+    key, ref = _learnt(11)
+    stored = {key: Reference.from_json(ref.to_json())}
     stricter = DriftWatch(WatchConfig(reference_parts=400, ert_parts=1e9), lambda k: stored.get(k))
     stricter.observe(_verdict(500, 120.0))
     _settled(stricter)
@@ -281,3 +283,24 @@ def test_a_stored_reference_is_recalibrated_when_the_config_asks_for_another_fal
     assert again is not None and again.target_arl == stricter.target_arl > ref.target_arl
     assert again.signals["brightness"].cusum.up.h > ref.signals["brightness"].cusum.up.h
     assert again.signals["brightness"].quantiles == ref.signals["brightness"].quantiles, "the same distribution"
+
+
+
+def test_relearn_drops_the_cameras_reference_and_latched_alarms_so_its_next_parts_are_learnt() -> None:
+    key, ref = _learnt(12)
+    watch = DriftWatch(WatchConfig(reference_parts=400), lambda k: ref if k == key else None)
+    watch.observe(_verdict(1, 120.0))
+    watch.latched = {("cam0", "brightness"), ("cam1", "brightness")}
+    assert watch.references("cam0") is ref
+    watch.relearn("cam0")
+    assert watch.latched == {("cam1", "brightness")}
+    watch = DriftWatch(WatchConfig(reference_parts=400), lambda k: None)  # the action deleted the stored one
+    watch.observe(_verdict(2, 120.0))
+    assert watch.learning_progress("cam0") == (1, 400)
+
+
+def test_a_relearn_action_must_name_its_camera() -> None:
+    good = OperatorAction("drift_relearn", "qa", "r1", {"camera": "cam0"})
+    assert OperatorAction.from_bytes(good.to_bytes()).detail == {"camera": "cam0"}
+    with pytest.raises(MessageError, match=r"action: Object missing required field `camera` - at `\$.detail`"):
+        OperatorAction.from_bytes(OperatorAction("drift_relearn", "qa", "r2", {}).to_bytes())

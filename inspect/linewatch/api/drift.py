@@ -6,14 +6,20 @@ Read from the store (`reports/drift.py`, `overview`), like every other answer of
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
 from fastapi import APIRouter, HTTPException, Query
 
 from linewatch.api.body import JsonRoute
 from linewatch.api.errors import invalid, refusals
+from linewatch.api.qa import CONFIRM_TIMEOUT_S, NOT_CONFIRMED, Acknowledge
 from linewatch.config import LineConfig
 from linewatch.reports.drift import DriftOverview, overview
 from linewatch.reports.export import ReportError, parse_time
+from linewatch.store.actions import ActionNotConfirmed, send_action
 from linewatch.store.drift import drift_cameras
+from linewatch.wire import Endpoints, OperatorAction
 
 # What parse_time takes, as the schema says it (as /api/report): an RFC 3339 date or date-time (no offset: local).
 # The whole schema: FastAPI's own for an optional string (anyOf string, null) would be replaced by it anyway.
@@ -50,5 +56,18 @@ def drift_router(cfg: LineConfig) -> APIRouter:
         return overview(cfg.data_dir, [camera] if camera else known, window.get("from"), window.get("to"),
                         window=cfg.watch.window, reference_parts=cfg.watch.reference_parts, quantiles=quantiles,
                         alarm_limit=limit)
+
+    @router.post("/drift/{camera}/relearn", responses=refusals({404: "Unknown camera.", 503: NOT_CONFIRMED}))
+    def relearn(camera: str, who: Acknowledge) -> dict[str, Any]:
+        """Learn the camera's drift reference again from its next parts, after a deliberate change (a new lamp,
+        a moved camera); audit-logged. Its drift alarms stay until acknowledged."""
+        if camera not in [c.name for c in cfg.cameras]:
+            raise HTTPException(404, f"unknown camera {camera!r} (known: {', '.join(c.name for c in cfg.cameras)})")
+        action = OperatorAction("drift_relearn", who.actor, uuid.uuid4().hex, {"camera": camera})
+        try:
+            audit_id = send_action(Endpoints(cfg.run_dir), cfg.data_dir, action, CONFIRM_TIMEOUT_S)
+        except ActionNotConfirmed as exc:
+            raise HTTPException(503, str(exc)) from None
+        return {"camera": camera, "relearn_by": who.actor, "audit_id": audit_id}
 
     return router

@@ -366,6 +366,10 @@ class Record:
             return
         if action.action == "ack_alarm" and self.drift is not None:
             self.drift.acknowledged(unacknowledged_drift(self.db))
+        if action.action == "drift_relearn" and self.drift is not None:
+            self.drift.relearn(action.detail["camera"])
+            log.info("camera %s: drift reference learnt again from the next parts, asked by %s",
+                     action.detail["camera"], action.actor)
         if action.action == "review" and self.drift is not None:
             self._realised_accuracy()
         if action.action == "set_lot":

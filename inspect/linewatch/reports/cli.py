@@ -1,5 +1,5 @@
 """`linewatch report` (QA export), `linewatch review export` (labelled dataset for retraining) and
-`linewatch drift report` (each signal against its reference, as an HTML page)."""
+`linewatch drift report` (each signal against its reference, as an HTML page), `linewatch drift relearn`."""
 
 from __future__ import annotations
 
@@ -41,6 +41,27 @@ def _cmd_drift_report(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(out)
+    return 0
+
+
+def _cmd_drift_relearn(args: argparse.Namespace) -> int:
+    import uuid
+
+    from linewatch.store.actions import ActionNotConfirmed, send_action
+    from linewatch.wire import Endpoints, OperatorAction
+
+    cfg = load_config(args.config)
+    if args.camera not in [c.name for c in cfg.cameras]:
+        print(f"error: unknown camera {args.camera!r} (known: {', '.join(c.name for c in cfg.cameras)})",
+              file=sys.stderr)
+        return 2
+    action = OperatorAction("drift_relearn", args.actor, uuid.uuid4().hex, {"camera": args.camera})
+    try:
+        audit_id = send_action(Endpoints(cfg.run_dir), cfg.data_dir, action, 3.0)
+    except ActionNotConfirmed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"camera {args.camera}: drift reference learnt again from its next parts (audit id {audit_id})")
     return 0
 
 
@@ -102,3 +123,9 @@ def add_commands(sub: Any) -> None:
     dr.add_argument("--out", help="output file (default: linewatch-drift-DATE-TIME.html here)")
     _store_args(dr)
     dr.set_defaults(func=_cmd_drift_report)
+    rl = drift_sub.add_parser("relearn", help="learn a camera's reference again from its next parts, after a "
+                                              "deliberate change (a new lamp, a moved camera); audit-logged")
+    rl.add_argument("--camera", required=True, help="the camera")
+    rl.add_argument("--actor", required=True, help="who asks (audit log)")
+    rl.add_argument("--config", help="line config of the running line (default: the embedded one)")
+    rl.set_defaults(func=_cmd_drift_relearn)

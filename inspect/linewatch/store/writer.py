@@ -163,6 +163,8 @@ def apply_action(db: sqlite_utils.Database, action: OperatorAction) -> int:
                              "WHERE id = ? AND acknowledged_by IS NULL", [action.actor, action.t_ns, d.get("alarm_id")])
             if cur.rowcount != 1:
                 raise ActionError(f"ack_alarm: no unacknowledged alarm with id {d.get('alarm_id')!r}")
+        elif action.action == "drift_relearn":
+            db.execute("DELETE FROM drift_references WHERE camera = ?", [d.get("camera")])
         table = db.table("operator_actions").insert({
             "t_ns": action.t_ns, "actor": action.actor, "action": action.action,
             "detail": json.dumps(d), "request_id": action.request_id})

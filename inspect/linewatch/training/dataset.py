@@ -19,6 +19,7 @@ import numpy as np
 GOOD_NAMES = ("good", "ok", "pass", "normal")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 RESERVED_COLUMNS = {"path", "label", "image", "file", "truth"}
+MANIFEST_NAMES = ("manifest.csv", "manifest.json", "manifest.jsonl")  # in a folder, the first found is the dataset
 SOFT_COLUMN = "defect_probability"  # optional manifest column: how sure the experts are that a part is defective
 
 
@@ -94,8 +95,10 @@ class Dataset:
         return h.hexdigest()
 
 
-def _order_labels(found: set[str], where: str, require_defects: bool = True) -> list[str]:
+def order_labels(found: set[str], where: str, require_defects: bool = True, require_good: bool = True) -> list[str]:
     good = [name for name in found if name.lower() in GOOD_NAMES]
+    if not good and not require_good:  # one part of a union (`linewatch data snapshot A B`): defects only is fine
+        return sorted(found)
     if len(good) != 1:
         raise DatasetError(f"{where}: need exactly one good class named one of {GOOD_NAMES}, found {sorted(found)}")
     defects = sorted(found - set(good))
@@ -104,15 +107,15 @@ def _order_labels(found: set[str], where: str, require_defects: bool = True) -> 
     return [good[0], *defects]
 
 
-def _from_folder(root: Path, require_defects: bool) -> Dataset:
+def _from_folder(root: Path, require_defects: bool, require_good: bool = True) -> Dataset:
     items = [Item(p, sub.name) for sub in sorted(root.iterdir()) if sub.is_dir()
              for p in sorted(sub.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
     if not items:
         raise DatasetError(f"{root}: no images in class subfolders (e.g. {root}/good/*.png, {root}/defect/*.png)")
-    return Dataset(items, _order_labels({i.label for i in items}, str(root), require_defects), str(root))
+    return Dataset(items, order_labels({i.label for i in items}, str(root), require_defects, require_good), str(root))
 
 
-def _from_manifest(path: Path, require_defects: bool) -> Dataset:
+def _from_manifest(path: Path, require_defects: bool, require_good: bool = True) -> Dataset:
     if path.suffix.lower() == ".json":
         try:
             rows = json.loads(path.read_text())
@@ -151,20 +154,21 @@ def _from_manifest(path: Path, require_defects: bool) -> Dataset:
         segments = {k: str(v) for k, v in row.items() if k not in RESERVED_COLUMNS and v not in (None, "")
                     and not isinstance(v, dict | list)}
         items.append(Item(img, str(label), segments))
-    return Dataset(items, _order_labels({i.label for i in items}, str(path), require_defects), str(path))
+    return Dataset(items, order_labels({i.label for i in items}, str(path), require_defects, require_good), str(path))
 
 
-def load_dataset(path: Path, require_defects: bool = True) -> Dataset:
+def load_dataset(path: Path, require_defects: bool = True, require_good: bool = True) -> Dataset:
     """A dataset from a folder of class subfolders or a manifest file (a folder holding manifest.csv counts).
-    `require_defects=False` accepts good images only (anomaly training)."""
+    `require_defects=False` accepts good images only (anomaly training); `require_good=False` defect images
+    only (one part of a union; its labels are then just sorted)."""
     path = Path(path)
     if path.is_dir():
-        for name in ("manifest.csv", "manifest.json", "manifest.jsonl"):
+        for name in MANIFEST_NAMES:
             if (path / name).is_file():
-                return _from_manifest(path / name, require_defects)
-        return _from_folder(path, require_defects)
+                return _from_manifest(path / name, require_defects, require_good)
+        return _from_folder(path, require_defects, require_good)
     if path.is_file():
-        return _from_manifest(path, require_defects)
+        return _from_manifest(path, require_defects, require_good)
     raise DatasetError(f"{path}: no such folder or manifest")
 
 

@@ -219,6 +219,14 @@ class DriftWatch:
                     watched.reference.signals[name].cusum.reset()
         self.latched = set(in_drift)
 
+    def relearn(self, camera: str) -> None:
+        """Forget the camera's references (the store's are deleted by the action): its next parts are learnt
+        anew, after a deliberate change such as a new lamp or a moved camera."""
+        self._keys.pop(camera, None)
+        self.current.pop(camera, None)
+        self.estimates.pop(camera, None)
+        self.latched = {(c, s) for c, s in self.latched if c != camera}
+
     def references(self, camera: str) -> Reference | None:
         key = self.current.get(camera)
         watched = self._keys.get(camera, {}).get(key) if key else None

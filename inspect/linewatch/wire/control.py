@@ -35,11 +35,12 @@ class OperatorAction:
     """An operator's change sent by the api to record, which applies it and writes the audit log.
 
     `set_lot`: detail `{"lot": str}` (a lot `check_lot` accepts); `review`: detail `{"inspection_id": int,
-    "decision": PASS|FAIL, "label": str, "note": str}`; `ack_alarm`: detail `{"alarm_id": int}`. `request_id`
-    lets the sender find its committed audit row.
+    "decision": PASS|FAIL, "label": str, "note": str}`; `ack_alarm`: detail `{"alarm_id": int}`;
+    `drift_relearn`: detail `{"camera": str}` (the camera's drift reference is learnt again from its next parts,
+    after a deliberate change). `request_id` lets the sender find its committed audit row.
     """
 
-    action: Literal["set_lot", "review", "ack_alarm"]
+    action: Literal["set_lot", "review", "ack_alarm", "drift_relearn"]
     actor: str
     request_id: str
     detail: dict[str, Any]
@@ -77,7 +78,12 @@ class _AckDetail(TypedDict):
     alarm_id: Count
 
 
-_DETAILS: dict[str, type] = {"set_lot": _LotDetail, "review": _ReviewDetail, "ack_alarm": _AckDetail}
+class _RelearnDetail(TypedDict):
+    camera: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+_DETAILS: dict[str, type] = {"set_lot": _LotDetail, "review": _ReviewDetail, "ack_alarm": _AckDetail,
+                             "drift_relearn": _RelearnDetail}
 
 
 LOT_MAX_CHARS = 64  # the PLC's lot registers hold 64 ASCII characters

@@ -1,0 +1,2 @@
+"""The data registry: content-addressed, immutable snapshots of labelled datasets and their integrity checks
+(docs/data.md)."""
