@@ -296,3 +296,19 @@ class InferRig:
         self.frames.close(linger=0)
         self.record.close(linger=0)
         self.ctx.term()
+
+
+def emulated_parts(root: Path, n: int, seed: int = 0, size: int = 64, at_least: int = 3) -> Path:
+    """A folder of class subfolders (good/, defect/) with `n` emulated parts of `size`², at least `at_least` of
+    each class (the first ones are forced), the rest as the emulator drew them."""
+    import cv2
+
+    from linewatch.emulator.parts import PartEmulator
+
+    emu = PartEmulator(size, size, seed=seed, defect_rate=0.5)
+    for i in range(n):
+        r = emu.render(i)
+        label = "defect" if i < at_least else "good" if i < 2 * at_least else r.truth["label"]
+        (root / label).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / label / f"{seed}-{i:03d}.png"), r.pixels)
+    return root

@@ -22,19 +22,14 @@ from linewatch.data.registry import DataRegistry, diff
 from linewatch.emulator.parts import PartEmulator
 from linewatch.reports.review_export import MANIFEST_COLUMNS
 from linewatch.training.dataset import load_dataset, stratified_split
+from tests.conftest import emulated_parts
 
 SIZE = 64
 
 
 def _parts(root: Path, n: int = 20, seed: int = 0) -> Path:
     """A folder of class subfolders (good/, defect/) with `n` emulated parts, at least 3 of each class."""
-    emu = PartEmulator(SIZE, SIZE, seed=seed, defect_rate=0.4)
-    for i in range(n):
-        r = emu.render(i)
-        label = "defect" if i < 3 else "good" if i < 6 else r.truth["label"]
-        (root / label).mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(root / label / f"{seed}-{i:03d}.png"), r.pixels)
-    return root
+    return emulated_parts(root, n, seed, SIZE)
 
 
 def _snapshot(reg: DataRegistry, *srcs: Path, name: str = "s", parent: str | None = None) -> str:

@@ -22,7 +22,7 @@ BASE = {
     "failsafe": _FOUNDATION | {"wire", "store", "model"},
     "reports": _FOUNDATION | {"wire", "store", "failsafe", "watch"},  # the drift report names the watch's signals
     "watch": _FOUNDATION | {"wire", "model"},
-    "data": _FOUNDATION | {"training"},  # the trainer's dataset reader and split: one notion of a dataset
+    "data": _FOUNDATION | {"training", "model", "store"},  # dataset reader; lineage: store -> model -> data
 }
 
 

@@ -1,7 +1,9 @@
-"""`linewatch data snapshot|list|show|diff|export|check`: immutable dataset versions and their integrity checks.
+"""`linewatch data snapshot|list|show|diff|export|check`: immutable dataset versions and their integrity checks;
+`linewatch lineage ID`: from an inspection to its model and the snapshot that trained it.
 
-Exit codes: 0 done; 1 the data failed its check (the errors are printed); 2 a bad argument, an unknown or
-ambiguous snapshot id, an unreadable source.
+Exit codes: 0 done; 1 the data failed its check (the errors are printed), or a lineage link is missing (what is
+known is printed); 2 a bad argument, an unknown or ambiguous snapshot id, an unreadable source, an unknown
+inspection.
 """
 
 from __future__ import annotations
@@ -11,18 +13,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from linewatch.config import load_config
 from linewatch.data.check import CheckResult, Recipe, check
 from linewatch.data.items import DataError, Entry, read_sources
-from linewatch.data.registry import DataRegistry, diff
+from linewatch.data.registry import DataRegistry, diff, open_registry
 from linewatch.data.report import counts, summary, write_html
+from linewatch.paths import MODELS_DIR
 
 
 def _registry(args: argparse.Namespace) -> DataRegistry:
-    if args.registry:
-        return DataRegistry(Path(args.registry))
-    data_dir = Path(args.data_dir) if args.data_dir else load_config(args.config).data_dir
-    return DataRegistry(data_dir / "datasets")
+    return open_registry(args.registry, args.config, args.data_dir)
 
 
 def _recipe(args: argparse.Namespace) -> Recipe:
@@ -118,6 +117,24 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 1 if _run_check(entries, args, title).errors else 0
 
 
+def _cmd_lineage(args: argparse.Namespace) -> int:
+    import json
+
+    from linewatch.config import load_config
+    from linewatch.data.lineage import LineageError, render, trace
+    from linewatch.model.registry import Registry
+
+    data_dir = Path(args.data_dir) if args.data_dir else load_config(args.config).data_dir
+    try:
+        chain = trace(args.inspection_id, data_dir, Registry(Path(args.models)),
+                      open_registry(args.registry, None, data_dir))
+    except LineageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(chain, indent=2) if args.json else render(chain))
+    return 1 if chain["missing"] else 0
+
+
 def _guarded(func: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
@@ -176,3 +193,9 @@ def add_commands(sub: Any) -> None:
     _check_args(chk)
     _registry_args(chk)
     chk.set_defaults(func=_guarded(_cmd_check))
+    lin = sub.add_parser("lineage", help="an inspection's model, its training data snapshot, code version and options")
+    lin.add_argument("inspection_id", type=int, help="the inspection row's id (store, HMI, API)")
+    lin.add_argument("--json", action="store_true", help="the chain as JSON")
+    lin.add_argument("--models", default=str(MODELS_DIR), help="the model registry folder (default: models/)")
+    _registry_args(lin)
+    lin.set_defaults(func=_guarded(_cmd_lineage))

@@ -174,6 +174,16 @@ class DataRegistry:
         return len(entries)
 
 
+def open_registry(registry: str | Path | None, config: str | Path | None, data_dir: str | Path | None) -> DataRegistry:
+    """The registry a command names: `--registry`, else `data_dir/datasets` (`--data-dir`, else the config's)."""
+    if registry:
+        return DataRegistry(Path(registry))
+    from linewatch.config import load_config
+
+    root = Path(data_dir) if data_dir else load_config(config).data_dir
+    return DataRegistry(root / "datasets")
+
+
 def diff(a: list[Entry], b: list[Entry]) -> Diff:
     """Items added, removed and relabelled from A to B, matched by image hash (a moved file is the same item)."""
     by_a: dict[str, list[Entry]] = {}

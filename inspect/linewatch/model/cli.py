@@ -29,9 +29,18 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
+    from linewatch.data.lineage import provenance
+    from linewatch.model.onnx import Model, ModelError
+
     v = _registry(args).find(args.ref)
-    print(json.dumps({"sha256": v.sha256, "name": v.name, "file": str(v.file), "added": v.added, "card": v.card},
-                     indent=2))
+    try:
+        meta = dict(Model(v.file, providers="cpu").info.metadata)
+    except ModelError:
+        meta = {}  # the card alone
+    # what trained it (snapshot, dataset hash, code version, options): shown where the model or its card says
+    made = {k: val for k, val in provenance(v.card, meta).items() if val is not None}
+    print(json.dumps({"sha256": v.sha256, "name": v.name, "file": str(v.file), "added": v.added,
+                      "provenance": made, "card": v.card}, indent=2))
     return 0
 
 

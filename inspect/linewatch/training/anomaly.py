@@ -16,16 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from linewatch.training.card import code_version, write_card
+from linewatch.training.card import write_card
 from linewatch.training.common import (
     DEFAULT_NET_SIZE,
     EarlyStopping,
     contract_metadata,
     input_spec,
     prepared,
+    provenance_metadata,
     real_defect_metrics,
+    snapshot_field,
 )
-from linewatch.training.dataset import load_good_only
+from linewatch.training.dataset import Dataset, load_good_only
 from linewatch.training.evaluate import choose_band, evaluate
 from linewatch.training.network import GraphBuilder, InputSpec
 
@@ -102,7 +104,7 @@ def export_anomaly(net: Any, spec: InputSpec, platt: tuple[float, float], meta: 
     g.save([("probs", ["N", 2]), ("anomaly_map", ["N", 1, size, size])], meta, out)
 
 
-def train_anomaly(data: Path, out_dir: Path, opts: Any, log: Any = print) -> dict[str, Any]:
+def train_anomaly(data: Path | Dataset, out_dir: Path, opts: Any, log: Any = print) -> dict[str, Any]:
     """Train on the good images of `data`; evaluate on synthetic anomalies and on real defects if present."""
     import torch
 
@@ -164,6 +166,7 @@ def train_anomaly(data: Path, out_dir: Path, opts: Any, log: Any = print) -> dic
     synthetic = evaluate(np.stack([1 - p_val, p_val], 1), lv.numpy().astype(np.int64), ["good", "defect"], band)
     meta = contract_metadata(opts.name, "anomaly", spec, ["good", "defect"], ["defect"], band, ds.images[train_idx],
                              p_val[lv.numpy() < 0.5], ds.content_hash())
+    meta.update(provenance_metadata(opts, ds.snapshot))
     meta["linewatch.outputs"] = "probs, anomaly_map"
     onnx_path = out_dir / f"{opts.name}.onnx"
     export_anomaly(net, spec, platt, meta, onnx_path)
@@ -183,14 +186,15 @@ def train_anomaly(data: Path, out_dir: Path, opts: Any, log: Any = print) -> dic
         "name": opts.name, "kind": "anomaly", "file": onnx_path.name, "labels": ["good", "defect"],
         "input": {"layout": spec.layout, "height": h, "width": w, "channels": opts.channels, "dtype": "uint8",
                   "net_size": spec.net_size},
-        "data": {"source": ds.source, "dataset_sha256": meta["linewatch.dataset_sha256"], "count": len(ds.items),
+        "data": {"source": ds.source, "dataset_sha256": meta["linewatch.dataset_sha256"], **snapshot_field(ds),
+                 "count": len(ds.items),
                  "class_counts": {"good (trained on)": n_good, "defect (evaluation only)": len(real_defects)},
                  "split": {"train": len(train_idx), "validation": len(val_idx), "seed": opts.seed,
                            "stratified_by": "good images only"}},
         "training": {"epochs_run": epoch if not interrupted else stopper.best_epoch, "best_epoch": stopper.best_epoch,
                      "interrupted": interrupted, "seconds": round(time.monotonic() - t0, 1), "seed": opts.seed,
                      "options": {k: v for k, v in asdict(opts).items() if k != "frame_size"},
-                     "code_version": code_version(), "torch": torch.__version__},
+                     "code_version": meta["linewatch.code_version"], "torch": torch.__version__},
         "calibration": {"platt": list(platt), "band": list(band), "target_escape": opts.target_escape,
                         "max_review": opts.max_review},
         "metrics": metrics,

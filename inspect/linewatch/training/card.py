@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 from pathlib import Path
@@ -12,13 +13,21 @@ from linewatch.model.files import file_sha256
 
 
 def code_version() -> str:
-    """linewatch's version and, in a checkout, the commit: which code made a model."""
+    """linewatch's version (package metadata) and, when it runs from a git checkout, the commit: which code made
+    a model. No git, or a package installed outside a checkout: the version alone."""
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        rev = ""
-    return f"linewatch {linewatch.__version__}" + (f" ({rev})" if rev else "")
+        version = importlib.metadata.version("linewatch")
+    except importlib.metadata.PackageNotFoundError:
+        version = linewatch.__version__
+    package = Path(linewatch.__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=package)
+        top, rev = out.stdout.splitlines() if out.returncode == 0 else ("", "")
+    except (OSError, subprocess.SubprocessError, ValueError):
+        top, rev = "", ""
+    from_checkout = bool(top) and package.is_relative_to(Path(top).resolve()) and "site-packages" not in package.parts
+    return f"linewatch {version}" + (f" (git {rev})" if from_checkout and rev else "")
 
 
 def _pct(x: float | None) -> str:
@@ -40,7 +49,8 @@ def write_card(card: dict[str, Any], onnx_path: Path) -> dict[str, Any]:
         f"{d['count']} images from `{d['source']}` (SHA-256 `{d['dataset_sha256'][:16]}…`), classes "
         + ", ".join(f"{k}: {v}" for k, v in d["class_counts"].items())
         + f"; stratified split {d['split']['train']} train / {d['split']['validation']} validation, "
-          f"seed {d['split']['seed']}.", "",
+          f"seed {d['split']['seed']}."
+        + (f" Snapshot `{d['snapshot']}` of the data registry." if d.get("snapshot") else ""), "",
         "## Validation metrics", "",
         "| metric | value |", "|---|---|",
         f"| accuracy (PASS/FAIL) | {_pct(m['accuracy'])} |",
@@ -60,6 +70,8 @@ def write_card(card: dict[str, Any], onnx_path: Path) -> dict[str, Any]:
         "calibration " + ", ".join(f"{k} {v}" for k, v in card["calibration"].items() if k in ("temperature", "platt"))
         + ".", "",
     ]
+    if "options" in t:
+        lines[-1:-1] = ["Options: `" + json.dumps(t["options"], sort_keys=True) + "`.", ""]
     if "backbone" in card:
         b = card["backbone"]
         lines[-1:-1] = [f"Backbone {b['name']} (ImageNet weights `{b['file']}` from {b['package']} {b['version']}, "

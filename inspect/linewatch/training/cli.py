@@ -8,6 +8,47 @@ from pathlib import Path
 from typing import Any
 
 
+class _Refused(Exception):
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def _snapshot_ref(args: argparse.Namespace) -> str | None:
+    """The snapshot DATA names (`data:<id>`), or `--snapshot`; None for a folder or manifest."""
+    from linewatch.data.trainset import PREFIX
+
+    if args.snapshot and args.data and not args.data.startswith(PREFIX):
+        raise _Refused(f"give DATA or --snapshot, not both ({args.data!r} and --snapshot {args.snapshot})", 2)
+    if args.data and args.data.startswith(PREFIX):
+        return str(args.data)
+    return str(args.snapshot) if args.snapshot else None
+
+
+def _snapshot_data(args: argparse.Namespace, opts: Any) -> Any:
+    """The snapshot's dataset, read in place from the data registry after `data check` passed on it."""
+    from linewatch.data.items import DataError
+    from linewatch.data.registry import open_registry
+    from linewatch.data.report import summary
+    from linewatch.data.trainset import checked_snapshot
+
+    ref = _snapshot_ref(args)
+    assert ref is not None
+    try:
+        got = checked_snapshot(open_registry(args.registry, args.config, args.data_dir), ref,
+                               opts.val_fraction, opts.seed, require_defects=opts.kind == "classifier")
+    except DataError as exc:
+        raise _Refused(str(exc), 2) from None
+    print(summary(got.check, f"check of snapshot {got.snapshot.id[:12]} ({got.snapshot.name})"))
+    if got.check.errors:
+        first = "; ".join(f.message for f in got.check.errors[:3])
+        raise _Refused(f"not trained: snapshot {got.snapshot.id[:12]} fails its check ({first}"
+                       + (f"; and {len(got.check.errors) - 3} more" if len(got.check.errors) > 3 else "") + ")", 1)
+    print(f"training on snapshot {got.snapshot.id} ({got.snapshot.name}): {got.snapshot.items} item(s), "
+          "read from the data registry")
+    return got.dataset
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     try:
         import torch  # noqa: F401
@@ -28,8 +69,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
                         val_fraction=args.val_fraction, seed=args.seed, flips=not args.no_flips,
                         rotate90=args.rotate90, shift_px=args.shift, target_escape=args.target_escape,
                         max_review=args.max_review, coreset=args.coreset)
+    if not args.data and not args.snapshot:
+        print("error: give DATA (a folder, a manifest or data:ID) or --snapshot ID", file=sys.stderr)
+        return 2
     try:
-        card = train(Path(args.data), Path(args.out), opts)
+        data = _snapshot_data(args, opts) if _snapshot_ref(args) else Path(args.data)
+    except _Refused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    try:
+        card = train(data, Path(args.out), opts)
     except (DatasetError, BackboneError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -40,8 +89,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    p = sub.add_parser("train", help="train a classifier or a good-only anomaly model from folders or a manifest")
-    p.add_argument("data", help="folder with good/ and defect subfolders, or manifest.csv/.json (path,label,...)")
+    p = sub.add_parser("train", help="train a classifier or a good-only anomaly model from folders, a manifest or a "
+                                            "dataset snapshot")
+    p.add_argument("data", nargs="?",
+                   help="folder with good/ and defect subfolders, manifest.csv/.json (path,label,...), or data:ID, "
+                        "a snapshot of the data registry (id or unique prefix)")
+    p.add_argument("--snapshot", help="train on this snapshot of the data registry (instead of DATA)")
+    p.add_argument("--registry", help="the data registry folder (default: data_dir/datasets)")
+    p.add_argument("--config", help="YAML config file (for data_dir)")
+    p.add_argument("--data-dir", help="the line's data directory (overrides the config)")
     p.add_argument("--out", required=True, help="output folder for <name>.onnx, card.json, CARD.md")
     p.add_argument("--name", default="model", help="model name (file name and metadata)")
     p.add_argument("--kind", choices=["classifier", "anomaly", "patchcore"], default="classifier",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -11,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from linewatch.training.dataset import sharpness
+from linewatch.training.card import code_version
+from linewatch.training.dataset import Dataset, sharpness
 from linewatch.training.network import InputSpec, preprocess
 
 
@@ -69,6 +71,26 @@ def contract_metadata(name: str, kind: str, spec: InputSpec, labels: list[str], 
         "linewatch.preprocess": f"in graph: uint8 -> float, {'avgpool ' + str(spec.pool) if spec.pool else 'bilinear'}"
                                 f" to {spec.net_size}px, (x - {spec.mean:.3f}) / {spec.std:.3f}",
     }
+
+
+def provenance_metadata(opts: Any, snapshot: str | None) -> dict[str, str]:
+    """What made the model, for lineage (docs/models.md): the training options as JSON, the code version and,
+    when the data was a snapshot of the data registry, its id (a plain folder has only `linewatch.dataset_sha256`)."""
+    meta = {"linewatch.train_params": json.dumps(train_params(opts), sort_keys=True),
+            "linewatch.code_version": code_version()}
+    if snapshot:
+        meta["linewatch.dataset_snapshot"] = snapshot
+    return meta
+
+
+def snapshot_field(ds: Dataset) -> dict[str, str]:
+    """The card's `data.snapshot` when the data came from the data registry; nothing for a plain folder."""
+    return {"snapshot": ds.snapshot} if ds.snapshot else {}
+
+
+def train_params(opts: Any) -> dict[str, Any]:
+    """The `TrainOptions` as plain JSON values (a frame size as [width, height])."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(opts).items()}
 
 
 # The side each kind's network sees when --net-size is not given (capped at the frame's): the compact networks

@@ -41,6 +41,7 @@ class Dataset:
     source: str
     images: np.ndarray | None = None  # (N, H, W) or (N, H, W, C) uint8, after load()
     targets: np.ndarray | None = None  # (N,) int64 index into labels
+    snapshot: str | None = None  # the data registry's snapshot id when read from one (data/trainset.py)
 
     @property
     def good_label(self) -> str:
@@ -194,11 +195,12 @@ def sharpness(images: np.ndarray) -> np.ndarray:
     return out
 
 
-def load_good_only(path: Path, frame_size: tuple[int, int] | None, channels: int, val_fraction: float,
+def load_good_only(path: Path | Dataset, frame_size: tuple[int, int] | None, channels: int, val_fraction: float,
                    seed: int) -> tuple[Dataset, np.ndarray, np.ndarray, np.ndarray]:
     """A good-only fit's data: the dataset loaded, its good images split into fit and validation indices,
-    and the indices of its real defects (kept for evaluation: a good-only model never fits on them)."""
-    ds = load_dataset(path, require_defects=False)
+    and the indices of its real defects (kept for evaluation: a good-only model never fits on them). `path`
+    may be a dataset already listed (a snapshot's, data/trainset.py)."""
+    ds = path if isinstance(path, Dataset) else load_dataset(path, require_defects=False)
     ds.load(frame_size, channels)
     assert ds.images is not None and ds.targets is not None
     good = np.flatnonzero(ds.targets == 0)

@@ -22,9 +22,17 @@ import numpy as np
 
 from linewatch.training.anomaly import MAP_STRIDE, _platt, synthesize
 from linewatch.training.backbone import GraphNet, build_backbone_net, same_pads
-from linewatch.training.card import code_version, write_card
-from linewatch.training.common import DEFAULT_NET_SIZE, contract_metadata, input_spec, prepared, real_defect_metrics
-from linewatch.training.dataset import load_good_only
+from linewatch.training.card import write_card
+from linewatch.training.common import (
+    DEFAULT_NET_SIZE,
+    contract_metadata,
+    input_spec,
+    prepared,
+    provenance_metadata,
+    real_defect_metrics,
+    snapshot_field,
+)
+from linewatch.training.dataset import Dataset, load_good_only
 from linewatch.training.evaluate import choose_band, evaluate
 from linewatch.training.network import GraphBuilder, InputSpec
 
@@ -159,7 +167,7 @@ def _bank_size(patches: int, fraction: float) -> int:
     return min(patches, max(MIN_BANK, min(MAX_BANK, round(fraction * patches))))
 
 
-def train_patchcore(data: Path, out_dir: Path, opts: Any, log: Any = print) -> dict[str, Any]:
+def train_patchcore(data: Path | Dataset, out_dir: Path, opts: Any, log: Any = print) -> dict[str, Any]:
     """Fit the memory bank on the good images of `data`; calibrate and evaluate on held-out ones and real defects."""
     import torch
 
@@ -208,6 +216,7 @@ def train_patchcore(data: Path, out_dir: Path, opts: Any, log: Any = print) -> d
     calibration = evaluate(np.stack([1 - p_cal, p_cal], 1), labels.numpy().astype(np.int64), ["good", "defect"], band)
     meta = contract_metadata(opts.name, "patchcore", spec, ["good", "defect"], ["defect"], band,
                              ds.images[train_idx], p_cal[labels.numpy() < 0.5], ds.content_hash())
+    meta.update(provenance_metadata(opts, ds.snapshot))
     meta["linewatch.outputs"] = "probs, anomaly_map, embedding"
     meta["linewatch.memory_bank"] = str(size)
     onnx_path = out_dir / f"{opts.name}.onnx"
@@ -237,14 +246,15 @@ def train_patchcore(data: Path, out_dir: Path, opts: Any, log: Any = print) -> d
         "memory_bank": {"size": size, "patches": len(patches), "features": int(bank.shape[1]),
                         "fraction": round(size / len(patches), 4), "taps": list(taps_for(spec.net_size)),
                         "projection_dims": PROJECTION_DIMS},
-        "data": {"source": ds.source, "dataset_sha256": meta["linewatch.dataset_sha256"], "count": len(ds.items),
+        "data": {"source": ds.source, "dataset_sha256": meta["linewatch.dataset_sha256"], **snapshot_field(ds),
+                 "count": len(ds.items),
                  "class_counts": {"good (trained on)": n_good, "defect (calibration / evaluation)":
                                                                         f"{len(cal_defects)} / {len(eval_defects)}"},
                  "split": {"train": len(train_idx), "validation": len(val_idx), "seed": opts.seed,
                            "stratified_by": "good images only"}},
         "training": {"epochs_run": 0, "best_epoch": 0, "interrupted": False, "seconds": fit_seconds,
                      "seed": opts.seed, "options": {k: v for k, v in asdict(opts).items() if k != "frame_size"},
-                     "code_version": code_version(), "torch": torch.__version__},
+                     "code_version": meta["linewatch.code_version"], "torch": torch.__version__},
         "calibration": {"platt": list(platt), "band": list(band), "target_escape": opts.target_escape,
                         "max_review": opts.max_review},
         "metrics": metrics,

@@ -23,8 +23,16 @@ from typing import Any
 import numpy as np
 
 from linewatch.training.backbone import BACKBONES, Weights, build_backbone_net, export_backbone_onnx
-from linewatch.training.card import code_version, write_card
-from linewatch.training.common import DEFAULT_NET_SIZE, EarlyStopping, contract_metadata, input_spec, prepared
+from linewatch.training.card import write_card
+from linewatch.training.common import (
+    DEFAULT_NET_SIZE,
+    EarlyStopping,
+    contract_metadata,
+    input_spec,
+    prepared,
+    provenance_metadata,
+    snapshot_field,
+)
 from linewatch.training.dataset import Dataset, load_dataset, stratified_split
 from linewatch.training.evaluate import choose_band, evaluate
 from linewatch.training.network import InputSpec, build_net, export_onnx, preprocess
@@ -167,8 +175,9 @@ def _segments(ds: Dataset, idx: np.ndarray, probs: np.ndarray, band: tuple[float
     return out
 
 
-def train(data: Path, out_dir: Path, opts: TrainOptions, log: Any = print) -> dict[str, Any]:
-    """Train on `data`, write `<out_dir>/<name>.onnx`, `card.json`, `CARD.md`; return the card."""
+def train(data: Path | Dataset, out_dir: Path, opts: TrainOptions, log: Any = print) -> dict[str, Any]:
+    """Train on `data` (a folder or manifest, or a dataset already listed: a snapshot's, data/trainset.py), write
+    `<out_dir>/<name>.onnx`, `card.json`, `CARD.md`; return the card."""
     import torch
 
     if opts.kind == "anomaly":
@@ -181,7 +190,7 @@ def train(data: Path, out_dir: Path, opts: TrainOptions, log: Any = print) -> di
         return train_patchcore(data, out_dir, opts, log)
     t0 = time.monotonic()
     torch.manual_seed(opts.seed)
-    ds = load_dataset(data)
+    ds = data if isinstance(data, Dataset) else load_dataset(data)
     ds.load(opts.frame_size, opts.channels)
     assert ds.images is not None and ds.targets is not None
     train_idx, val_idx = stratified_split(ds.targets, opts.val_fraction, opts.seed)
@@ -262,6 +271,7 @@ def train(data: Path, out_dir: Path, opts: TrainOptions, log: Any = print) -> di
     meta = contract_metadata(opts.name, "classifier", spec, ds.labels, ds.defect_labels, band,
                              ds.images[train_idx], p_defect, dataset_hash, threshold)
     meta["linewatch.temperature"] = str(temperature)
+    meta.update(provenance_metadata(opts, ds.snapshot))
     pretrained: Weights | None = getattr(net, "weights", None)
     if pretrained is not None:
         meta["linewatch.backbone"] = f"{pretrained.card()['name']} sha256 {pretrained.sha256}"
@@ -272,14 +282,14 @@ def train(data: Path, out_dir: Path, opts: TrainOptions, log: Any = print) -> di
         "name": opts.name, "kind": "classifier", "file": onnx_path.name, "labels": ds.labels,
         "input": {"layout": spec.layout, "height": h, "width": w, "channels": opts.channels, "dtype": "uint8",
                   "net_size": spec.net_size},
-        "data": {"source": ds.source, "dataset_sha256": dataset_hash, "count": len(ds.items),
+        "data": {"source": ds.source, "dataset_sha256": dataset_hash, **snapshot_field(ds), "count": len(ds.items),
                  "class_counts": {lab: int((ds.targets == i).sum()) for i, lab in enumerate(ds.labels)},
                  "split": {"train": len(train_idx), "validation": len(val_idx), "seed": opts.seed,
                            "stratified_by": "label"}},
         "training": {"epochs_run": epoch if not interrupted else stopper.best_epoch, "best_epoch": stopper.best_epoch,
                      "interrupted": interrupted, "seconds": round(time.monotonic() - t0, 1), "seed": opts.seed,
                      "options": {k: v for k, v in asdict(opts).items() if k != "frame_size"},
-                     "code_version": code_version(), "torch": torch.__version__},
+                     "code_version": meta["linewatch.code_version"], "torch": torch.__version__},
         "calibration": {"temperature": temperature, "band": list(band), "target_escape": opts.target_escape,
                         "max_review": opts.max_review},
         "metrics": {**metrics, "onnx_torch_max_abs_diff": parity},
