@@ -10,10 +10,11 @@ import uuid
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel, ConfigDict, Field
 
 from linewatch.api.body import JsonRoute
 from linewatch.api.errors import invalid, refusals
-from linewatch.api.qa import CONFIRM_TIMEOUT_S, NOT_CONFIRMED, Acknowledge
+from linewatch.api.qa import CONFIRM_TIMEOUT_S, NOT_CONFIRMED
 from linewatch.config import LineConfig
 from linewatch.reports.drift import DriftOverview, overview
 from linewatch.reports.export import ReportError, parse_time
@@ -25,6 +26,11 @@ from linewatch.wire import Endpoints, OperatorAction
 # The whole schema: FastAPI's own for an optional string (anyOf string, null) would be replaced by it anyway.
 _WHEN = {"anyOf": [{"type": "string", "maxLength": 64, "format": "date"},
                    {"type": "string", "maxLength": 64, "format": "date-time"}]}
+
+
+class Relearn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    actor: str = Field(min_length=1, max_length=64, description="Who asks for the new reference (audit log).")
 
 
 def drift_router(cfg: LineConfig) -> APIRouter:
@@ -58,7 +64,7 @@ def drift_router(cfg: LineConfig) -> APIRouter:
                         alarm_limit=limit)
 
     @router.post("/drift/{camera}/relearn", responses=refusals({404: "Unknown camera.", 503: NOT_CONFIRMED}))
-    def relearn(camera: str, who: Acknowledge) -> dict[str, Any]:
+    def relearn(camera: str, who: Relearn) -> dict[str, Any]:
         """Learn the camera's drift reference again from its next parts, after a deliberate change (a new lamp,
         a moved camera); audit-logged. Its drift alarms stay until acknowledged."""
         if camera not in [c.name for c in cfg.cameras]:
