@@ -25,6 +25,7 @@ from linewatch.training.backbone import (
 )
 from linewatch.training.common import contract_metadata
 from linewatch.training.network import InputSpec, preprocess
+from linewatch.training.trainer import TrainOptions
 from linewatch.wire import KIND_VERDICT, Verdict, encode_frame
 from tests.conftest import InferRig
 
@@ -112,7 +113,7 @@ def _cam_model(out: Path, defect_bias: float = 0.0) -> tuple[object, InputSpec, 
         if defect_bias:  # features are >= 0 (ReLU6): positive defect weights give every frame some evidence
             net._fc.weight[1:].abs_()
     meta = contract_metadata("cam", "classifier", spec, ["good", "crack", "scratch"], ["crack", "scratch"],
-                             (0.3, 0.7), frames, np.full(6, 0.1), "0" * 64)
+                             (0.3, 0.7), frames, np.full(6, 0.1), "0" * 64, TrainOptions(), None)
     export_backbone_onnx(net, spec, 1.5, meta, out)
     return net, spec, frames
 

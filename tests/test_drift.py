@@ -13,6 +13,7 @@ from linewatch.config import WatchConfig
 from linewatch.model.onnx import Model
 from linewatch.watch import (
     SKETCH_DIMS,
+    Cbpe,
     DriftWatch,
     Key,
     Reference,
@@ -304,3 +305,10 @@ def test_a_relearn_action_must_name_its_camera() -> None:
     assert OperatorAction.from_bytes(good.to_bytes()).detail == {"camera": "cam0"}
     with pytest.raises(MessageError, match=r"action: Object missing required field `camera` - at `\$.detail`"):
         OperatorAction.from_bytes(OperatorAction("drift_relearn", "qa", "r2", {}).to_bytes())
+
+
+def test_the_estimates_span_the_last_window_of_parts() -> None:
+    est = Cbpe(window=2)
+    for p, final in ((0.9, "FAIL"), (0.2, "PASS"), (0.4, "PASS")):
+        est.add(p, final, by_model=True)
+    assert est.scored == 2 and est.defect_rate == pytest.approx(0.3) and est.accuracy == pytest.approx(0.7)

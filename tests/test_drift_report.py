@@ -279,7 +279,7 @@ def test_the_window_estimates_are_the_watch_cbpe() -> None:
     PASSes (a rule's verdict and a REVIEW are not the model's PASS/FAIL)."""
     cs = CameraSeries()
     for p, final, by_model in ((0.9, "FAIL", True), (0.2, "PASS", True), (0.6, "REVIEW", True), (0.1, "FAIL", False)):
-        cs.add_score(p, final, by_model)
+        cs.estimates.add(p, final, by_model)
     rate, accuracy = cs.cbpe()
     assert rate is not None and rate.value == pytest.approx(0.45) and rate.parts == 4
     assert accuracy is not None and accuracy.value == pytest.approx(0.85) and accuracy.parts == 2

@@ -19,6 +19,8 @@ import cv2
 import imagehash
 import numpy as np
 from PIL import Image
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from linewatch.data.items import Entry
 from linewatch.training.dataset import DatasetError, order_labels, sharpness, stratified_split
@@ -163,21 +165,16 @@ def _near_duplicates(entries: list[Entry], hashes: dict[str, np.ndarray], sides:
     if len(shas) < 2:
         return
     bits = np.stack([np.packbits(hashes[s]) for s in shas])  # (n, 32) uint8
-    parent = list(range(len(shas)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    rows, cols = [], []
     for i in range(len(shas) - 1):
-        dist = np.bitwise_count(bits[i + 1:] ^ bits[i]).sum(axis=1)
-        for j in np.flatnonzero(dist <= NEAR_DISTANCE):
-            parent[root(i + 1 + int(j))] = root(i)
+        near = np.flatnonzero(np.bitwise_count(bits[i + 1:] ^ bits[i]).sum(axis=1) <= NEAR_DISTANCE)
+        rows += [i] * len(near)
+        cols += (i + 1 + near).tolist()
+    pairs = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(shas), len(shas)))
+    _, component = connected_components(pairs, directed=False)
     members: dict[int, list[str]] = {}
-    for i, s in enumerate(shas):
-        members.setdefault(root(i), []).append(s)
+    for s, c in zip(shas, component, strict=True):
+        members.setdefault(int(c), []).append(s)
     by_sha: dict[str, list[int]] = {}
     for i, e in enumerate(entries):
         by_sha.setdefault(e.sha256, []).append(i)

@@ -28,6 +28,7 @@ from linewatch.store.drift import (
     watched_parts,
 )
 from linewatch.watch.signals import SIGNALS
+from linewatch.watch.watch import Cbpe
 
 NS_MAX = 2**63 - 1
 ESTIMATES = ("estimated_defect_rate", "estimated_accuracy")  # drift_state rows that hold the CBPE estimates
@@ -262,25 +263,16 @@ class CameraSeries:
     signals: dict[str, Series] = field(default_factory=dict)
     spans: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     parts: int = 0
-    p_sum: float = 0.0  # CBPE over the window, as the watch computes it over its own: sum of p(defect) ...
-    scored: int = 0
-    correct_sum: float = 0.0  # ... and of p over the model's FAILs and 1 - p over its PASSes
-    decided: int = 0
+    estimates: Cbpe = field(default_factory=Cbpe)  # CBPE over the whole window, as the watch does over its own
 
     def add(self, name: str, t_ns: int, value: float) -> None:
         self.signals.setdefault(name, Series()).add(t_ns, value)
 
-    def add_score(self, p: float, final: str, by_model: bool) -> None:
-        self.p_sum += p
-        self.scored += 1
-        if by_model and final in ("PASS", "FAIL"):
-            self.correct_sum += p if final == "FAIL" else 1 - p
-            self.decided += 1
-
     def cbpe(self) -> tuple[Estimate | None, Estimate | None]:
         """(expected defect rate, expected accuracy of the model's PASS/FAIL verdicts) over the window."""
-        rate = Estimate(value=self.p_sum / self.scored, parts=self.scored) if self.scored else None
-        return rate, Estimate(value=self.correct_sum / self.decided, parts=self.decided) if self.decided else None
+        e = self.estimates
+        rate = Estimate(value=e.defect_rate, parts=e.scored) if e.defect_rate is not None else None
+        return rate, Estimate(value=e.accuracy, parts=e.decided) if e.accuracy is not None else None
 
 
 def load_series(data_dir: Path, since_ns: int, until_ns: int, camera: str | None = None) -> dict[str, CameraSeries]:
@@ -300,7 +292,7 @@ def load_series(data_dir: Path, since_ns: int, until_ns: int, camera: str | None
                         cs.add(name, t, float(value))
             if score is not None:
                 cs.add("score", t, float(score))
-                cs.add_score(float(score), final, decided_by == "model")
+                cs.estimates.add(float(score), final, decided_by == "model")
             cs.add("defect_rate", t, float(final != "PASS"))
             cs.add("override_rate", t, float(decided_by.startswith("rule:")))
     except sqlite3.OperationalError as exc:

@@ -23,7 +23,6 @@ from linewatch.training.common import (
     contract_metadata,
     input_spec,
     prepared,
-    provenance_metadata,
     real_defect_metrics,
     snapshot_field,
 )
@@ -165,8 +164,7 @@ def train_anomaly(data: Path | Dataset, out_dir: Path, opts: Any, log: Any = pri
     band = choose_band(p_val, lv.numpy() > 0.5, 0.5, opts.target_escape, opts.max_review)
     synthetic = evaluate(np.stack([1 - p_val, p_val], 1), lv.numpy().astype(np.int64), ["good", "defect"], band)
     meta = contract_metadata(opts.name, "anomaly", spec, ["good", "defect"], ["defect"], band, ds.images[train_idx],
-                             p_val[lv.numpy() < 0.5], ds.content_hash())
-    meta.update(provenance_metadata(opts, ds.snapshot))
+                             p_val[lv.numpy() < 0.5], ds.content_hash(), opts, ds.snapshot)
     meta["linewatch.outputs"] = "probs, anomaly_map"
     onnx_path = out_dir / f"{opts.name}.onnx"
     export_anomaly(net, spec, platt, meta, onnx_path)

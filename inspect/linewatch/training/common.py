@@ -48,12 +48,13 @@ class EarlyStopping:
 
 def contract_metadata(name: str, kind: str, spec: InputSpec, labels: list[str], defect_labels: list[str],
                       band: tuple[float, float], train_images: np.ndarray, p_defect_good: np.ndarray,
-                      dataset_sha256: str, threshold: float = 0.5) -> dict[str, str]:
-    """The `metadata_props` the worker and the fail-safe read (docs/models.md, "Training"); `threshold`: the defect
-    probability from which the model's verdict is FAIL."""
+                      dataset_sha256: str, opts: Any, snapshot: str | None,
+                      threshold: float = 0.5) -> dict[str, str]:
+    """The `metadata_props` the worker and the fail-safe read (docs/models.md, "Training"), with what made the model
+    (`provenance_metadata`); `threshold`: the defect probability from which the model's verdict is FAIL."""
     g = train_images.reshape(len(train_images), -1).astype(np.float32)
     means, stds, sharp = g.mean(axis=1), g.std(axis=1), sharpness(train_images)
-    return {
+    return provenance_metadata(opts, snapshot) | {
         "linewatch.name": name, "linewatch.kind": kind,
         "linewatch.labels": json.dumps(labels), "linewatch.defect_labels": json.dumps(defect_labels),
         "linewatch.input_layout": spec.layout, "linewatch.input_height": str(spec.height),

@@ -28,7 +28,6 @@ from linewatch.training.common import (
     contract_metadata,
     input_spec,
     prepared,
-    provenance_metadata,
     real_defect_metrics,
     snapshot_field,
 )
@@ -215,8 +214,8 @@ def train_patchcore(data: Path | Dataset, out_dir: Path, opts: Any, log: Any = p
         p_cal = torch.sigmoid(platt[0] * scores + platt[1]).numpy()
     calibration = evaluate(np.stack([1 - p_cal, p_cal], 1), labels.numpy().astype(np.int64), ["good", "defect"], band)
     meta = contract_metadata(opts.name, "patchcore", spec, ["good", "defect"], ["defect"], band,
-                             ds.images[train_idx], p_cal[labels.numpy() < 0.5], ds.content_hash())
-    meta.update(provenance_metadata(opts, ds.snapshot))
+                             ds.images[train_idx], p_cal[labels.numpy() < 0.5], ds.content_hash(), opts,
+                             ds.snapshot)
     meta["linewatch.outputs"] = "probs, anomaly_map, embedding"
     meta["linewatch.memory_bank"] = str(size)
     onnx_path = out_dir / f"{opts.name}.onnx"

@@ -30,7 +30,6 @@ from linewatch.training.common import (
     contract_metadata,
     input_spec,
     prepared,
-    provenance_metadata,
     snapshot_field,
 )
 from linewatch.training.dataset import Dataset, load_dataset, stratified_split
@@ -269,9 +268,8 @@ def train(data: Path | Dataset, out_dir: Path, opts: TrainOptions, log: Any = pr
     metrics = evaluate(probs, ds.targets[val_idx], ds.labels, band, threshold)
     dataset_hash = ds.content_hash()
     meta = contract_metadata(opts.name, "classifier", spec, ds.labels, ds.defect_labels, band,
-                             ds.images[train_idx], p_defect, dataset_hash, threshold)
+                             ds.images[train_idx], p_defect, dataset_hash, opts, ds.snapshot, threshold)
     meta["linewatch.temperature"] = str(temperature)
-    meta.update(provenance_metadata(opts, ds.snapshot))
     pretrained: Weights | None = getattr(net, "weights", None)
     if pretrained is not None:
         meta["linewatch.backbone"] = f"{pretrained.card()['name']} sha256 {pretrained.sha256}"

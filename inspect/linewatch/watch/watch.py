@@ -57,24 +57,31 @@ class _Watched:
 
 
 @dataclass
-class _Estimates:
-    """CBPE over the last `window` scored parts, kept as running sums."""
+class Cbpe:
+    """Confidence-based performance estimation over the last `window` scored parts (None: every part added), kept
+    as running sums: the expected defect rate is the mean p(defect); the expected accuracy of the model's PASS/FAIL
+    verdicts is the mean of p over its FAILs and 1 - p over its PASSes."""
 
-    window: int
+    window: int | None = None
     parts: deque[tuple[float, float | None]] = field(default_factory=deque)  # (p, correctness or None)
+    scored: int = 0
     p_sum: float = 0.0
     correct_sum: float = 0.0
     decided: int = 0
 
     def add(self, p: float, final: str, by_model: bool) -> None:
         correct = (p if final == "FAIL" else 1.0 - p) if by_model and final in ("PASS", "FAIL") else None
-        self.parts.append((p, correct))
+        self.scored += 1
         self.p_sum += p
         if correct is not None:
             self.correct_sum += correct
             self.decided += 1
+        if self.window is None:
+            return
+        self.parts.append((p, correct))
         if len(self.parts) > self.window:
             old_p, old_c = self.parts.popleft()
+            self.scored -= 1
             self.p_sum -= old_p
             if old_c is not None:
                 self.correct_sum -= old_c
@@ -82,7 +89,7 @@ class _Estimates:
 
     @property
     def defect_rate(self) -> float | None:
-        return self.p_sum / len(self.parts) if self.parts else None
+        return self.p_sum / self.scored if self.scored else None
 
     @property
     def accuracy(self) -> float | None:
@@ -105,7 +112,7 @@ class DriftWatch:
         self._keys: dict[str, dict[Key, _Watched]] = {}
         self.current: dict[str, Key] = {}  # each camera's latest key: the one its gauges and state show
         self.latched: set[tuple[str, str]] = set()  # (camera, signal) in drift, until acknowledged
-        self.estimates: dict[str, _Estimates] = {}
+        self.estimates: dict[str, Cbpe] = {}
         self.completed: list[tuple[Key, Reference]] = []  # references calibrated since last taken (to store)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="watch-calibrate")
 
@@ -121,7 +128,7 @@ class DriftWatch:
         watched = self._watched(key)
         self.current[v.camera] = key
         if v.score is not None:
-            est = self.estimates.setdefault(v.camera, _Estimates(self.cfg.window))
+            est = self.estimates.setdefault(v.camera, Cbpe(self.cfg.window))
             est.add(v.score, v.final, v.decided_by == "model")
         ref = self._ready(key, watched)
         if ref is None:
