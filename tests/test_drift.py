@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -312,3 +315,9 @@ def test_the_estimates_span_the_last_window_of_parts() -> None:
     for p, final in ((0.9, "FAIL"), (0.2, "PASS"), (0.4, "PASS")):
         est.add(p, final, by_model=True)
     assert est.scored == 2 and est.defect_rate == pytest.approx(0.3) and est.accuracy == pytest.approx(0.7)
+
+
+def test_relearn_refuses_a_camera_the_line_does_not_have(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "linewatch", "drift", "relearn", "--camera", "nope", "--actor", "qa"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert done.returncode == 2 and "error: unknown camera 'nope' (known: cam0)" in done.stderr
