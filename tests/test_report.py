@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import subprocess
 import sys
 from collections import Counter
@@ -31,7 +32,11 @@ def _final(i: int) -> str:
 
 
 def _decided_by(i: int) -> str:
-    return "rule:confidence_band" if _final(i) == "REVIEW" else "timeout" if i % 100 == 13 else "model"
+    return ("rule:confidence_band" if _final(i) == "REVIEW" else "timeout" if i % 100 == 13
+            else "not_inspected" if i % 100 == 23 else "model")
+
+
+LONG_WORD = "thermal_interlock_overtemperature_condenser_fan_warning"  # wider than most columns would be
 
 
 @pytest.fixture(scope="module")
@@ -43,19 +48,21 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         final, cam = _final(i), ("top", "side")[i % 2]
         kind = ("dent", "scratch", "stain")[i % 3] if final != "PASS" else None
         v = Verdict(cam, "s1", i, f"part-{i}", final, _decided_by(i),  # type: ignore[arg-type]
-                    reasons=[f"score {i} in band [0.2, 0.8) → REVIEW"] if final == "REVIEW" else [],
+                    reasons=[f"score {i} in band [0.2, 0.8) → REVIEW"] if final == "REVIEW"
+                    else ["dropped: the frame queue was full"] if _decided_by(i) == "not_inspected" else [],
                     recipe="flange-A", model_hash=("aa" if i < 2000 else "bb") * 32,
                     model_name="reference" if i < 2000 else "reference-v2", ruleset_hash="cc" * 32,
-                    label="defect" if final != "PASS" else "good", score=round((i % 100) / 100, 2),
+                    label=kind or "good", score=round((i % 100) / 100, 2),
                     probs={"good": 0.5, "defect": 0.5}, t_capture_ns=T0 + i * S, t_sent_ns=T0 + i * S + 1,
                     timings_ms={"queue": 0.5, "inference": 2.0}, worker="infer0",
-                    truth={"label": "defect" if kind else "good", "type": kind})
+                    truth={"label": "defect" if kind else "good", "type": f"ground-truth-{kind}" if kind else None})
         if final != "PASS" and i < 600:
             v.image = image_relpath(cam, "s1", i, final)
             save_kept(d, v.image, np.full((32, 32), i % 256, np.uint8))
         rows.append(verdict_row(v, T0 + i * S + 4_000_000, "LOT-A" if i < 1800 else "LOT-B", "early"))
     insert_verdicts(db, rows)
     insert_alarm(db, Alarm("record", "disk_low", "only 12 MB free on the data disk", "critical", T0 + 50 * S))
+    insert_alarm(db, Alarm("acquire", "camera_warning", f"camera says {LONG_WORD}", "warning", T0 + 60 * S))
     insert_alarm(db, Alarm("supervisor", "process_restart", "outside the window", "warning", T0 - 3600 * S))
     reviews = {8: ("PASS", None), 33: ("FAIL", "dent"), 4: ("PASS", None), 14: ("FAIL", "scratch")}  # id = seq + 1
     for n, (iid, (decision, label)) in enumerate(reviews.items()):
@@ -114,7 +121,7 @@ def test_json_round_trips_with_parsed_fields_and_filters(store: Path, tmp_path: 
 
 
 def test_pdf_pages_render_and_text_carries_every_section(store: Path, tmp_path: Path) -> None:
-    pdf = _report(store, tmp_path / "r.pdf", "pdf", "--lot", "LOT-A")
+    pdf = _report(store, tmp_path / "r.pdf", "pdf", "--lot", "LOT-A", "--by", "qa-anna")
     subprocess.run(["pdftoppm", "-r", "40", "-png", str(pdf), str(tmp_path / "page")], check=True)
     pages = sorted(tmp_path.glob("page-*.png"))
     assert len(pages) >= 3
@@ -127,14 +134,56 @@ def test_pdf_pages_render_and_text_carries_every_section(store: Path, tmp_path: 
     first_pass = f"{100 * c['PASS'] / len(rows):.2f} %"
     reviewed_good = 2  # inspections 4 and 8 (FAIL and REVIEW at inspection) were passed by the operator
     final_yield = f"{100 * (c['PASS'] + reviewed_good) / len(rows):.2f} %"
+    kept = [r["seq"] for r in rows if r["final"] != "PASS" and r["image"]]  # the gallery shows the most recent
+    newest, newest_review = max(kept), max(s for s in kept if _final(s) == "REVIEW")
     for needle in ("Summary", str(len(rows)), str(c["PASS"]), str(c["FAIL"]), str(c["REVIEW"]), first_pass,
                    final_yield, "Defect Pareto by type", "rule:confidence_band", "timeout", "dent", "scratch",
                    "stain", "Yield and FAIL rate over time", "Fail-safe overrides by rule",
                    "Model and rule-set versions in force", "reference", "aaaaaaaaaaaa", "cccccccccccc", "Alarms",
-                   "only 12 MB free on the data disk", "FAIL and REVIEW images (24 shown)", "part-3",
-                   "score 7 in band [0.2, 0.8)", "lot: LOT-A"):
+                   "only 12 MB free on the data disk", f"part-{newest}",
+                   f"score {newest_review} in band [0.2, 0.8)", "LOT-A",
+                   "flange-A", "line1", "by qa-anna", "Sign-off", "Quality engineer", "Signature",
+                   "Parts no model looked at", "dropped: the frame queue was full", "no reason recorded"):
         assert needle in text, needle
     assert "outside the window" not in text and "reference-v2" not in text  # other window / other lot
+    rejected = sum(1 for r in rows if r["final"] != "PASS")
+    assert f"FAIL and REVIEW images (24 shown, {rejected - 24} left out)" in text
+    assert "ground-truth" not in text  # the emulator's truth never reaches the customer's report
+    plain = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    words = plain.split()
+    for word in (LONG_WORD, "acknowledged", "severity", "cleared", "first-pass"):
+        assert word in words, word  # a table sizes its columns (its bold header too) so no word breaks
+
+
+def test_pareto_counts_the_line_and_the_reviewers_not_the_truth(store: Path) -> None:
+    from linewatch.reports.export import Query, load, pareto
+
+    ex = load(store, Query(T0, T0 + 3600 * S))
+    got = {t: (line, after) for t, line, after in pareto(ex.rows)}
+    rows = _db_rows(store)
+    rejected = [r for r in rows if r["final"] != "PASS"]
+    by_line = Counter(r["decided_by"] if r["decided_by"] != "model" else r["label"] for r in rejected)
+    assert {t: line for t, (line, _) in got.items()} == by_line
+    # reviews: 4 (FAIL, model: scratch) and 8 (REVIEW, rule) passed; 14 (FAIL model: dent... ) relabelled scratch
+    by_id = {r["id"]: r for r in rows}
+    after = Counter(by_line)
+    for iid, new in ((4, None), (8, None), (33, "dent"), (14, "scratch")):
+        r = by_id[iid]
+        after[r["decided_by"] if r["decided_by"] != "model" else r["label"]] -= 1
+        if new:
+            after[new] += 1
+    assert {t: a for t, (_, a) in got.items()} == {t: n for t, n in after.items()}
+    assert not any(t.startswith("ground-truth") for t in got)
+
+
+def test_pdf_keeps_font_subsetting_out_of_the_log(store: Path, tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    from linewatch.reports.export import Issuer, Query, export
+
+    with caplog.at_level(logging.DEBUG):
+        export(store, Query(T0, T0 + 120 * S), "pdf", tmp_path / "r.pdf", Issuer("line1", "qa-anna"))
+    assert (tmp_path / "r.pdf").stat().st_size > 10_000
+    assert not [r for r in caplog.records if r.name.startswith("fontTools") and r.levelno < logging.WARNING]
 
 
 def test_rest_download_matches_the_cli(store: Path, tmp_path: Path) -> None:

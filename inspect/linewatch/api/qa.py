@@ -23,8 +23,8 @@ from starlette.background import BackgroundTask
 from linewatch.api.body import JsonRoute
 from linewatch.api.errors import invalid, refusals
 from linewatch.config import LineConfig
+from linewatch.reports.export import Issuer, ReportError, export, parse_time
 from linewatch.reports.export import Query as ReportQuery
-from linewatch.reports.export import ReportError, export, parse_time
 from linewatch.shifts import shift_at
 from linewatch.store import current_lot, open_reader, read_rows
 from linewatch.store.actions import ActionNotConfirmed, send_action
@@ -158,7 +158,8 @@ def qa_router(cfg: LineConfig) -> APIRouter:
             raise invalid(("query", "to"), f"to ({t_to}) must be after from ({t_from})")
         tmp = Path(tempfile.mkstemp(suffix=f".{format}", prefix="linewatch-report-")[1])
         try:
-            export(cfg.data_dir, ReportQuery(window[0], window[1], lot, camera), format, tmp)
+            export(cfg.data_dir, ReportQuery(window[0], window[1], lot, camera), format, tmp,
+                   Issuer(cfg.line, "api"))
         except ReportError as exc:  # the window is checked above: what is left is a missing store
             tmp.unlink(missing_ok=True)
             raise HTTPException(503, str(exc)) from None

@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from linewatch.config import load_config
-from linewatch.reports.export import FORMATS, Query, ReportError, export, parse_time
+from linewatch.reports.export import FORMATS, Issuer, Query, ReportError, export, parse_time
 from linewatch.reports.review_export import export_reviews
 
 
@@ -66,9 +67,11 @@ def _cmd_drift_relearn(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)  # the embedded default without --config: the line's name for the header
     try:
         q = Query(parse_time(args.t_from, "--from"), parse_time(args.t_to, "--to"), args.lot, args.camera)
-        n = export(_data_dir(args), q, args.format, Path(args.out))
+        data_dir = Path(args.data_dir) if args.data_dir else cfg.data_dir
+        n = export(data_dir, q, args.format, Path(args.out), Issuer(cfg.line, args.by or getpass.getuser()))
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -101,6 +104,7 @@ def add_commands(sub: Any) -> None:
     rep.add_argument("--camera", help="only this camera")
     rep.add_argument("--format", choices=FORMATS, required=True)
     rep.add_argument("--out", required=True, help="output file")
+    rep.add_argument("--by", help="who generates the report, named in the PDF's header (default: the system user)")
     _store_args(rep)
     rep.set_defaults(func=_cmd_report)
 

@@ -69,6 +69,14 @@ class Query:
         return {"from": iso(self.t_from_ns), "to": iso(self.t_to_ns), "lot": self.lot, "camera": self.camera}
 
 
+@dataclass(frozen=True)
+class Issuer:
+    """Who a signed report is for and from: the line's name and the person (or account) who generated it."""
+
+    line: str
+    by: str
+
+
 @dataclass
 class Extract:
     """What a report shows: the rows of the window plus the alarms and models in force."""
@@ -147,14 +155,23 @@ def write_json(q: Query, rows: Iterable[dict[str, Any]], out: Path) -> int:
     return n
 
 
-def defect_type(row: dict[str, Any]) -> str:
-    """What a non-PASS part is filed under: the operator's label, the deciding rule, the truth, the model label."""
-    if row.get("review_label"):
-        return str(row["review_label"])
+def line_defect_type(row: dict[str, Any]) -> str:
+    """What the line filed a non-PASS part under when it decided: the deciding rule, else the model's label.
+
+    Never the emulator's ground truth (`truth`): the report shows what the line and its reviewers said.
+    """
     if row["decided_by"] != "model":
         return str(row["decided_by"])
-    truth = json.loads(row["truth"]) if row.get("truth") else {}
-    return str(truth.get("type") or row.get("label") or "unknown")
+    return str(row.get("label") or "unknown")
+
+
+def defect_type(row: dict[str, Any]) -> str | None:
+    """What a part is filed under after review: the reviewer's label, else the line's; None when the part is
+    finally good (PASS and not reviewed as a defect, or reviewed as good)."""
+    decision = row.get("review_decision")
+    if decision == "PASS" or (decision is None and row["final"] == "PASS"):
+        return None
+    return str(row.get("review_label") or line_defect_type(row))
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -167,8 +184,22 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "yield": good / parts if parts else None, "first_pass_yield": counts["PASS"] / parts if parts else None}
 
 
-def pareto(rows: list[dict[str, Any]]) -> list[tuple[str, int]]:
-    return Counter(defect_type(r) for r in rows if r["final"] != "PASS").most_common()
+def pareto(rows: list[dict[str, Any]]) -> list[tuple[str, int, int]]:
+    """Defect types, most frequent first: (type, parts the line rejected under it, parts under it after review).
+
+    A part reviewed as good leaves the second count; a reviewed label moves a part to its type.
+    """
+    decided = Counter(line_defect_type(r) for r in rows if r["final"] != "PASS")
+    reviewed = Counter(t for t in map(defect_type, rows) if t is not None)
+    types = sorted(decided.keys() | reviewed.keys(), key=lambda t: (-reviewed[t], -decided[t], t))
+    return [(t, decided[t], reviewed[t]) for t in types]
+
+
+def not_inspected(rows: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
+    """Parts no model looked at, by what decided them and why (the first reason): (decided_by, reason, parts)."""
+    c = Counter((r["decided_by"], (json.loads(r["reasons"] or "[]") or ["no reason recorded"])[0])
+                for r in rows if r["decided_by"] in ("timeout", "not_inspected"))
+    return [(d, why, n) for (d, why), n in c.most_common()]
 
 
 def overrides(rows: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
@@ -189,8 +220,9 @@ def versions(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
-def export(data_dir: Path, q: Query, fmt: str, out: Path) -> int:
-    """Write the report in `fmt` to `out`; returns the number of inspections in it."""
+def export(data_dir: Path, q: Query, fmt: str, out: Path, issuer: Issuer | None = None) -> int:
+    """Write the report in `fmt` to `out`; returns the number of inspections in it. The PDF's header names
+    `issuer` (line and who generated it)."""
     if fmt not in FORMATS:
         raise ReportError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     if fmt == "pdf":
@@ -198,7 +230,7 @@ def export(data_dir: Path, q: Query, fmt: str, out: Path) -> int:
 
         ex = load(data_dir, q)
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_pdf(ex, data_dir, out)
+        write_pdf(ex, data_dir, out, issuer or Issuer("linewatch", "unknown"))
         return len(ex.rows)
     conn = _open(data_dir, q)
     try:
