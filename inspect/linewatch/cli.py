@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = ("linewatch.reports.cli", "linewatch.training
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from linewatch.line.child import setup_logging
+    from linewatch.line.preflight import PreflightError, preflight
     from linewatch.line.supervisor import StartError, Supervisor
     from linewatch.model.onnx import Model, ModelError
 
@@ -32,6 +33,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         cfg = cfg.model_copy(update={"api": cfg.api.model_copy(update={"port": args.port})})
     from linewatch.failsafe import FailSafe, RulesetError
 
+    try:
+        preflight(cfg)
+    except PreflightError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         model = Model(cfg.model.path, cfg.model.providers, cfg.model.intra_op_threads)
         FailSafe(cfg.failsafe, model.frame_shape, model.info)  # a rule set that cannot be built: refuse too
