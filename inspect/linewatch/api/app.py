@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
 from linewatch.api.body import BodyLimit, JsonRoute
@@ -50,7 +51,11 @@ def _workers(run_dir: Path) -> list[dict[str, Any]]:
 def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
     """The app; `stop` ends open event streams so a shutdown never waits on a browser."""
     stop = stop or threading.Event()
-    app = FastAPI(title="linewatch", version="0.1.0", docs_url="/api/docs", openapi_url="/api/openapi.json")
+    # the API reference at /api/docs with Swagger UI from the fastapi-offline wheel: FastAPI's own page loads it
+    # from a CDN, which an appliance on a plant network cannot reach (the page stayed blank)
+    app = FastAPIOffline(title="linewatch", version="0.1.0", docs_url="/api/docs", redoc_url=None,
+                         openapi_url="/api/openapi.json", static_url="/api/docs/assets", favicon_url="data:,",
+                         swagger_ui_oauth2_redirect_url="/api/docs/oauth2-redirect")
     app.router.route_class = JsonRoute
     app.add_exception_handler(RequestValidationError, validation_refused)
     data_dir, run_dir = cfg.data_dir, cfg.run_dir
@@ -105,17 +110,20 @@ def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
         where = "WHERE acknowledged_by IS NULL" if active else ""
         return [dict(r) for r in query(f"SELECT * FROM alarms {where} ORDER BY id DESC LIMIT ?", (limit,))]
 
-    @app.get("/api/cameras/{camera}/live.jpg", response_class=FileResponse, responses={
+    @app.get("/api/cameras/{camera}/live.jpg", response_class=Response, responses={
         200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
               "description": "The camera's latest frame."},
         **refusals({404: "Unknown camera, or no image from it yet."})})
-    def live(camera: str) -> FileResponse:
+    def live(camera: str) -> Response:
+        """Read in one go: record replaces the file several times a second, and a response streamed from
+        the path could mix two frames or run past the length it declared."""
         if camera not in {c.name for c in cfg.cameras}:
             raise HTTPException(404, f"unknown camera {camera!r}")
-        path = live_path(data_dir, camera)
-        if not path.is_file():
-            raise HTTPException(404, f"no image from camera {camera!r} yet")
-        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+        try:
+            jpeg = live_path(data_dir, camera).read_bytes()
+        except FileNotFoundError:
+            raise HTTPException(404, f"no image from camera {camera!r} yet") from None
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
     @app.get("/api/events", response_class=EventSourceResponse)
     async def events() -> AsyncIterator[ServerSentEvent]:
