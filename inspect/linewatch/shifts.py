@@ -6,7 +6,7 @@ the audit log, so it survives a restart. The shift follows from the capture time
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, time, timedelta
 
 from linewatch.config import ShiftConfig
 
@@ -18,14 +18,22 @@ def _minutes(hhmm: str) -> int:
 
 def shift_at(shifts: list[ShiftConfig], t_ns: int) -> str:
     """The shift in force at t_ns (local time): the latest start at or before it, wrapping past midnight."""
+    return current_shift(shifts, t_ns)[0]
+
+
+def current_shift(shifts: list[ShiftConfig], t_ns: int) -> tuple[str, int]:
+    """The shift in force at t_ns and when it began (ns): the latest start at or before it, wrapping past
+    midnight (before the day's first start, the last shift of the day before is still on)."""
     local = datetime.fromtimestamp(t_ns / 1e9).astimezone()
     now = local.hour * 60 + local.minute
     ordered = sorted(shifts, key=lambda s: _minutes(s.start))
-    current = ordered[-1]  # before the first start of the day: the last shift of the day before
+    current, day = ordered[-1], local.date() - timedelta(days=1)
     for shift in ordered:
         if _minutes(shift.start) <= now:
-            current = shift
-    return current.name
+            current, day = shift, local.date()
+    minutes = _minutes(current.start)
+    start = datetime.combine(day, time(minutes // 60, minutes % 60)).astimezone()
+    return current.name, int(start.timestamp()) * 1_000_000_000
 
 
 class ShiftClock:

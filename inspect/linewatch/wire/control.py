@@ -37,10 +37,11 @@ class OperatorAction:
     `set_lot`: detail `{"lot": str}` (a lot `check_lot` accepts); `review`: detail `{"inspection_id": int,
     "decision": PASS|FAIL, "label": str, "note": str}`; `ack_alarm`: detail `{"alarm_id": int}`;
     `drift_relearn`: detail `{"camera": str}` (the camera's drift reference is learnt again from its next parts,
-    after a deliberate change). `request_id` lets the sender find its committed audit row.
+    after a deliberate change); `reset_counters`: detail `{}` (the HMI's "since reset" counters start now).
+    `request_id` lets the sender find its committed audit row.
     """
 
-    action: Literal["set_lot", "review", "ack_alarm", "drift_relearn"]
+    action: Literal["set_lot", "review", "ack_alarm", "drift_relearn", "reset_counters"]
     actor: str
     request_id: str
     detail: dict[str, Any]
@@ -82,8 +83,12 @@ class _RelearnDetail(TypedDict):
     camera: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
 
+class _NoDetail(TypedDict):
+    pass
+
+
 _DETAILS: dict[str, type] = {"set_lot": _LotDetail, "review": _ReviewDetail, "ack_alarm": _AckDetail,
-                             "drift_relearn": _RelearnDetail}
+                             "drift_relearn": _RelearnDetail, "reset_counters": _NoDetail}
 
 
 LOT_MAX_CHARS = 64  # the PLC's lot registers hold 64 ASCII characters
