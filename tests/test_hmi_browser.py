@@ -52,7 +52,7 @@ def test_hmi_shows_live_verdicts_counts_and_image(line, tmp_path: Path) -> None:
                                    timeout=15_000)
             assert page.locator("#last-final").text_content() in ("PASS", "FAIL", "REVIEW")
             assert page.locator("#last-part").text_content().startswith("cam0-")
-            assert page.locator("#recent > *").count() == 20
+            assert page.locator("#recent > *").count() == 10
             page.wait_for_function("document.getElementById('live-image').naturalWidth === 256", timeout=15_000)
             # One JS turn reads all counters, so no event lands between them.
             total, *counts = page.evaluate(
@@ -71,6 +71,7 @@ def test_hmi_shows_live_verdicts_counts_and_image(line, tmp_path: Path) -> None:
 def test_operator_sets_the_lot_and_triggers_a_part_from_the_screen(line) -> None:
     ln = line(cameras=[{"name": "cam0", "trigger": "software"}]).start()
     with hmi_page(ln.url) as page:
+        page.click("#tab-control")
         assert page.locator("#trigger-btn").is_visible()
         page.fill("#lot-input", "LOT-42")
         page.click("#lot-set")
@@ -83,7 +84,8 @@ def test_operator_sets_the_lot_and_triggers_a_part_from_the_screen(line) -> None
                                                      "WHERE part_id = ?", (part,)), 15, "the triggered part")
         assert rows[0]["lot"] == "LOT-42" and rows[0]["decided_by"] != "not_inspected"
         page.fill("#lot-input", " ")
-        page.click("#lot-set")  # the browser refuses an empty lot before it reaches the server
+        page.click("#lot-set")  # the screen refuses an empty lot before it reaches the server, in words
+        assert page.locator("#control-msg").text_content() == "Enter a lot id first."
         assert page.locator("#lot").text_content() == "LOT-42"
     actions = db_rows(ln.data_dir, "SELECT action, actor FROM operator_actions")
     assert [(a["action"], a["actor"]) for a in actions] == [("set_lot", "hmi")]

@@ -1,60 +1,89 @@
-'use strict';
-// linewatch operator HMI — vanilla JS, no dependencies. All data goes in via textContent.
-const $ = (id) => document.getElementById(id);
-const FINALS = ['PASS', 'FAIL', 'REVIEW'];
-const MAX_RECENT = 20;
+// linewatch operator HMI: the run screen, the live stream and the screen switch. Vanilla JS, no build step,
+// no CDN; all data goes in via textContent. Other screens live in screens.js.
+import { $, setText, getJSON, send, timeOf, num, cls, keyOf, parse, FINALS, ICONS } from './common.js';
+import { showScreen, refreshAlarms, refreshReviewCount, onAlarmEvent, initScreens } from './screens.js';
+
+const MAX_RECENT = 10;
 const FRAME_MS = 330;          // ~3 frames/s, only after the previous load finished
-const RESYNC_MS = 10000;
-const st = { counts: null, cameras: [], cam: null, lastKey: null, lastT: -Infinity, alarm: null,
-  alarmAcked: null, eventAlarm: false, wasDown: false, imgBusy: 0, imgTimer: 0 };
-
-const setText = (id, v) => { $(id).textContent = v == null || v === '' ? '—' : String(v); };
-const cls = (f) => (FINALS.includes(f) ? f : 'UNKNOWN');
-const num = (v, d) => (v == null || !Number.isFinite(Number(v)) ? '—' : Number(v).toFixed(d));
-const timeOf = (ns) => (ns ? new Date(Number(ns) / 1e6).toLocaleTimeString() : '—');
-const keyOf = (v) => v.part_id ?? `${v.camera}-${v.stream}-${v.seq}`;
-const parse = (s) => { try { return JSON.parse(s); } catch { return null; } };
-
-async function getJSON(url) {
-  const r = await fetch(url, { cache: 'no-store' });
-  if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
-  return r.json();
-}
+const RESYNC_MS = 5000;
+const TILE_MS = 250;           // the verdict tile changes at most 4 times a second: the latest part
+const HOLD_MS = 1500;          // a FAIL or REVIEW stays on the tile this long unless a newer one comes
+const st = { counters: null, period: 'shift', cameras: [], cam: null, shown: null, shownAt: 0, pending: null,
+  since: 0, imgBusy: 0, imgTimer: 0, wasDown: false, lot: null };
 
 // ---- counters -------------------------------------------------------------
-function renderCounts(serverYield) {
-  const c = st.counts;
-  if (!c) return;
-  for (const [id, v] of [['count-total', c.total], ['count-pass', c.PASS], ['count-fail', c.FAIL], ['count-review', c.REVIEW]]) setText(id, v);
-  const y = serverYield != null ? Number(serverYield) : (c.total > 0 ? c.PASS / c.total : null);
-  setText('yield', y == null || !Number.isFinite(y) ? null : `${(100 * y).toFixed(1)}%`);
+function renderCounts() {
+  const p = st.counters?.periods?.[st.period];
+  if (!p) return;
+  for (const [id, v] of [['count-total', p.total], ['count-pass', p.PASS], ['count-fail', p.FAIL], ['count-review', p.REVIEW]]) setText(id, v);
+  setText('yield', p.total > 0 ? `${(100 * p.PASS / p.total).toFixed(1)}%` : null);
+  const from = p.from_ns ? `since ${new Date(Number(p.from_ns) / 1e6).toLocaleString()}` : '';
+  $('period-label').textContent = [p.name, from].filter(Boolean).join(' · ');
+  setText('ppm', st.counters.parts_per_minute);
+}
+async function refreshCounters() {
+  st.counters = await getJSON('/api/counters');
+  renderCounts();
+}
+function countVerdict(v) {
+  for (const [name, p] of Object.entries(st.counters?.periods ?? {})) {
+    if (name === 'lot' && v.lot !== p.name) continue;
+    p.total += 1;
+    if (FINALS.includes(v.final)) p[v.final] += 1;
+  }
 }
 
-// ---- last verdict tile ----------------------------------------------------
-function renderLast(v) {
-  if (!v) return;
-  const t = Number(v.t_capture_ns) || 0;
-  if (keyOf(v) === st.lastKey || t < st.lastT) return;   // already shown, or older
-  st.lastKey = keyOf(v);
-  st.lastT = t;
+// ---- last verdict tile: the latest part, a reject held long enough to be seen ----
+function showOnTile(v) {
+  st.shown = v;
+  st.shownAt = Date.now();
+  st.since = 0;
   const tile = $('verdict');
   tile.className = `tile ${cls(v.final)}`;
-  void tile.offsetWidth;                                  // restart the flash animation
-  tile.classList.add('flash');
+  $('last-icon').textContent = ICONS[cls(v.final)] ?? '';
   setText('last-final', v.final);
   setText('last-part', v.part_id);
-  $('last-decided').textContent = `decided by ${v.decided_by ?? '?'}`;
+  $('last-decided').textContent = `decided by ${v.decided_by ?? '?'}${v.score != null ? ` · score ${num(v.score, 3)}` : ''}`;
   const ul = $('last-reasons');
   ul.replaceChildren();
   if (v.decided_by !== 'model') {
-    for (const r of v.reasons || []) ul.appendChild(document.createElement('li')).textContent = r;
+    for (const r of (v.reasons || []).slice(0, 3)) ul.appendChild(document.createElement('li')).textContent = r;
   }
   for (const d of (v.detections || []).slice(0, 3)) {     // a detection model's boxes: what it found
     const li = ul.appendChild(document.createElement('li'));
     li.className = 'detection';
     li.textContent = `${d.label} ${num(d.score, 2)}`;
   }
+  $('last-since').textContent = '';
   $('last-latency').textContent = `${v.camera ?? ''} · ${timeOf(v.t_capture_ns)} · latency ${num(v.latency_ms, 1)} ms`;
+  if (v.final !== 'PASS') showPart(v);
+}
+function offerToTile(v) {
+  const t = Number(v.t_capture_ns) || 0;
+  if (st.shown && (keyOf(v) === keyOf(st.shown) || t < Number(st.shown.t_capture_ns))) return;
+  const holding = st.shown && st.shown.final !== 'PASS' && Date.now() - st.shownAt < HOLD_MS;
+  if (holding && v.final === 'PASS') {           // a newer PASS waits; a newer reject replaces the held one
+    st.since += 1;
+    st.pending = v;
+    $('last-since').textContent = `+${st.since} part${st.since === 1 ? '' : 's'} since`;
+    return;
+  }
+  st.pending = v;
+}
+function tick() {                                 // at most TILE_MS: the browser never builds a backlog
+  const v = st.pending;
+  if (Date.now() - st.shownAt < TILE_MS) return;  // timers drift: the tile's own clock keeps the pace
+  const holding = st.shown && st.shown.final !== 'PASS' && Date.now() - st.shownAt < HOLD_MS;
+  if (v && (!holding || v.final !== 'PASS')) { st.pending = null; showOnTile(v); }
+}
+function showPart(v) {
+  if (v.id == null || !v.image) return;
+  const fig = $('part-figure');
+  const im = $('part-image');
+  im.onerror = () => { im.onerror = () => { fig.hidden = true; }; im.src = `/api/inspections/${v.id}/image`; };
+  im.src = `/api/inspections/${v.id}/heatmap.png`;
+  $('part-caption').textContent = `${v.final} ${v.part_id ?? ''} · ${v.decided_by ?? ''} · ${timeOf(v.t_capture_ns)}`;
+  fig.hidden = false;
 }
 
 // ---- recent list ----------------------------------------------------------
@@ -62,39 +91,25 @@ function makeRow(v) {
   const tr = document.createElement('tr');
   tr.className = `final-${cls(v.final)}`;
   tr.dataset.key = keyOf(v);
-  for (const x of [timeOf(v.t_capture_ns), v.seq, v.final, v.decided_by, num(v.score, 3)]) {
+  for (const x of [timeOf(v.t_capture_ns), v.seq, `${ICONS[cls(v.final)] ?? ''} ${v.final}`, v.decided_by, num(v.score, 3)]) {
     tr.appendChild(document.createElement('td')).textContent = x == null ? '—' : String(x);
   }
   return tr;
 }
-function addRecent(v) {
+const recentQueue = [];
+function flushRecent() {
+  if (!recentQueue.length) return;
   const tb = $('recent');
-  const k = keyOf(v);
-  if ([...tb.children].some((tr) => tr.dataset.key === k)) return false;
-  tb.prepend(makeRow(v));
+  const known = new Set([...tb.children].map((tr) => tr.dataset.key));
+  const fresh = recentQueue.splice(0).slice(-MAX_RECENT).filter((v) => !known.has(keyOf(v)));
+  for (const v of fresh) tb.prepend(makeRow(v));
   while (tb.children.length > MAX_RECENT) tb.lastElementChild.remove();
-  return true;
 }
 async function loadRecent() {
   const rows = await getJSON(`/api/inspections?limit=${MAX_RECENT}`);
   $('recent').replaceChildren(...(Array.isArray(rows) ? rows : []).slice(0, MAX_RECENT).map(makeRow));
+  if (rows.length && !st.shown) showOnTile(rows[0]);
 }
-
-// ---- alarms ---------------------------------------------------------------
-function showAlarm(a, fromEvent) {
-  if (!a || (a.id != null && a.id === st.alarmAcked)) return;
-  st.alarm = a;
-  if (fromEvent) st.eventAlarm = true;
-  const head = [String(a.severity || 'alarm').toUpperCase(), a.source, a.kind].filter(Boolean).join(' · ');
-  $('alarm-text').textContent = `${head} — ${a.message ?? ''} (${timeOf(a.t_ns)})`;
-  $('alarm-banner').hidden = false;
-}
-function hideAlarm() {
-  $('alarm-banner').hidden = true;
-  st.alarm = null;
-  st.eventAlarm = false;
-}
-$('alarm-ack').addEventListener('click', () => { st.alarmAcked = st.alarm?.id ?? null; hideAlarm(); });
 
 // ---- status ---------------------------------------------------------------
 async function refreshStatus() {
@@ -107,23 +122,28 @@ async function refreshStatus() {
   $('providers').textContent = (m.providers || []).join(', ');
   $('rules-only').hidden = !s.rules_only;
   document.title = `linewatch · ${s.line ?? ''}`;
-  const c = s.counts || {};
-  st.counts = { PASS: c.PASS || 0, FAIL: c.FAIL || 0, REVIEW: c.REVIEW || 0 };
-  st.counts.total = c.total ?? st.counts.PASS + st.counts.FAIL + st.counts.REVIEW;
-  renderCounts(s.yield);
   st.triggers = s.triggers || {};
   setCameras(Array.isArray(s.cameras) ? s.cameras : []);
   showTrigger();
-  renderLast(s.last);
   document.body.dataset.ready = '1';
-  if (s.alarms_active > 0) {
-    const list = await getJSON('/api/alarms?active=1');
-    if (Array.isArray(list) && list.length) {
-      showAlarm(list.reduce((a, b) => ((b.t_ns ?? b.id ?? 0) > (a.t_ns ?? a.id ?? 0) ? b : a)));
-    }
-  } else if (!st.eventAlarm) hideAlarm();
 }
-const resync = () => Promise.all([refreshStatus(), loadRecent()]).catch((e) => console.warn('resync', e));
+const STATE_ICONS = { running: '●', paused: '⏸', 'camera lost': '⚠', 'model down': '⚠', drift: '≈', 'process down': '⚠' };
+async function refreshLine() {
+  const l = await getJSON('/api/line');
+  const el = $('line-state');
+  el.className = `state ${l.state.replace(/\s+/g, '-')}`;
+  el.title = (l.conditions || []).map((c) => `${c.state}: ${c.detail}`).join('\n');
+  el.querySelector('.icon').textContent = STATE_ICONS[l.state] ?? '⚠';
+  $('line-state-text').textContent = l.state;
+}
+async function refreshLot() {
+  const l = await getJSON('/api/lot');
+  st.lot = l.lot;
+  setText('lot', l.lot);
+  setText('shift', l.shift);
+}
+const resync = () => Promise.all([refreshStatus(), loadRecent(), refreshCounters(), refreshLine(), refreshLot(),
+  refreshAlarms(), refreshReviewCount()]).catch((e) => console.warn('resync', e));
 
 // ---- live camera image ----------------------------------------------------
 const img = $('live-image');
@@ -152,7 +172,7 @@ function selectCam(c) {
 function nextFrame() {
   clearTimeout(st.imgTimer);
   if (!st.cam) return;
-  if (document.hidden) { st.imgTimer = setTimeout(nextFrame, 1000); return; }
+  if (document.hidden || $('screen-run').hidden) { st.imgTimer = setTimeout(nextFrame, 1000); return; }
   st.imgBusy = Date.now();
   img.src = `/api/cameras/${encodeURIComponent(st.cam)}/live.jpg?t=${Date.now()}`;
 }
@@ -178,13 +198,11 @@ function setConn(live) {
   el.className = `conn ${live ? 'up' : 'down'}`;
 }
 function onVerdict(v) {
-  if (!v || !addRecent(v)) return;        // ignore duplicates of rows already listed
-  if (st.counts) {
-    st.counts.total += 1;
-    if (FINALS.includes(v.final)) st.counts[v.final] += 1;
-    renderCounts();
-  }
-  renderLast(v);
+  if (!v) return;
+  countVerdict(v);
+  offerToTile(v);
+  recentQueue.push(v);
+  if (v.final === 'REVIEW') refreshReviewCount().catch(() => {});
 }
 function connect() {
   const es = new EventSource('/api/events');
@@ -196,46 +214,34 @@ function connect() {
   };
   es.addEventListener('verdict', (e) => onVerdict(parse(e.data)));
   es.addEventListener('alarm', (e) => {
-    showAlarm(parse(e.data), true);
-    refreshStatus().catch((err) => console.warn('status', err)); // e.g. rules-only mode began or ended
+    onAlarmEvent(parse(e.data));
+    refreshStatus().catch(() => {});
+    refreshLine().catch(() => {});
   });
 }
+// Renders happen on timers, never per event: at 50 parts/s the page shows the latest state, no backlog.
+setInterval(() => { tick(); flushRecent(); renderCounts(); }, TILE_MS);
 
-// ---- operator controls: lot and software trigger -------------------------
-const say = (msg) => { $('control-msg').textContent = msg; };
+// ---- controls on the run screen's data -------------------------------------
 function showTrigger() { $('trigger-btn').hidden = !(st.triggers && st.triggers[st.cam] === 'software'); }
-async function send(method, url, body) {
-  const r = await fetch(url, { method, headers: { 'Content-Type': 'application/json' },
-                               body: body ? JSON.stringify(body) : undefined });
-  const data = await r.json().catch(() => ({}));
-  if (!r.ok) throw new Error(typeof data.detail === 'string' ? data.detail : `${r.status} ${r.statusText}`);
-  return data;
-}
-async function refreshLot() {
-  try { setText('lot', (await getJSON('/api/lot')).lot); } catch (e) { console.warn('lot', e); }
-}
-$('lot-form').addEventListener('submit', async (e) => {
-  e.preventDefault();
-  const lot = $('lot-input').value.trim();
-  try {
-    await send('PUT', '/api/lot', { lot, actor: 'hmi' });
-    $('lot-input').value = '';
-    say(`lot ${lot} set`);
-    refreshLot();
-  } catch (err) { say(`lot not set: ${err.message}`); }
-});
 $('trigger-btn').addEventListener('click', async () => {
   try {
     const r = await send('POST', `/api/cameras/${encodeURIComponent(st.cam)}/trigger`);
-    say(`triggered ${r.part_id}`);
-  } catch (err) { say(`trigger failed: ${err.message}`); }
+    $('control-msg').textContent = `triggered ${r.part_id}`;
+  } catch (err) { $('control-msg').textContent = `trigger failed: ${err.message}`; }
 });
+$('period-select').addEventListener('change', (e) => { st.period = e.target.value; renderCounts(); });
 
 // ---- start ----------------------------------------------------------------
+initScreens({ afterLot: () => refreshLot().catch(() => {}), afterReset: () => refreshCounters().catch(() => {}) });
+window.addEventListener('hashchange', () => showScreen(location.hash.slice(1)));
+showScreen(location.hash.slice(1));
 setInterval(() => { $('clock').textContent = new Date().toLocaleTimeString(); }, 1000);
-setInterval(() => { refreshStatus().catch((e) => console.warn('status', e)); refreshLot(); }, RESYNC_MS);
+setInterval(() => {
+  Promise.all([refreshStatus(), refreshCounters(), refreshLine(), refreshLot(), refreshAlarms(),
+    refreshReviewCount()]).catch((e) => console.warn('status', e));
+}, RESYNC_MS);
 (async function boot() {
   try { await resync(); } finally { if (!document.body.dataset.ready) setTimeout(boot, 2000); }
 })();
 connect();
-refreshLot();
