@@ -11,6 +11,7 @@ from linewatch.config.base import _Strict
 from linewatch.config.cameras import MAX_CAMERAS, CameraConfig
 from linewatch.config.failsafe import FailsafeConfig
 from linewatch.config.plc import PlcConfig
+from linewatch.config.remote import RemoteWorkersConfig
 from linewatch.config.watch import WatchConfig
 from linewatch.paths import DEFAULT_MODEL
 
@@ -44,7 +45,8 @@ class ModelConfig(_Strict):
 
 
 class InferConfig(_Strict):
-    workers: int = Field(1, ge=1, le=32, description="Inference worker processes.")
+    workers: int = Field(1, ge=0, le=32, description="Inference worker processes the line starts (0: only remote "
+                         "workers decide, infer.remote enabled).")
     max_batch: int = Field(4, ge=1, le=256, description="Frames run together when several are waiting.")
     frame_queue: int = Field(
         8, ge=1, le=1000, description="Frames queued per worker before acquire drops (deep enough to ride out "
@@ -69,6 +71,8 @@ class InferConfig(_Strict):
         0, ge=0, le=4096, description="Shared-memory frame slots per camera (0 = enough for every queue and "
         "batch: frame_queue x (workers + 1) + workers x max_batch + 2)."
     )
+    remote: RemoteWorkersConfig = Field(default_factory=RemoteWorkersConfig,
+                                        description="Workers in other processes or on other hosts, over TCP.")
 
 
 class RecordConfig(_Strict):
@@ -179,6 +183,18 @@ class LineConfig(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"camera names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+    @model_validator(mode="after")
+    def _remote_workers_inline(self) -> LineConfig:
+        remote = self.infer.remote
+        if remote.enabled and self.infer.transport != "inline":
+            raise ValueError("infer.remote needs infer.transport: inline (a remote worker cannot read this host's "
+                             "shared memory)")
+        if not remote.enabled and self.infer.workers == 0:
+            raise ValueError("infer.workers is 0 and infer.remote is not enabled: no worker would decide the parts")
+        if remote.enabled and remote.port + len(self.cameras) > 65535:
+            raise ValueError(f"infer.remote.port {remote.port} leaves no port for camera {len(self.cameras)}")
         return self
 
     @property
