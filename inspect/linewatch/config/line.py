@@ -12,6 +12,7 @@ from linewatch.config.cameras import MAX_CAMERAS, CameraConfig
 from linewatch.config.failsafe import FailsafeConfig
 from linewatch.config.plc import PlcConfig
 from linewatch.config.remote import RemoteWorkersConfig
+from linewatch.config.ship import ShipConfig
 from linewatch.config.watch import WatchConfig
 from linewatch.paths import DEFAULT_MODEL
 
@@ -153,6 +154,8 @@ class LineConfig(_Strict):
     watch: WatchConfig = Field(default_factory=WatchConfig, description="Drift watch over every camera's signals.")
     api: ApiConfig = Field(default_factory=ApiConfig, description="Web app: HMI, REST, metrics.")
     plc: PlcConfig = Field(default_factory=PlcConfig, description="Modbus TCP server for the line's PLC.")
+    ship: ShipConfig = Field(default_factory=ShipConfig, description="Fleet results: the store shipped to a "
+                             "central PostgreSQL.")
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig, description="Restarts and stopping.")
     shifts: list[ShiftConfig] = Field(default_factory=_default_shifts, min_length=1, max_length=24,
                                       description="Shift schedule; each row records the shift it was captured in.")

@@ -28,6 +28,7 @@ ROLES = {
     "acquire": "linewatch.acquire.process:Acquire",
     "api": "linewatch.api.app:Api",
     "plc": "linewatch.plc.process:Plc",
+    "ship": "linewatch.ship.process:Ship",
 }
 
 
