@@ -135,7 +135,7 @@ def test_outage_of_postgresql_delays_rows_and_loses_none(pg: Postgres, shippers:
         record(s.db, range(2000, 3000))
         apply_action(s.db, OperatorAction("ack_alarm", "anna", uuid.uuid4().hex, {"alarm_id": 2}))  # a changed row
         insert_alarm(s.db, Alarm(source="plc", kind="fail_streak", message="3 FAILs", severity="critical"))
-        wait_for(lambda: metric(s.metrics(), "linewatch_ship_lag_seconds", table="linewatch_inspections") > 0.5,
+        wait_for(lambda: metric(s.metrics(), "linewatch_ship_lag_seconds", table="inspections") > 0.5,
                  15, "the lag to grow while PostgreSQL is down")
         text = s.metrics()
         assert metric(text, "linewatch_ship_connected") == 0
@@ -221,7 +221,7 @@ def test_ship_runs_as_a_process_of_the_line(pg: Postgres, tmp_path: Path) -> Non
     try:
         wait_for(lambda: shipped(pg, "press9") == 300, 30, "the line's rows")
         text = multiprocess_metrics(cfg.run_dir / "metrics")
-        assert metric(text, "linewatch_ship_rows_total", table="linewatch_inspections") == 300
+        assert metric(text, "linewatch_ship_rows_total", table="inspections") == 300
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -111,9 +111,11 @@ WATCH_SECONDS = Counter(
 )
 SHIP_LAG = Gauge(
     "linewatch_ship_lag_seconds", "Age of the oldest row of the line's store not yet in the central PostgreSQL "
-    "(0 when every row is shipped), per table.", ["table"], multiprocess_mode="liveall",
+    "(0 when every row is shipped), per table of the store.", ["table"], multiprocess_mode="liveall",
 )
-SHIP_ROWS = Counter("linewatch_ship_rows", "Rows upserted into the central PostgreSQL, per table.", ["table"])
+SHIP_ROWS = Counter(
+    "linewatch_ship_rows", "Rows upserted into the central PostgreSQL, per table of the store.", ["table"]
+)
 SHIP_ERRORS = Counter(
     "linewatch_ship_errors", "Shipping passes that failed, by reason (PostgreSQL's error class, or store).",
     ["reason"],

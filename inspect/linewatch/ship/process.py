@@ -120,7 +120,7 @@ class Ship:
                     continue
                 upsert(conn, self.cfg.line, table, rows, new)
                 self.marks[table.source] = new
-                metrics.SHIP_ROWS.labels(table.target).inc(len(rows))
+                metrics.SHIP_ROWS.labels(table.source).inc(len(rows))
                 full = full or new.last_id - mark.last_id >= self.cfg.ship.batch_rows
         finally:
             reader.close()
@@ -147,7 +147,7 @@ class Ship:
             worst = 0.0
             for table in SHIPPED:
                 lag = lag_s(reader, table, self.marks[table.source])
-                metrics.SHIP_LAG.labels(table.target).set(lag)
+                metrics.SHIP_LAG.labels(table.source).set(lag)
                 worst = max(worst, lag)
         except sqlite3.Error as exc:
             log.warning("lag not measured: %s", exc)
