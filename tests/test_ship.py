@@ -8,7 +8,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,7 +71,11 @@ class Shipper:
         return self
 
     def metrics(self) -> str:
-        return http_text(f"http://127.0.0.1:{self.port}/metrics")
+        """ship's /metrics; empty while it is still starting."""
+        try:
+            return http_text(f"http://127.0.0.1:{self.port}/metrics")
+        except OSError:
+            return ""
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -163,7 +166,6 @@ def test_ship_killed_mid_batch_resumes_from_its_mark(pg: Postgres, shippers: Any
     assert s.proc is not None
     s.proc.send_signal(signal.SIGKILL)
     s.proc.wait()
-    time.sleep(0.3)  # the server notices the dead client and rolls its transaction back
     done = shipped(pg, "press2")
     assert done < rows, "killed before it finished"
     (mark,) = central(pg, "SELECT last_id FROM linewatch_ship_marks WHERE line = %s AND source = 'inspections'",
@@ -236,3 +238,22 @@ def multiprocess_metrics(directory: Path) -> str:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
     return generate_latest(registry).decode()
+
+
+def test_a_wrong_password_is_refused_counted_and_never_logged(pg: Postgres, shippers: Any, tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not-the-password-7f3a\n")
+    s = shippers("press7", password_file=str(wrong))
+    record(s.db, range(10))
+    s.start()
+    wait_for(lambda: metric(s.metrics(), "linewatch_ship_errors_total", reason="OperationalError") >= 1, 20,
+             "the refused login counted")
+    assert shipped(pg, "press7") == 0
+    s.stop()
+    log = s.log.read_text()
+    assert "password authentication failed" in log and "not-the-password-7f3a" not in log
+
+    out = subprocess.run([sys.executable, "-m", "linewatch", "fleet", "--config", str(s.config)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "password authentication failed" in out.stderr
+    assert "not-the-password-7f3a" not in out.stderr
