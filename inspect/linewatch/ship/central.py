@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
@@ -36,13 +37,13 @@ SHIPPED = (
     Shipped("operator_actions", "linewatch_audit", (("id", "bigint"),), "t_ns"),
 )
 
-_MARKS = """CREATE TABLE IF NOT EXISTS linewatch_ship_marks (
+_MARKS = """CREATE TABLE linewatch_ship_marks (
     line text NOT NULL, source text NOT NULL, last_id bigint NOT NULL, changed_ns bigint NOT NULL DEFAULT 0,
     updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (line, source))"""
 
 #: QA across lines: one row per line, camera, recipe and day (UTC) of capture; `not_inspected` counts the parts
 #: no worker decided (deadline timeouts, drops, camera losses), all of them FAILs.
-_FLEET_QA = """CREATE OR REPLACE VIEW linewatch_fleet_qa AS
+_FLEET_QA = """CREATE VIEW linewatch_fleet_qa AS
 SELECT line, camera, row->>'recipe' AS recipe,
        date_trunc('day', to_timestamp((row->>'t_capture_ns')::numeric / 1e9)) AS day,
        count(*) AS parts,
@@ -54,7 +55,7 @@ SELECT line, camera, row->>'recipe' AS recipe,
        max(shipped_at) AS last_shipped_at
 FROM linewatch_inspections GROUP BY 1, 2, 3, 4"""
 
-_FLEET_ALARMS = """CREATE OR REPLACE VIEW linewatch_fleet_open_alarms AS
+_FLEET_ALARMS = """CREATE VIEW linewatch_fleet_open_alarms AS
 SELECT line, id, to_timestamp(t_ns / 1e9) AS raised_at, row->>'source' AS source, row->>'kind' AS kind,
        row->>'severity' AS severity, row->>'message' AS message
 FROM linewatch_alarms WHERE row->>'acknowledged_by' IS NULL AND row->>'t_cleared_ns' IS NULL"""
@@ -63,19 +64,25 @@ _SCHEMA_LOCK = 0x6C696E65  # one advisory lock: two lines creating the schema at
 
 
 def ensure_schema(conn: psycopg.Connection[Any]) -> None:
-    """Create the tables and views ship needs, if missing (every line runs this; it is idempotent)."""
+    """Create the tables and views ship needs that are missing (every line runs this at each connection). Only
+    what is missing is created: once they exist, the role needs no CREATE privilege nor to own them."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [_SCHEMA_LOCK])
         for table in SHIPPED:
             keys = ", ".join(f"{name} {kind} NOT NULL" for name, kind in table.keys)
             own_id = "" if any(name == "id" for name, _ in table.keys) else "id bigint NOT NULL, "
             key_names = ", ".join(name for name, _ in table.keys)
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {table.target} (line text NOT NULL, {keys}, {own_id}"
-                         "t_ns bigint, row jsonb NOT NULL, shipped_at timestamptz NOT NULL DEFAULT now(), "
-                         f"PRIMARY KEY (line, {key_names}))")
-        conn.execute(_MARKS)
-        conn.execute(_FLEET_QA)
-        conn.execute(_FLEET_ALARMS)
+            _create(conn, table.target, f"CREATE TABLE {table.target} (line text NOT NULL, {keys}, {own_id}"
+                    "t_ns bigint, row jsonb NOT NULL, shipped_at timestamptz NOT NULL DEFAULT now(), "
+                    f"PRIMARY KEY (line, {key_names}))")
+        _create(conn, "linewatch_ship_marks", _MARKS)
+        _create(conn, "linewatch_fleet_qa", _FLEET_QA)
+        _create(conn, "linewatch_fleet_open_alarms", _FLEET_ALARMS)
+
+
+def _create(conn: psycopg.Connection[Any], name: str, ddl: str) -> None:
+    if conn.execute("SELECT to_regclass(%s) IS NULL", [name]).fetchone() == (True,):
+        conn.execute(ddl)
 
 
 @dataclass
@@ -106,7 +113,7 @@ def upsert(conn: psycopg.Connection[Any], line: str, table: Shipped, rows: list[
     if "id" in names:
         sql = sql.replace("SET id = EXCLUDED.id, ", "SET ")
     values = [[line, *(r[n] for n in names), *([] if "id" in names else [r["id"]]), r.get(table.t_column),
-               Jsonb(r)] for r in rows]
+               Jsonb(r, dumps=_json)] for r in rows]
     with conn.transaction(), conn.cursor() as cur:
         if values:
             cur.executemany(sql, values)
@@ -114,3 +121,9 @@ def upsert(conn: psycopg.Connection[Any], line: str, table: Shipped, rows: list[
                     "ON CONFLICT (line, source) DO UPDATE SET last_id = EXCLUDED.last_id, "
                     "changed_ns = EXCLUDED.changed_ns, updated_at = now()",
                     [line, table.source, mark.last_id, mark.changed_ns])
+
+
+def _json(row: dict[str, Any]) -> str:
+    """A row as JSON for `jsonb`: an infinite REAL (SQLite keeps one, jsonb refuses it) becomes null rather than
+    stall shipping on that row."""
+    return orjson.dumps(row).decode()
