@@ -103,6 +103,7 @@ def test_connect_address_is_checked() -> None:
 @pytest.mark.parametrize(("infer", "message"), [
     ({"remote": {"enabled": True}}, "infer.remote needs infer.transport: inline"),
     ({"workers": 0}, "no worker would decide the parts"),
+    ({"transport": "inline", "remote": {"enabled": True, "port": 8079}}, "api.port 8080 is one of infer.remote's"),
 ])
 def test_remote_workers_config_is_refused_when_it_cannot_work(infer: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):

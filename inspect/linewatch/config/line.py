@@ -198,6 +198,11 @@ class LineConfig(_Strict):
             raise ValueError("infer.workers is 0 and infer.remote is not enabled: no worker would decide the parts")
         if remote.enabled and remote.port + len(self.cameras) > 65535:
             raise ValueError(f"infer.remote.port {remote.port} leaves no port for camera {len(self.cameras)}")
+        taken = {"api.port": self.api.port, **({"plc.port": self.plc.port} if self.plc.enabled else {})}
+        for name, port in taken.items():
+            if remote.enabled and remote.port <= port <= remote.port + len(self.cameras):
+                raise ValueError(f"{name} {port} is one of infer.remote's ports ({remote.port} to "
+                                 f"{remote.port + len(self.cameras)}: record's, then one per camera)")
         return self
 
     @property

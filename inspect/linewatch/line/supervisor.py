@@ -145,7 +145,7 @@ class Supervisor:
             alarms.raise_alarm("process_restart", f"{child.name} died ({how}); restarting in {delay:.1f} s")
 
     def _stop_all(self) -> None:
-        """Reverse start order: acquire, api/plc/infer, record; whatever is left after the grace is killed."""
+        """Reverse start order: acquire, api/plc/infer/ship, record; whatever is left after the grace is killed."""
         budget_end = time.monotonic() + self.cfg.supervisor.stop_timeout_s
         stages = [["acquire"], ["api", "plc", "infer", "ship"], ["record"]]
         for roles in stages:
