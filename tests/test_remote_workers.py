@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,13 +24,13 @@ FRAMES = 200
 
 
 def consecutive_free_ports(n: int) -> int:
-    """A port p with p .. p + n - 1 all free on loopback (record's port, then one per camera)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + n > 65535:
-            continue
+    """A port p with p .. p + n - 1 all free on loopback (record's port, then one per camera), below the ephemeral
+    range: there no outgoing connection takes it meanwhile (another test's, or a worker's own connection attempt
+    to that very port, which TCP can turn into a connection to itself)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(10_000, low - n)
         socks = [socket.socket() for _ in range(n)]
         try:
             for i, sock in enumerate(socks):
