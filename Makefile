@@ -24,8 +24,9 @@ $(VENV)/.dev: $(BIN)/linewatch
 setup-dev: $(VENV)/.dev system-deps
 
 # Debian packages the tests use: chromium (HMI in a real browser), prometheus (promtool checks
-# /metrics), poppler-utils (PDF reports to PNG and text), mbpoll (an independent Modbus client).
-SYSTEM_TOOLS := chromium:chromium promtool:prometheus pdftoppm:poppler-utils mbpoll:mbpoll
+# /metrics), poppler-utils (PDF reports to PNG and text), mbpoll (an independent Modbus client),
+# postgresql (the central server `linewatch ship` ships to; pg_ctlcluster is on PATH with its server).
+SYSTEM_TOOLS := chromium:chromium promtool:prometheus pdftoppm:poppler-utils mbpoll:mbpoll pg_ctlcluster:postgresql
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \

@@ -30,7 +30,7 @@ def test_default_needs_no_file() -> None:
         ({"cameras": [{"source": {"type": "ftp"}}]}, "cameras[0].source"),
         ({"cameras": []}, "cameras: needs at least 1 item"),
         ({"cameras": [{"name": "a"}, {"name": "a"}]}, "camera names must be unique, repeated: a"),
-        ({"infer": {"workers": 0}}, "infer.workers: must be >= 1 (got 0)"),
+        ({"infer": {"workers": -1}}, "infer.workers: must be >= 0 (got -1)"),
         ({"infer": {"wrokers": 2}}, "infer.wrokers: unknown field"),
         ({"failsafe": {"review_band": [0.9, 0.1]}}, "failsafe.review_band: must satisfy"),
         ({"failsafe": {"uncertain_verdict": "MAYBE"}}, "failsafe.uncertain_verdict: must be one of"),
@@ -46,7 +46,7 @@ def test_errors_name_the_path_and_value(data: dict, expected: str) -> None:
 
 def test_all_errors_reported_at_once() -> None:
     with pytest.raises(ConfigError) as err:
-        parse_config({"infer": {"workers": 0, "max_batch": 0}, "api": {"port": -1}})
+        parse_config({"infer": {"workers": -1, "max_batch": 0}, "api": {"port": -1}})
     assert len(err.value.problems) == 3
 
 

@@ -16,7 +16,8 @@ from linewatch.config import ConfigError, LineConfig, load_config
 #: Modules that add their own subcommands: each has `add_commands(subparsers)`.
 COMMAND_MODULES: tuple[str, ...] = ("linewatch.reports.cli", "linewatch.training.cli", "linewatch.acquire.cli",
                                        "linewatch.failsafe.cli", "linewatch.model.cli",
-                                       "linewatch.data.cli",)
+                                       "linewatch.data.cli", "linewatch.infer.cli",
+                                       "linewatch.ship.cli",)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -132,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(module).add_commands(sub)
 
     child = sub.add_parser("child")  # internal: one process of the line, started by `run`
-    child.add_argument("role", choices=["record", "infer", "acquire", "api", "plc"])
+    child.add_argument("role", choices=["record", "infer", "acquire", "api", "plc", "ship"])
     child.add_argument("index", type=int)
     child.add_argument("--run-dir", required=True)
     child.set_defaults(func=_cmd_child)

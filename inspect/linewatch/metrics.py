@@ -109,12 +109,28 @@ REALISED_ACCURACY = Gauge(
 WATCH_SECONDS = Counter(
     "linewatch_watch_cpu_seconds", "CPU time spent on drift signals (infer) and detectors (record).", ["process"]
 )
+SHIP_LAG = Gauge(
+    "linewatch_ship_lag_seconds", "Age of the oldest row of the line's store not yet in the central PostgreSQL "
+    "(0 when every row is shipped), per table of the store.", ["table"], multiprocess_mode="liveall",
+)
+SHIP_ROWS = Counter(
+    "linewatch_ship_rows", "Rows upserted into the central PostgreSQL, per table of the store.", ["table"]
+)
+SHIP_ERRORS = Counter(
+    "linewatch_ship_errors", "Shipping passes that failed, by reason (PostgreSQL's error class, or store).",
+    ["reason"],
+)
+SHIP_CONNECTED = Gauge(
+    "linewatch_ship_connected", "1 while ship holds a working connection to the central PostgreSQL.",
+    multiprocess_mode="liveall",
+)
 
 ALL = (FRAMES_ACQUIRED, FRAMES_DROPPED, FRAMES_INSPECTED, VERDICTS, MESSAGES_REJECTED, LATE_VERDICTS, ALARMS,
        RESTARTS, INFERENCE_SECONDS, END_TO_END_SECONDS, MODEL_INFO, MODEL_UP, IMAGES_DROPPED, IMAGES_PRUNED,
        RULES_ONLY, FAILSAFE_OVERRIDES, PLC_CLIENTS, PLC_REQUESTS, PLC_EXCEPTIONS, PLC_ERRORS, PLC_COMMANDS,
        STAGE_SECONDS, FRAME_SLOTS_RECLAIMED, ROWS_LOST, DRIFT_STATISTIC, DRIFT_ACTIVE,
-       ESTIMATED_ACCURACY, ESTIMATED_DEFECT_RATE, REALISED_ACCURACY, WATCH_SECONDS)
+       ESTIMATED_ACCURACY, ESTIMATED_DEFECT_RATE, REALISED_ACCURACY, WATCH_SECONDS,
+       SHIP_LAG, SHIP_ROWS, SHIP_ERRORS, SHIP_CONNECTED)
 
 
 def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:

@@ -38,6 +38,7 @@ from linewatch.wire import (
     encode_frame,
 )
 from linewatch.wire.channels import AlarmSender
+from linewatch.wire.endpoints import tcp_frames
 from linewatch.wire.frame_ring import FrameRing, RingError, clear_stale_rings, default_slots
 from linewatch.wire.ready import mark_ready
 
@@ -56,7 +57,7 @@ def frame_sndbuf(frame_bytes: int) -> int:
 
 class Acquire:
     def __init__(self, cfg: LineConfig, index: int, stop: threading.Event):
-        self.cfg, self.cam, self.stop = cfg, cfg.cameras[index], stop
+        self.cfg, self.cam, self.index, self.stop = cfg, cfg.cameras[index], index, stop
         self.endpoints = Endpoints(cfg.run_dir)
         self.stream = secrets.token_hex(4)
         self.seq = 0
@@ -73,6 +74,9 @@ class Acquire:
         self.frames.setsockopt(zmq.LINGER, 0)
         self.frames.setsockopt(zmq.SNDBUF, frame_sndbuf(self.cam.width * self.cam.height * 3))
         self.frames.bind(self.endpoints.frames(self.cam.name))
+        remote = self.cfg.infer.remote
+        if remote.enabled:  # remote workers take this camera's frames over TCP too
+            self.frames.bind(tcp_frames(remote.host, remote.port, self.index))
         self._wait_for_worker(self.frames, timeout_s=10.0)
         self.to_record = ctx.socket(zmq.PUSH)
         self.to_record.setsockopt(zmq.SNDHWM, 100_000)

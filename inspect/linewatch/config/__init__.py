@@ -29,6 +29,8 @@ from linewatch.config.line import (
 )
 from linewatch.config.loading import _format_error, from_json, load_config, parse_config, to_json
 from linewatch.config.plc import PlcConfig
+from linewatch.config.remote import RemoteWorkersConfig
+from linewatch.config.ship import ShipConfig
 from linewatch.config.watch import SIGNAL_NAMES, WatchConfig
 
 __all__ = [
@@ -49,8 +51,10 @@ __all__ = [
     "PlcConfig",
     "PresenceRuleConfig",
     "RecordConfig",
+    "RemoteWorkersConfig",
     "ReplaySource",
     "ShiftConfig",
+    "ShipConfig",
     "SourceConfig",
     "StatisticsRuleConfig",
     "StreakConfig",

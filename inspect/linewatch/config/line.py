@@ -11,6 +11,8 @@ from linewatch.config.base import _Strict
 from linewatch.config.cameras import MAX_CAMERAS, CameraConfig
 from linewatch.config.failsafe import FailsafeConfig
 from linewatch.config.plc import PlcConfig
+from linewatch.config.remote import RemoteWorkersConfig
+from linewatch.config.ship import ShipConfig
 from linewatch.config.watch import WatchConfig
 from linewatch.paths import DEFAULT_MODEL
 
@@ -44,7 +46,8 @@ class ModelConfig(_Strict):
 
 
 class InferConfig(_Strict):
-    workers: int = Field(1, ge=1, le=32, description="Inference worker processes.")
+    workers: int = Field(1, ge=0, le=32, description="Inference worker processes the line starts (0: only remote "
+                         "workers decide, infer.remote enabled).")
     max_batch: int = Field(4, ge=1, le=256, description="Frames run together when several are waiting.")
     frame_queue: int = Field(
         8, ge=1, le=1000, description="Frames queued per worker before acquire drops (deep enough to ride out "
@@ -69,6 +72,8 @@ class InferConfig(_Strict):
         0, ge=0, le=4096, description="Shared-memory frame slots per camera (0 = enough for every queue and "
         "batch: frame_queue x (workers + 1) + workers x max_batch + 2)."
     )
+    remote: RemoteWorkersConfig = Field(default_factory=RemoteWorkersConfig,
+                                        description="Workers in other processes or on other hosts, over TCP.")
 
 
 class RecordConfig(_Strict):
@@ -149,6 +154,8 @@ class LineConfig(_Strict):
     watch: WatchConfig = Field(default_factory=WatchConfig, description="Drift watch over every camera's signals.")
     api: ApiConfig = Field(default_factory=ApiConfig, description="Web app: HMI, REST, metrics.")
     plc: PlcConfig = Field(default_factory=PlcConfig, description="Modbus TCP server for the line's PLC.")
+    ship: ShipConfig = Field(default_factory=ShipConfig, description="Fleet results: the store shipped to a "
+                             "central PostgreSQL.")
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig, description="Restarts and stopping.")
     shifts: list[ShiftConfig] = Field(default_factory=_default_shifts, min_length=1, max_length=24,
                                       description="Shift schedule; each row records the shift it was captured in.")
@@ -179,6 +186,23 @@ class LineConfig(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"camera names must be unique, repeated: {', '.join(dupes)}")
+        return self
+
+    @model_validator(mode="after")
+    def _remote_workers_inline(self) -> LineConfig:
+        remote = self.infer.remote
+        if remote.enabled and self.infer.transport != "inline":
+            raise ValueError("infer.remote needs infer.transport: inline (a remote worker cannot read this host's "
+                             "shared memory)")
+        if not remote.enabled and self.infer.workers == 0:
+            raise ValueError("infer.workers is 0 and infer.remote is not enabled: no worker would decide the parts")
+        if remote.enabled and remote.port + len(self.cameras) > 65535:
+            raise ValueError(f"infer.remote.port {remote.port} leaves no port for camera {len(self.cameras)}")
+        taken = {"api.port": self.api.port, **({"plc.port": self.plc.port} if self.plc.enabled else {})}
+        for name, port in taken.items():
+            if remote.enabled and remote.port <= port <= remote.port + len(self.cameras):
+                raise ValueError(f"{name} {port} is one of infer.remote's ports ({remote.port} to "
+                                 f"{remote.port + len(self.cameras)}: record's, then one per camera)")
         return self
 
     @property

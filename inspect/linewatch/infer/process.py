@@ -54,6 +54,7 @@ from linewatch.wire import (
     peek_identity,
 )
 from linewatch.wire.channels import AlarmSender
+from linewatch.wire.endpoints import RemoteEndpoints
 from linewatch.wire.frame_ring import FrameReader
 from linewatch.wire.ready import mark_ready
 
@@ -77,10 +78,15 @@ class _Job:
 
 
 class Infer:
-    def __init__(self, cfg: LineConfig, index: int, stop: threading.Event):
+    """One worker. A child of the line by default; `remote` = (host, port) of a line's `infer.remote` makes it a
+    remote worker (`linewatch worker`): frames and record over TCP, its ready file in its own run_dir."""
+
+    def __init__(self, cfg: LineConfig, index: int, stop: threading.Event, remote: tuple[str, int] | None = None,
+                 name: str | None = None):
         self.cfg, self.index, self.stop = cfg, index, stop
-        self.name = f"infer[{index}]"
-        self.endpoints = Endpoints(cfg.run_dir)
+        self.name = f"infer[{name if name is not None else index}]"
+        self.endpoints = Endpoints(cfg.run_dir) if remote is None else RemoteEndpoints(
+            cfg.run_dir, remote[0], remote[1], tuple(c.name for c in cfg.cameras))
         self.model: Model | None = None
         self.health = ModelHealth(cfg.failsafe.model_health.recover_after)
         self.frame_shape: tuple[int, ...] | None = None

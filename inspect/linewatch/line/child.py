@@ -28,6 +28,7 @@ ROLES = {
     "acquire": "linewatch.acquire.process:Acquire",
     "api": "linewatch.api.app:Api",
     "plc": "linewatch.plc.process:Plc",
+    "ship": "linewatch.ship.process:Ship",
 }
 
 
@@ -57,6 +58,17 @@ def child_main(role: str, index: int, run_dir: Path) -> int:
         return 2
     tag = child_name(cfg, role, index)
     setup_logging(tag)
+    stop = stop_on_signals(tag)
+    single_threaded_opencv()
+    module_name, cls_name = ROLES[role].split(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    child: Child = cls(cfg, index, stop)
+    serve(child, run_dir, tag, stop)
+    return 0
+
+
+def stop_on_signals(tag: str) -> threading.Event:
+    """The process's stop event, set by SIGTERM or SIGINT."""
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: Any) -> None:
@@ -65,14 +77,14 @@ def child_main(role: str, index: int, run_dir: Path) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    single_threaded_opencv()
-    module_name, cls_name = ROLES[role].split(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    child: Child = cls(cfg, index, stop)
+    return stop
+
+
+def serve(child: Child, run_dir: Path, tag: str, stop: threading.Event) -> None:
+    """Run a built child: heartbeat on its ready file, startup objects frozen, then its `run()` until `stop`."""
     start_heartbeat(run_dir, tag, stop)
     freeze_startup_objects()
     child.run()
-    return 0
 
 
 def single_threaded_opencv() -> None:

@@ -145,9 +145,9 @@ class Supervisor:
             alarms.raise_alarm("process_restart", f"{child.name} died ({how}); restarting in {delay:.1f} s")
 
     def _stop_all(self) -> None:
-        """Reverse start order: acquire, api/plc/infer, record; whatever is left after the grace is killed."""
+        """Reverse start order: acquire, api/plc/infer/ship, record; whatever is left after the grace is killed."""
         budget_end = time.monotonic() + self.cfg.supervisor.stop_timeout_s
-        stages = [["acquire"], ["api", "plc", "infer"], ["record"]]
+        stages = [["acquire"], ["api", "plc", "infer", "ship"], ["record"]]
         for roles in stages:
             group = [c for c in self.children if c.role in roles and c.proc and c.proc.poll() is None]
             for c in group:

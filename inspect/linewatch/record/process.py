@@ -75,6 +75,7 @@ from linewatch.wire import (
     encode_verdict_group,
     now_ns,
 )
+from linewatch.wire.endpoints import tcp_record
 from linewatch.wire.ready import mark_ready
 
 log = logging.getLogger("record")
@@ -128,6 +129,8 @@ class Record:
         inbound.setsockopt(zmq.RCVHWM, 100_000)
         inbound.setsockopt(zmq.LINGER, 0)
         inbound.bind(self.endpoints.record)
+        if self.cfg.infer.remote.enabled:  # verdicts and alarms of remote workers
+            inbound.bind(tcp_record(self.cfg.infer.remote.host, self.cfg.infer.remote.port))
         self.events = ctx.socket(zmq.PUB)
         self.events.setsockopt(zmq.SNDHWM, 10_000)
         self.events.setsockopt(zmq.LINGER, 0)
