@@ -28,6 +28,7 @@ ROLES = {
     "acquire": "linewatch.acquire.process:Acquire",
     "api": "linewatch.api.app:Api",
     "plc": "linewatch.plc.process:Plc",
+    "notify": "linewatch.notify.process:Notify",
 }
 
 

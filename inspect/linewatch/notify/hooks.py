@@ -1,0 +1,152 @@
+"""Outbound HTTP hooks: each hook's events POSTed one at a time, in store order, until the receiver takes each.
+
+A hook is a cursor over the store (`events`): the next event is sent, retried with exponential backoff for as
+long as it takes, and only a 2xx answer moves the cursor past it (`state`). So a receiver down for an hour,
+or a notifier restarted, loses nothing and sees nothing out of order; a notifier killed between the answer
+and the cursor's move sends that one event again, under the same `Idempotency-Key`.
+
+Each request is signed: `X-Linewatch-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + body>`
+(docs/integrations.md shows how a receiver checks it and refuses replays).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import threading
+import time
+from typing import Any
+
+import orjson
+import requests
+import zmq
+
+from linewatch import metrics
+from linewatch.clock import now_ns
+from linewatch.config import HookConfig, LineConfig
+from linewatch.notify.events import Event, count_after, last_id, read_events
+from linewatch.notify.state import DeliveryState
+from linewatch.store import open_reader
+from linewatch.wire import Endpoints
+from linewatch.wire.channels import AlarmSender
+
+log = logging.getLogger("notify")
+SIGNATURE_HEADER = "X-Linewatch-Signature"
+PAGE = 200  # store rows read per query
+
+
+def sign(secret: bytes, t: int, body: bytes) -> str:
+    """The signature header's value for `body` sent at unix time `t` (the time is signed too: replay-safe)."""
+    mac = hmac.new(secret, str(t).encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def matches(hook: HookConfig, event: Event) -> bool:
+    """The hook's filters: results, cameras and recipes for verdicts; kinds and severities for alarms."""
+    d = event.data
+    if event.kind == "verdict":
+        return (d["final"] in hook.finals and (not hook.cameras or d["camera"] in hook.cameras)
+                and (not hook.recipes or d["recipe"] in hook.recipes))
+    return d["severity"] in hook.severities and (not hook.alarm_kinds or d["kind"] in hook.alarm_kinds)
+
+
+class HookSender:
+    """One hook's delivery loop (a thread of the notify process, with its own connections)."""
+
+    def __init__(self, cfg: LineConfig, hook: HookConfig, secret: bytes, stop: threading.Event):
+        self.cfg, self.hook, self.stop = cfg, hook, stop
+        self._secret = secret
+        self._failing_since: int | None = None
+        self._alarmed = False
+
+    def run(self) -> None:
+        hook, poll_s = self.hook, self.cfg.notify.poll_ms / 1000
+        store, state = open_reader(self.cfg.data_dir), DeliveryState(self.cfg.data_dir)
+        ctx: zmq.Context[Any] = zmq.Context.instance()
+        alarms = AlarmSender(ctx, Endpoints(self.cfg.run_dir), "notify")
+        session = requests.Session()
+        try:
+            cursor = state.cursor(hook.name, hook.event, 0 if hook.start == "first" else last_id(store, hook.event))
+            log.info("hook %s: %s events after store id %d", hook.name, hook.event, cursor)
+            while not self.stop.is_set():
+                backlog = count_after(store, hook.event, cursor)
+                metrics.HOOK_BACKLOG.labels(hook.name).set(backlog)
+                state.backlog(hook.name, backlog)
+                events = read_events(store, self.cfg.line, hook.event, cursor, PAGE)
+                if not events:
+                    self.stop.wait(poll_s)
+                    continue
+                cursor = self._send_page(events, cursor, session, state, alarms)
+        finally:
+            session.close()
+            alarms.close()
+            state.close()
+            store.close()
+
+    def _send_page(self, events: list[Event], cursor: int, session: requests.Session, state: DeliveryState,
+                   alarms: AlarmSender) -> int:
+        """Deliver the page's matching events in order; the new cursor (unchanged past an undelivered one)."""
+        skipped = 0
+        for event in events:
+            if not matches(self.hook, event):
+                skipped += 1
+                continue
+            status = self._deliver(event, session, state, alarms)
+            if status is None:  # stopping: the event stays after the cursor
+                if skipped:
+                    state.passed(self.hook.name, cursor, skipped)
+                return cursor
+            state.delivered(self.hook.name, event.store_id, event.key, status, skipped)
+            metrics.HOOK_DELIVERED.labels(self.hook.name).inc()
+            cursor, skipped = event.store_id, 0
+        if skipped:
+            cursor = events[-1].store_id
+            state.passed(self.hook.name, cursor, skipped)
+        return cursor
+
+    def _deliver(self, event: Event, session: requests.Session, state: DeliveryState,
+                 alarms: AlarmSender) -> int | None:
+        """POST until a 2xx answer (its status) or the stop event (None); every failure counted and recorded."""
+        hook = self.hook
+        body = orjson.dumps(event.body(self.cfg.line, hook.name))
+        delay = hook.retry_initial_s
+        while True:
+            headers = {"Content-Type": "application/json", "Idempotency-Key": event.key,
+                       SIGNATURE_HEADER: sign(self._secret, int(time.time()), body)}
+            status: int | None = None
+            try:
+                answer = session.post(hook.url, data=body, headers=headers, timeout=hook.timeout_s,
+                                      allow_redirects=False)
+                status = answer.status_code
+                if 200 <= status < 300:
+                    self._recovered()
+                    return status
+                reason, error = f"http_{status // 100}xx", f"HTTP {status} {answer.reason}"
+            except requests.Timeout:
+                reason, error = "timeout", f"no answer within {hook.timeout_s:g} s"
+            except requests.ConnectionError as exc:
+                reason, error = "connection", f"cannot connect: {type(exc).__name__}"
+            except requests.RequestException as exc:
+                reason, error = "request", f"request failed: {type(exc).__name__}"
+            metrics.HOOK_FAILURES.labels(hook.name, reason).inc()
+            self._failing_since = self._failing_since or now_ns()
+            state.failed(hook.name, status, error, self._failing_since)
+            log.warning("hook %s: %s delivering %s; next attempt in %.1f s", hook.name, error, event.key, delay)
+            self._alarm_if_down(alarms, error)
+            if self.stop.wait(delay):
+                return None
+            delay = min(delay * 2, hook.retry_max_s)
+
+    def _alarm_if_down(self, alarms: AlarmSender, error: str) -> None:
+        assert self._failing_since is not None
+        down_s = (now_ns() - self._failing_since) / 1e9
+        if not self._alarmed and down_s >= self.hook.alarm_after_s:
+            alarms.raise_alarm("hook_down", f"hook {self.hook.name}: no delivery for {down_s:.0f} s ({error}); "
+                               "events wait in the store")
+            self._alarmed = True
+
+    def _recovered(self) -> None:
+        if self._failing_since is not None:
+            log.info("hook %s: the receiver takes events again", self.hook.name)
+        self._failing_since, self._alarmed = None, False

@@ -1,0 +1,180 @@
+"""MQTT: verdicts, alarms and the line's status on a Unified-Namespace topic tree, through paho-mqtt.
+
+Topics: `<prefix>/<line>/<camera>/verdict` (each inspection, `row_to_api`), `<prefix>/<line>/alarm` (each
+raised alarm) and `<prefix>/<line>/status` (retained: online with what is down and how many alarms are
+active; the broker's last will sets it offline when the line's connection dies). MQTT is the live feed:
+it starts at the newest event, and while the broker is away up to `mqtt.buffer` messages wait, the oldest
+dropped and counted beyond that. The lossless, ordered path is the HTTP hooks' cursor.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Any
+
+import orjson
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from linewatch import metrics
+from linewatch.clock import now_ns
+from linewatch.config import LineConfig
+from linewatch.config.notify import read_secret_file
+from linewatch.notify.events import EventKind, last_id, read_events
+from linewatch.notify.state import DeliveryState
+from linewatch.store import open_reader
+from linewatch.wire.ready import child_name, down, line_children
+
+log = logging.getLogger("notify")
+IN_FLIGHT = 100  # messages handed to paho and not yet acknowledged; the rest wait in the bounded buffer
+_KINDS: tuple[EventKind, ...] = ("verdict", "alarm")
+
+
+class MqttLink:
+    """The line's one connection to the broker; `run()` is the notify process's main loop."""
+
+    def __init__(self, cfg: LineConfig, stop: threading.Event):
+        self.cfg, self.mqtt, self.stop = cfg, cfg.notify.mqtt, stop
+        root = f"{self.mqtt.topic_prefix}/{cfg.line}"
+        self.status_topic, self.alarm_topic = f"{root}/status", f"{root}/alarm"
+        self.verdict_topic = root + "/{camera}/verdict"
+        self.buffer: deque[tuple[str, str, bytes]] = deque()  # (kind, topic, payload), bounded by mqtt.buffer
+        self.dropped = self.published = 0
+        self._lock = threading.RLock()  # paho may call on_publish from inside publish(), on this thread
+        self._in_flight: dict[int, str] = {}  # mid -> kind
+        self._early: set[int] = set()  # mids acknowledged before publish() returned them
+        self._connected = threading.Event()
+        self._send_status = threading.Event()
+        self._t_connected_ns: int | None = None
+        self._last_error: str | None = None
+
+    def _client(self) -> paho.Client:
+        m = self.mqtt
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=m.client_id or f"linewatch-{self.cfg.line}")
+        client.will_set(self.status_topic, self._status_payload("offline", reason="connection lost"), m.qos, True)
+        if m.username is not None:
+            password = read_secret_file(m.password_file, "mqtt").decode() if m.password_file else None
+            client.username_pw_set(m.username, password)
+        client.reconnect_delay_set(m.reconnect_min_s, m.reconnect_max_s)
+        client.on_connect, client.on_disconnect, client.on_publish = self._on_connect, self._on_disconnect, self._acked
+        return client
+
+    def run(self) -> None:
+        store, state = open_reader(self.cfg.data_dir), DeliveryState(self.cfg.data_dir)
+        cursors = {kind: last_id(store, kind) for kind in _KINDS}
+        client = self._client()
+        client.connect_async(self.mqtt.host, self.mqtt.port, keepalive=self.mqtt.keepalive_s)
+        client.loop_start()  # paho's thread connects, and reconnects with backoff
+        status: bytes | None = None
+        next_status = 0.0
+        try:
+            while not self.stop.wait(self.cfg.notify.poll_ms / 1000):
+                for kind in _KINDS:
+                    cursors[kind] = self._read(store, kind, cursors[kind])
+                now = now_ns() / 1e9
+                if self._send_status.is_set() or now >= next_status:
+                    fresh = self._status_payload("online", **self._line_status(store))
+                    if fresh != status or self._send_status.is_set():
+                        status = fresh if self._publish(client, "status", self.status_topic, fresh, True) else None
+                        self._send_status.clear()
+                    next_status = now + self.mqtt.status_s
+                self._drain(client)
+                self._record(state)
+        finally:
+            if self._connected.is_set():
+                info = client.publish(self.status_topic, self._status_payload("offline", reason="stopped"),
+                                      self.mqtt.qos, True)
+                info.wait_for_publish(timeout=2.0)
+            client.disconnect()
+            client.loop_stop()
+            self._record(state)
+            state.close()
+            store.close()
+
+    def _read(self, store: Any, kind: EventKind, cursor: int) -> int:
+        """New events of `kind` into the buffer (the oldest dropped and counted past its bound)."""
+        while events := read_events(store, self.cfg.line, kind, cursor, 500):
+            for e in events:
+                topic = self.verdict_topic.format(camera=e.data["camera"]) if kind == "verdict" else self.alarm_topic
+                with self._lock:
+                    if len(self.buffer) >= self.mqtt.buffer:
+                        self.buffer.popleft()
+                        self.dropped += 1
+                        metrics.MQTT_DROPPED.inc()
+                    self.buffer.append((kind, topic, orjson.dumps(e.body(self.cfg.line))))
+            cursor = events[-1].store_id
+        return cursor
+
+    def _drain(self, client: paho.Client) -> None:
+        """Hand buffered messages to paho while connected, at most IN_FLIGHT unacknowledged at a time."""
+        while self._connected.is_set():
+            with self._lock:
+                if not self.buffer or len(self._in_flight) >= IN_FLIGHT:
+                    break
+                kind, topic, payload = self.buffer[0]
+            if not self._publish(client, kind, topic, payload, False):
+                break
+            with self._lock:
+                self.buffer.popleft()
+        with self._lock:
+            metrics.MQTT_BUFFERED.set(len(self.buffer) + len(self._in_flight))
+
+    def _publish(self, client: paho.Client, kind: str, topic: str, payload: bytes, retain: bool) -> bool:
+        if not self._connected.is_set():
+            return False
+        with self._lock:
+            info = client.publish(topic, payload, self.mqtt.qos, retain)
+            if info.rc != paho.MQTT_ERR_SUCCESS:
+                return False
+            if info.mid in self._early:
+                self._early.discard(info.mid)
+                self._count(kind)
+            else:
+                self._in_flight[info.mid] = kind
+        return True
+
+    def _acked(self, _c: Any, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
+        with self._lock:
+            kind = self._in_flight.pop(mid, None)
+            if kind is None:
+                self._early.add(mid)
+            else:
+                self._count(kind)
+
+    def _count(self, kind: str) -> None:
+        self.published += 1
+        metrics.MQTT_PUBLISHED.labels(kind).inc()
+
+    def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            self._last_error = f"broker refused the connection: {reason}"
+            log.error("mqtt: %s", self._last_error)
+            return
+        log.info("mqtt: connected to %s:%d", self.mqtt.host, self.mqtt.port)
+        self._t_connected_ns, self._last_error = now_ns(), None
+        metrics.MQTT_CONNECTED.set(1)
+        self._connected.set()
+        self._send_status.set()
+
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        metrics.MQTT_CONNECTED.set(0)
+        self._connected.clear()
+        if not self.stop.is_set():
+            self._last_error = f"connection lost: {reason}"
+            log.warning("mqtt: %s; reconnecting, up to %d messages buffered", self._last_error, self.mqtt.buffer)
+
+    def _line_status(self, store: Any) -> dict[str, Any]:
+        expected = [child_name(self.cfg, role, i) for role, i in line_children(self.cfg)]
+        active = store.execute("SELECT count(*) FROM alarms WHERE acknowledged_by IS NULL").fetchone()[0]
+        return {"processes_down": down(self.cfg.run_dir, expected), "alarms_active": int(active)}
+
+    def _status_payload(self, state: str, **more: Any) -> bytes:
+        return orjson.dumps({"state": state, "line": self.cfg.line, **more})
+
+    def _record(self, state: DeliveryState) -> None:
+        with self._lock:
+            buffered = len(self.buffer) + len(self._in_flight)
+        state.mqtt(self._connected.is_set(), self.published, self.dropped, buffered, self._t_connected_ns,
+                   self._last_error)

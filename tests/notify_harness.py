@@ -1,0 +1,136 @@
+"""Real counterparts of the notify process: an HTTP receiver that checks signatures (and can fail or go away),
+a mosquitto broker on a free port, and a store the test writes as record would."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from linewatch.store import insert_alarm, insert_verdicts, verdict_row
+from linewatch.wire import Alarm, Verdict
+from tests.conftest import wait_for
+
+REPLAY_WINDOW_S = 300
+
+
+class Receiver:
+    """A plant system's webhook endpoint: verifies each request's HMAC-SHA256 signature and timestamp on its own
+    (not with linewatch's code), answers 500 to the first `fail_first` valid requests, and keeps the rest."""
+
+    def __init__(self, port: int, secret: bytes, fail_first: int = 0, delay_s: float = 0.0):
+        self.port, self.secret, self.fail_left, self.delay_s = port, secret, fail_first, delay_s
+        self.taken: list[dict[str, Any]] = []  # bodies answered 2xx, in arrival order
+        self.failed = 0  # valid requests answered 500 on purpose
+        self.refused: list[str] = []  # requests whose signature, timestamp or key did not check out
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    def verify(self, headers: Any, body: bytes) -> str | None:
+        """Why the request is not genuine, or None: the receiver's side of docs/integrations.md."""
+        parts = dict(p.split("=", 1) for p in headers.get("X-Linewatch-Signature", "").split(",") if "=" in p)
+        if "t" not in parts or "v1" not in parts:
+            return "no signature"
+        if abs(time.time() - int(parts["t"])) > REPLAY_WINDOW_S:
+            return "stale timestamp"
+        expected = hmac.new(self.secret, parts["t"].encode() + b"." + body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, parts["v1"]):
+            return "bad signature"
+        if headers.get("Idempotency-Key") != json.loads(body)["id"]:
+            return "key differs from the body's id"
+        return None
+
+    def start(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                problem = receiver.verify(self.headers, body)
+                with receiver._lock:
+                    if problem:
+                        receiver.refused.append(problem)
+                        code = 401
+                    elif receiver.fail_left > 0:
+                        receiver.fail_left -= 1
+                        receiver.failed += 1
+                        code = 500
+                    else:
+                        time.sleep(receiver.delay_s)
+                        receiver.taken.append(json.loads(body))
+                        code = 204
+                self.send_response(code)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        """Gone: the port refuses connections until `start()`."""
+        assert self._server is not None
+        self._server.shutdown()
+        self._server.server_close()
+        self._server = None
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return [b["id"] for b in self.taken]
+
+
+class Mosquitto:
+    """Debian's mosquitto on a free loopback port, anonymous, no persistence."""
+
+    def __init__(self, tmp: Path, port: int):
+        self.port = port
+        self.conf = tmp / "mosquitto.conf"
+        self.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.log = tmp / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Mosquitto:
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen([exe, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
+        wait_for(self._listening, 10, "mosquitto to listen")
+        return self
+
+    def _listening(self) -> bool:
+        assert self.proc is not None
+        assert self.proc.poll() is None, f"mosquitto exited:\n{self.log.read_text()}"
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=5)
+
+
+def add_verdicts(db: sqlite_utils.Database, first_seq: int, finals: list[str], camera: str = "cam0") -> None:
+    """Inspections `first_seq`... as record commits them, one group."""
+    rows = [verdict_row(Verdict(camera, "s", first_seq + i, f"p{first_seq + i}", final, "model",  # type: ignore[arg-type]
+                                t_capture_ns=1_790_000_000_000_000_000 + first_seq + i), 1_790_000_000_000_100_000)
+            for i, final in enumerate(finals)]
+    insert_verdicts(db, rows)
+
+
+def add_alarm(db: sqlite_utils.Database, kind: str, severity: str = "warning") -> int:
+    return insert_alarm(db, Alarm("test", kind, f"{kind} raised by the test", severity))  # type: ignore[arg-type]
