@@ -3,6 +3,7 @@ a mosquitto broker on a free port, and a store the test writes as record would."
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import hmac
 import json
@@ -15,7 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
 import sqlite_utils
+from paho.mqtt.enums import CallbackAPIVersion
 
 from linewatch.store import insert_alarm, insert_verdicts, verdict_row
 from linewatch.wire import Alarm, Verdict
@@ -93,12 +96,14 @@ class Receiver:
 
 
 class Mosquitto:
-    """Debian's mosquitto on a free loopback port, anonymous, no persistence."""
+    """Debian's mosquitto on a free loopback port, anonymous; sessions and retained messages outlive a restart."""
 
     def __init__(self, tmp: Path, port: int):
         self.port = port
         self.conf = tmp / "mosquitto.conf"
-        self.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                             f"persistence_location {tmp}/\nautosave_interval 0\n"
+                             f"user {getpass.getuser()}\n")  # as root it would drop to a user who cannot write tmp
         self.log = tmp / "mosquitto.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -134,3 +139,30 @@ def add_verdicts(db: sqlite_utils.Database, first_seq: int, finals: list[str], c
 
 def add_alarm(db: sqlite_utils.Database, kind: str, severity: str = "warning") -> int:
     return insert_alarm(db, Alarm("test", kind, f"{kind} raised by the test", severity))  # type: ignore[arg-type]
+
+
+class Subscriber:
+    """A plant system's MQTT client (paho): every message under `topic` with its retain flag, in arrival order.
+    `session`: a persistent session the broker keeps (with its queued QoS 1 messages) while the client is away."""
+
+    def __init__(self, port: int, topic: str = "linewatch/#", session: str | None = None):
+        self.port, self.topic = port, topic
+        self.messages: list[tuple[str, dict[str, Any], bool]] = []
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=session or "",
+                                  clean_session=session is None)
+        self.client.on_connect = lambda c, *_: c.subscribe(self.topic, qos=1)
+        self.client.on_message = lambda _c, _u, m: self.messages.append(
+            (m.topic, json.loads(m.payload), bool(m.retain)))
+        self.client.reconnect_delay_set(1, 1)
+
+    def start(self) -> Subscriber:
+        self.client.connect("127.0.0.1", self.port, keepalive=5)
+        self.client.loop_start()
+        return self
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def on(self, suffix: str) -> list[tuple[dict[str, Any], bool]]:
+        return [(payload, retain) for topic, payload, retain in list(self.messages) if topic.endswith(suffix)]

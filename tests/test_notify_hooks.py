@@ -16,8 +16,8 @@ import pytest
 from linewatch.config import ConfigError, LineConfig, parse_config
 from linewatch.line.supervisor import prepare_run_dir, resolve_paths
 from linewatch.notify.hooks import SIGNATURE_HEADER, sign
-from linewatch.notify.state import read_state
 from linewatch.store import VIEW_COLUMNS, open_writer
+from linewatch.store.delivery import read_state
 from tests.conftest import REPO, db_rows, free_ports, http_json, http_text, metric, start_child, wait_for
 from tests.notify_harness import Receiver, add_alarm, add_verdicts
 

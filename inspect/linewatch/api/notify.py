@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from linewatch.api.body import JsonRoute
 from linewatch.config import LineConfig
-from linewatch.notify.state import read_state
+from linewatch.store.delivery import read_state
 
 
 class HookState(BaseModel):

@@ -23,8 +23,8 @@ from linewatch.clock import now_ns
 from linewatch.config import LineConfig
 from linewatch.config.notify import read_secret_file
 from linewatch.notify.events import EventKind, last_id, read_events
-from linewatch.notify.state import DeliveryState
 from linewatch.store import open_reader
+from linewatch.store.delivery import DeliveryState
 from linewatch.wire.ready import child_name, down, line_children
 
 log = logging.getLogger("notify")
@@ -124,10 +124,12 @@ class MqttLink:
     def _publish(self, client: paho.Client, kind: str, topic: str, payload: bytes, retain: bool) -> bool:
         if not self._connected.is_set():
             return False
+        # never under our lock: paho's thread takes it in on_publish while holding paho's own
+        info = client.publish(topic, payload, self.mqtt.qos, retain)
+        queued = info.rc == paho.MQTT_ERR_NO_CONN and self.mqtt.qos > 0  # paho keeps it and sends it on reconnect
+        if info.rc != paho.MQTT_ERR_SUCCESS and not queued:
+            return False
         with self._lock:
-            info = client.publish(topic, payload, self.mqtt.qos, retain)
-            if info.rc != paho.MQTT_ERR_SUCCESS:
-                return False
             if info.mid in self._early:
                 self._early.discard(info.mid)
                 self._count(kind)

@@ -13,7 +13,7 @@ import threading
 from linewatch.config import LineConfig, SecretError
 from linewatch.notify.hooks import HookSender
 from linewatch.notify.mqtt import MqttLink
-from linewatch.notify.state import DeliveryState
+from linewatch.store.delivery import DeliveryState
 from linewatch.wire.ready import mark_ready
 
 log = logging.getLogger("notify")
