@@ -98,10 +98,17 @@ class Receiver:
 class Mosquitto:
     """Debian's mosquitto on a free loopback port, anonymous; sessions and retained messages outlive a restart."""
 
-    def __init__(self, tmp: Path, port: int):
+    def __init__(self, tmp: Path, port: int, users: dict[str, str] | None = None):
         self.port = port
         self.conf = tmp / "mosquitto.conf"
-        self.conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+        access = "allow_anonymous true\n"
+        if users:  # only these users, with their passwords (mosquitto_passwd hashes them)
+            passwords = tmp / "mosquitto.passwd"
+            for i, (user, password) in enumerate(users.items()):
+                subprocess.run(["mosquitto_passwd", "-b", *(["-c"] if i == 0 else []), str(passwords), user, password],
+                               check=True, capture_output=True)
+            access = f"allow_anonymous false\npassword_file {passwords}\n"
+        self.conf.write_text(f"listener {port} 127.0.0.1\n{access}persistence true\n"
                              f"persistence_location {tmp}/\nautosave_interval 0\n"
                              f"user {getpass.getuser()}\n")  # as root it would drop to a user who cannot write tmp
         self.log = tmp / "mosquitto.log"
@@ -145,11 +152,14 @@ class Subscriber:
     """A plant system's MQTT client (paho): every message under `topic` with its retain flag, in arrival order.
     `session`: a persistent session the broker keeps (with its queued QoS 1 messages) while the client is away."""
 
-    def __init__(self, port: int, topic: str = "linewatch/#", session: str | None = None):
+    def __init__(self, port: int, topic: str = "linewatch/#", session: str | None = None,
+                 login: tuple[str, str] | None = None):
         self.port, self.topic = port, topic
         self.messages: list[tuple[str, dict[str, Any], bool]] = []
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=session or "",
                                   clean_session=session is None)
+        if login:
+            self.client.username_pw_set(*login)
         self.client.on_connect = lambda c, *_: c.subscribe(self.topic, qos=1)
         self.client.on_message = lambda _c, _u, m: self.messages.append(
             (m.topic, json.loads(m.payload), bool(m.retain)))

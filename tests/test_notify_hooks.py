@@ -156,6 +156,11 @@ def test_bad_hook_configs_are_refused_naming_the_problem(hook: dict[str, Any], p
     assert problem in str(err.value)
 
 
+def test_a_broker_password_needs_a_user() -> None:
+    with pytest.raises(ConfigError, match=r"mqtt\.password_file needs mqtt\.username"):
+        parse_config({"notify": {"mqtt": {"enabled": True, "password_file": "/etc/pw"}}})
+
+
 def test_hook_names_are_unique() -> None:
     hook = {"url": "http://h/x", "secret_env": "A"}
     with pytest.raises(ConfigError, match="hook names must be unique, repeated: hook"):

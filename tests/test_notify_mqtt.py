@@ -87,6 +87,30 @@ def test_mqtt_publishes_buffers_while_the_broker_is_away_and_leaves_its_last_wil
         db.close()
 
 
+def test_the_line_logs_in_to_a_broker_that_refuses_anonymous_clients(tmp_path: Path) -> None:
+    broker_port, api_port = free_ports(2)
+    broker = Mosquitto(tmp_path, broker_port, users={"line1": "pw-of-the-line", "scada": "pw-of-scada"}).start()
+    password = tmp_path / "mqtt.password"
+    password.write_text("pw-of-the-line\n")
+    password.chmod(0o600)
+    cfg = resolve_paths(parse_config({"data_dir": str(tmp_path / "data"), "api": {"port": api_port}, "notify": {
+        "mqtt": {"enabled": True, "port": broker_port, "username": "line1", "password_file": str(password)}}}))
+    prepare_run_dir(cfg)
+    open_writer(cfg.data_dir).close()
+    sub = Subscriber(broker_port, login=("scada", "pw-of-scada")).start()
+    notify = start_child("notify", "notify", cfg)
+    try:
+        wait_for(lambda: any(p["state"] == "online" for p, _ in status(sub)), 10, "the status of the logged-in line")
+        link = wait_for(lambda: read_state(cfg.data_dir)[1], 5, "the link's state")
+        assert link["connected"] == 1 and link["last_error"] is None
+    finally:
+        notify.terminate()
+        notify.wait(timeout=10)
+        sub.stop()
+        broker.stop()
+    assert status(sub)[-1][0] == {"state": "offline", "line": "line1", "reason": "stopped"}  # a clean stop says so
+
+
 @pytest.mark.slow
 def test_a_running_line_publishes_its_verdicts_and_its_will_when_killed(line: Any, tmp_path: Path) -> None:
     broker_port = free_ports(1)[0]

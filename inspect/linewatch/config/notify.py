@@ -102,6 +102,18 @@ class MqttConfig(_Strict):
         _backoff(self.reconnect_min_s, self.reconnect_max_s, "mqtt.reconnect_min_s/reconnect_max_s")
         return self
 
+    @model_validator(mode="after")
+    def _password_needs_a_user(self) -> MqttConfig:
+        if self.password_file is not None and self.username is None:
+            raise ValueError("mqtt.password_file needs mqtt.username")
+        return self
+
+    def password(self) -> str | None:
+        """The broker password, read when the notifier starts (never logged, never shown by the API)."""
+        if not self.enabled or self.password_file is None:
+            return None
+        return read_secret_file(self.password_file, "mqtt").decode()
+
 
 class NotifyConfig(_Strict):
     """Pushed events for plant systems; the notify process runs only when a hook or MQTT is configured."""

@@ -21,7 +21,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 from linewatch import metrics
 from linewatch.clock import now_ns
 from linewatch.config import LineConfig
-from linewatch.config.notify import read_secret_file
 from linewatch.notify.events import EventKind, last_id, read_events
 from linewatch.store import open_reader
 from linewatch.store.delivery import DeliveryState
@@ -35,8 +34,9 @@ _KINDS: tuple[EventKind, ...] = ("verdict", "alarm")
 class MqttLink:
     """The line's one connection to the broker; `run()` is the notify process's main loop."""
 
-    def __init__(self, cfg: LineConfig, stop: threading.Event):
+    def __init__(self, cfg: LineConfig, stop: threading.Event, password: str | None = None):
         self.cfg, self.mqtt, self.stop = cfg, cfg.notify.mqtt, stop
+        self._password = password
         root = f"{self.mqtt.topic_prefix}/{cfg.line}"
         self.status_topic, self.alarm_topic = f"{root}/status", f"{root}/alarm"
         self.verdict_topic = root + "/{camera}/verdict"
@@ -55,8 +55,7 @@ class MqttLink:
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=m.client_id or f"linewatch-{self.cfg.line}")
         client.will_set(self.status_topic, self._status_payload("offline", reason="connection lost"), m.qos, True)
         if m.username is not None:
-            password = read_secret_file(m.password_file, "mqtt").decode() if m.password_file else None
-            client.username_pw_set(m.username, password)
+            client.username_pw_set(m.username, self._password)
         client.reconnect_delay_set(m.reconnect_min_s, m.reconnect_max_s)
         client.on_connect, client.on_disconnect, client.on_publish = self._on_connect, self._on_disconnect, self._acked
         return client
