@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from linewatch.config import ConfigError, LineConfig, parse_config
+from linewatch.config import ConfigError, LineConfig, parse_config, to_json
 from linewatch.line.supervisor import prepare_run_dir, resolve_paths
 from linewatch.notify.hooks import SIGNATURE_HEADER, sign
 from linewatch.store import VIEW_COLUMNS, open_writer
@@ -183,3 +183,35 @@ def test_the_documented_receiver_check_accepts_linewatch_s_signature_and_refuses
     assert not verify(b"other", header, body, now=now)  # another key
     assert not verify(SECRET, header, body, now=now + 301)  # a replay after the window
     assert not verify(SECRET, "t=1790000000", body, now=now)  # no signature at all
+
+
+def test_a_receiver_down_too_long_raises_one_hook_down_alarm_that_an_alarm_hook_delivers(tmp_path: Path) -> None:
+    receiver_port, api_port = free_ports(2)
+    cfg = hook_line(tmp_path, receiver_port, api_port)
+    hooks = [h.model_copy(update={"alarm_after_s": 1.0, "severities": ("warning", "critical")})
+             for h in cfg.notify.hooks]  # hook_down is a warning
+    cfg = cfg.model_copy(update={"notify": cfg.notify.model_copy(update={"hooks": hooks})})
+    (cfg.run_dir / "config.json").write_text(to_json(cfg))
+    db = open_writer(cfg.data_dir)
+    add_verdicts(db, 0, ["FAIL"])
+    db.close()  # from here record is the store's one writer
+    record = start_child("record", "record", cfg)
+    notify = start_child("notify", "notify", cfg)
+    receiver = Receiver(receiver_port, SECRET)
+    try:
+        down = wait_for(lambda: db_rows(cfg.data_dir, "SELECT * FROM alarms WHERE kind = 'hook_down'"), 15,
+                        "the hook_down alarm")
+        assert down[0]["source"] == "notify" and down[0]["message"].startswith("hook mes: no delivery for ")
+        receiver.start()
+        wait_for(lambda: taken(receiver, "verdict") and taken(receiver, "alarm"), 15, "the events after the outage")
+        assert taken(receiver, "verdict") == ["line1:verdict:cam0:s:0"]
+        alarm = next(b["alarm"] for b in receiver.taken if b["type"] == "alarm")
+        assert alarm["kind"] == "hook_down" and alarm["message"] == down[0]["message"]
+        messages = [r["message"] for r in db_rows(cfg.data_dir, "SELECT message FROM alarms WHERE kind = 'hook_down'")]
+        assert len([m for m in messages if m.startswith("hook mes:")]) == 1  # once per outage, not per attempt
+    finally:
+        for proc in (notify, record):
+            proc.terminate()
+            proc.wait(timeout=10)
+        if receiver._server:
+            receiver.stop()
