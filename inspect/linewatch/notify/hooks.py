@@ -16,7 +16,6 @@ import hmac
 import logging
 import threading
 import time
-from typing import Any
 
 import orjson
 import requests
@@ -62,51 +61,49 @@ class HookSender:
 
     def run(self) -> None:
         hook, poll_s = self.hook, self.cfg.notify.poll_ms / 1000
-        store, state = open_reader(self.cfg.data_dir), DeliveryState(self.cfg.data_dir)
-        ctx: zmq.Context[Any] = zmq.Context.instance()
-        alarms = AlarmSender(ctx, Endpoints(self.cfg.run_dir), "notify")
-        session = requests.Session()
+        self.store, self.state = open_reader(self.cfg.data_dir), DeliveryState(self.cfg.data_dir)
+        self.alarms = AlarmSender(zmq.Context.instance(), Endpoints(self.cfg.run_dir), "notify")
+        self.session = requests.Session()
         try:
-            cursor = state.cursor(hook.name, hook.event, 0 if hook.start == "first" else last_id(store, hook.event))
+            cursor = self.state.cursor(hook.name, hook.event,
+                                       0 if hook.start == "first" else last_id(self.store, hook.event))
             log.info("hook %s: %s events after store id %d", hook.name, hook.event, cursor)
             while not self.stop.is_set():
-                backlog = count_after(store, hook.event, cursor)
-                metrics.HOOK_BACKLOG.labels(hook.name).set(backlog)
-                state.backlog(hook.name, backlog)
-                events = read_events(store, self.cfg.line, hook.event, cursor, PAGE)
+                self._backlog(cursor)
+                events = read_events(self.store, self.cfg.line, hook.event, cursor, PAGE)
                 if not events:
                     self.stop.wait(poll_s)
                     continue
-                cursor = self._send_page(events, cursor, session, state, alarms)
+                cursor = self._send_page(events, cursor)
         finally:
-            session.close()
-            alarms.close()
-            state.close()
-            store.close()
+            self.session.close()
+            self.alarms.close()
+            self.state.close()
+            self.store.close()
 
-    def _send_page(self, events: list[Event], cursor: int, session: requests.Session, state: DeliveryState,
-                   alarms: AlarmSender) -> int:
-        """Deliver the page's matching events in order; the new cursor (unchanged past an undelivered one)."""
+    def _backlog(self, cursor: int) -> None:
+        backlog = count_after(self.store, self.hook.event, cursor)
+        metrics.HOOK_BACKLOG.labels(self.hook.name).set(backlog)
+        self.state.backlog(self.hook.name, backlog)
+
+    def _send_page(self, events: list[Event], cursor: int) -> int:
+        """Deliver the page's matching events in order; the new cursor (before an undelivered one when stopping)."""
         skipped = 0
         for event in events:
             if not matches(self.hook, event):
-                skipped += 1
+                cursor, skipped = event.store_id, skipped + 1
                 continue
-            status = self._deliver(event, session, state, alarms)
+            status = self._deliver(event, cursor)
             if status is None:  # stopping: the event stays after the cursor
-                if skipped:
-                    state.passed(self.hook.name, cursor, skipped)
-                return cursor
-            state.delivered(self.hook.name, event.store_id, event.key, status, skipped)
+                break
+            self.state.delivered(self.hook.name, event.store_id, event.key, status, skipped)
             metrics.HOOK_DELIVERED.labels(self.hook.name).inc()
             cursor, skipped = event.store_id, 0
         if skipped:
-            cursor = events[-1].store_id
-            state.passed(self.hook.name, cursor, skipped)
+            self.state.passed(self.hook.name, cursor, skipped)
         return cursor
 
-    def _deliver(self, event: Event, session: requests.Session, state: DeliveryState,
-                 alarms: AlarmSender) -> int | None:
+    def _deliver(self, event: Event, cursor: int) -> int | None:
         """POST until a 2xx answer (its status) or the stop event (None); every failure counted and recorded."""
         hook = self.hook
         body = orjson.dumps(event.body(self.cfg.line, hook.name))
@@ -116,8 +113,8 @@ class HookSender:
                        SIGNATURE_HEADER: sign(self._secret, int(time.time()), body)}
             status: int | None = None
             try:
-                answer = session.post(hook.url, data=body, headers=headers, timeout=hook.timeout_s,
-                                      allow_redirects=False)
+                answer = self.session.post(hook.url, data=body, headers=headers, timeout=hook.timeout_s,
+                                           allow_redirects=False)
                 status = answer.status_code
                 if 200 <= status < 300:
                     self._recovered()
@@ -131,18 +128,19 @@ class HookSender:
                 reason, error = "request", f"request failed: {type(exc).__name__}"
             metrics.HOOK_FAILURES.labels(hook.name, reason).inc()
             self._failing_since = self._failing_since or now_ns()
-            state.failed(hook.name, status, error, self._failing_since)
+            self.state.failed(hook.name, status, error, self._failing_since)
+            self._backlog(cursor)  # the backlog keeps growing while the receiver is away
             log.warning("hook %s: %s delivering %s; next attempt in %.1f s", hook.name, error, event.key, delay)
-            self._alarm_if_down(alarms, error)
+            self._alarm_if_down(error)
             if self.stop.wait(delay):
                 return None
             delay = min(delay * 2, hook.retry_max_s)
 
-    def _alarm_if_down(self, alarms: AlarmSender, error: str) -> None:
+    def _alarm_if_down(self, error: str) -> None:
         assert self._failing_since is not None
         down_s = (now_ns() - self._failing_since) / 1e9
         if not self._alarmed and down_s >= self.hook.alarm_after_s:
-            alarms.raise_alarm("hook_down", f"hook {self.hook.name}: no delivery for {down_s:.0f} s ({error}); "
+            self.alarms.raise_alarm("hook_down", f"hook {self.hook.name}: no delivery for {down_s:.0f} s ({error}); "
                                "events wait in the store")
             self._alarmed = True
 
