@@ -28,18 +28,26 @@ def status(sub: Subscriber) -> list[tuple[dict[str, Any], bool]]:
 
 
 def test_mqtt_publishes_buffers_while_the_broker_is_away_and_leaves_its_last_will(tmp_path: Path) -> None:
+    """Against a broker that refuses anonymous clients: the line logs in with its password file."""
     broker_port, api_port = free_ports(2)
-    broker = Mosquitto(tmp_path, broker_port).start()
+    broker = Mosquitto(tmp_path, broker_port, users={"line1": "pw-of-the-line", "scada": "pw-of-scada"}).start()
+    password = tmp_path / "mqtt.password"
+    password.write_text("pw-of-the-line\n")
+    password.chmod(0o600)
     cfg = resolve_paths(parse_config({"data_dir": str(tmp_path / "data"), "api": {"port": api_port}, "notify": {
-        "poll_ms": 20, "mqtt": {"enabled": True, "port": broker_port, "buffer": 20, "keepalive_s": 5,
+        "poll_ms": 20, "mqtt": {"enabled": True, "port": broker_port, "username": "line1",
+                                "password_file": str(password), "buffer": 20, "keepalive_s": 5,
                                 "reconnect_min_s": 1, "reconnect_max_s": 1, "status_s": 0.2}}}))
     prepare_run_dir(cfg)
     db = open_writer(cfg.data_dir)
     add_verdicts(db, 0, ["PASS"] * 3)  # before the notifier: MQTT is the live feed, it starts at the newest
-    sub = Subscriber(broker_port, session="plant-historian").start()
+    scada = ("scada", "pw-of-scada")
+    sub = Subscriber(broker_port, session="plant-historian", login=scada).start()
     notify = start_child("notify", "notify", cfg)
     try:
         wait_for(lambda: any(p["state"] == "online" for p, _ in status(sub)), 10, "the line's status online")
+        link = wait_for(lambda: read_state(cfg.data_dir)[1], 5, "the link's state")
+        assert link["connected"] == 1 and link["last_error"] is None  # logged in
         add_verdicts(db, 3, FINALS * 2)
         add_alarm(db, "fail_streak", "critical")
         wait_for(lambda: len(seqs(sub)) == 10 and sub.on("/line1/alarm"), 10, "ten verdicts and the alarm")
@@ -51,7 +59,7 @@ def test_mqtt_publishes_buffers_while_the_broker_is_away_and_leaves_its_last_wil
         assert alarm["alarm"]["kind"] == "fail_streak" and alarm["alarm"]["severity"] == "critical"
 
         wait_for(lambda: status(sub)[-1][0].get("alarms_active") == 1, 5, "the status to count the active alarm")
-        late = Subscriber(broker_port, "linewatch/line1/status").start()  # a dashboard that opens later
+        late = Subscriber(broker_port, "linewatch/line1/status", login=scada).start()  # a dashboard that opens later
         wait_for(lambda: status(late), 5, "the retained status")
         online, retained = status(late)[0]
         assert retained and online["state"] == "online" and online["alarms_active"] == 1
@@ -70,11 +78,18 @@ def test_mqtt_publishes_buffers_while_the_broker_is_away_and_leaves_its_last_wil
         wait_for(lambda: read_state(cfg.data_dir)[1]["buffered"] == 0, 5, "the buffer to empty")
         assert mqtt["connected"] == 1 and mqtt["dropped"] == 30
 
+        notify.terminate()  # a clean stop says so itself
+        notify.wait(timeout=10)
+        wait_for(lambda: status(sub)[-1][0]["state"] == "offline", 10, "the stopped status")
+        assert status(sub)[-1][0] == {"state": "offline", "line": "line1", "reason": "stopped"}
+        notify = start_child("notify", "notify", cfg)
+        wait_for(lambda: status(sub)[-1][0]["state"] == "online", 10, "the line back online")
+
         notify.send_signal(signal.SIGKILL)  # the line dies: the broker publishes its will
         notify.wait()
         wait_for(lambda: status(sub)[-1][0]["state"] == "offline", 10, "the last will")
         assert status(sub)[-1][0] == {"state": "offline", "line": "line1", "reason": "connection lost"}
-        gone = Subscriber(broker_port, "linewatch/line1/status").start()
+        gone = Subscriber(broker_port, "linewatch/line1/status", login=scada).start()
         wait_for(lambda: status(gone), 5, "the retained will")
         assert status(gone)[0] == ({"state": "offline", "line": "line1", "reason": "connection lost"}, True)
         gone.stop()
@@ -85,30 +100,6 @@ def test_mqtt_publishes_buffers_while_the_broker_is_away_and_leaves_its_last_wil
         sub.stop()
         broker.stop()
         db.close()
-
-
-def test_the_line_logs_in_to_a_broker_that_refuses_anonymous_clients(tmp_path: Path) -> None:
-    broker_port, api_port = free_ports(2)
-    broker = Mosquitto(tmp_path, broker_port, users={"line1": "pw-of-the-line", "scada": "pw-of-scada"}).start()
-    password = tmp_path / "mqtt.password"
-    password.write_text("pw-of-the-line\n")
-    password.chmod(0o600)
-    cfg = resolve_paths(parse_config({"data_dir": str(tmp_path / "data"), "api": {"port": api_port}, "notify": {
-        "mqtt": {"enabled": True, "port": broker_port, "username": "line1", "password_file": str(password)}}}))
-    prepare_run_dir(cfg)
-    open_writer(cfg.data_dir).close()
-    sub = Subscriber(broker_port, login=("scada", "pw-of-scada")).start()
-    notify = start_child("notify", "notify", cfg)
-    try:
-        wait_for(lambda: any(p["state"] == "online" for p, _ in status(sub)), 10, "the status of the logged-in line")
-        link = wait_for(lambda: read_state(cfg.data_dir)[1], 5, "the link's state")
-        assert link["connected"] == 1 and link["last_error"] is None
-    finally:
-        notify.terminate()
-        notify.wait(timeout=10)
-        sub.stop()
-        broker.stop()
-    assert status(sub)[-1][0] == {"state": "offline", "line": "line1", "reason": "stopped"}  # a clean stop says so
 
 
 @pytest.mark.slow
