@@ -29,10 +29,13 @@ REPLAY_WINDOW_S = 300
 
 class Receiver:
     """A plant system's webhook endpoint: verifies each request's HMAC-SHA256 signature and timestamp on its own
-    (not with linewatch's code), answers 500 to the first `fail_first` valid requests, and keeps the rest."""
+    (not with linewatch's code), answers 500 to the first `fail_first` valid requests, keeps the rest, and answers
+    the first `stall_first` of those it keeps only after `stall_s`."""
 
-    def __init__(self, port: int, secret: bytes, fail_first: int = 0, delay_s: float = 0.0):
+    def __init__(self, port: int, secret: bytes, fail_first: int = 0, delay_s: float = 0.0, stall_first: int = 0,
+                 stall_s: float = 0.0):
         self.port, self.secret, self.fail_left, self.delay_s = port, secret, fail_first, delay_s
+        self.stall_left, self.stall_s = stall_first, stall_s  # keep these, but answer only after stall_s
         self.taken: list[dict[str, Any]] = []  # bodies answered 2xx, in arrival order
         self.failed = 0  # valid requests answered 500 on purpose
         self.refused: list[str] = []  # requests whose signature, timestamp or key did not check out
@@ -61,10 +64,15 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 problem = receiver.verify(self.headers, body)
                 with receiver._lock:
+                    stall = not problem and receiver.stall_left > 0
+                    receiver.stall_left -= stall
+                if stall:
+                    time.sleep(receiver.stall_s)
+                with receiver._lock:
                     if problem:
                         receiver.refused.append(problem)
                         code = 401
-                    elif receiver.fail_left > 0:
+                    elif receiver.fail_left > 0 and not stall:
                         receiver.fail_left -= 1
                         receiver.failed += 1
                         code = 500

@@ -18,6 +18,7 @@ from linewatch.line.supervisor import prepare_run_dir, resolve_paths
 from linewatch.notify.hooks import SIGNATURE_HEADER, sign
 from linewatch.store import VIEW_COLUMNS, open_writer
 from linewatch.store.delivery import read_state
+from linewatch.wire.ready import line_children
 from tests.conftest import REPO, db_rows, free_ports, http_json, http_text, metric, start_child, wait_for
 from tests.notify_harness import Receiver, add_alarm, add_verdicts
 
@@ -128,6 +129,31 @@ def test_hooks_deliver_every_event_once_in_order_through_failures_an_outage_and_
         db.close()
 
 
+def test_a_receiver_too_slow_to_answer_gets_the_event_again_under_the_same_key(tmp_path: Path) -> None:
+    receiver_port, api_port = free_ports(2)
+    cfg = hook_line(tmp_path, receiver_port, api_port)
+    hooks = [cfg.notify.hooks[0].model_copy(update={"timeout_s": 0.3})]
+    cfg = cfg.model_copy(update={"notify": cfg.notify.model_copy(update={"hooks": hooks})})
+    (cfg.run_dir / "config.json").write_text(to_json(cfg))
+    db = open_writer(cfg.data_dir)
+    add_verdicts(db, 0, ["FAIL"] * 3)
+    receiver = Receiver(receiver_port, SECRET, stall_first=1, stall_s=1.0).start()
+    notify = start_child("notify", "notify", cfg)
+    try:
+        keys = [f"line1:verdict:cam0:s:{seq}" for seq in range(3)]
+        # the receiver keeps the first event but answers too late: it comes again, and its key tells it so
+        wait_for(lambda: len(taken(receiver, "verdict")) == 4, 10, "the three events and the repeat")
+        got = taken(receiver, "verdict")
+        assert once_each(got) == keys and sorted(got) == sorted([keys[0], *keys])
+        mes = read_state(cfg.data_dir)[0]["mes"]
+        assert mes["failures"] == 1 and mes["last_key"] == keys[-1]
+    finally:
+        notify.terminate()
+        notify.wait(timeout=10)
+        receiver.stop()
+        db.close()
+
+
 def test_a_secret_file_others_can_read_stops_the_notifier_naming_it(tmp_path: Path) -> None:
     receiver_port, api_port = free_ports(2)
     cfg = hook_line(tmp_path, receiver_port, api_port)
@@ -154,6 +180,14 @@ def test_bad_hook_configs_are_refused_naming_the_problem(hook: dict[str, Any], p
     with pytest.raises(ConfigError) as err:
         parse_config({"notify": {"hooks": [hook]}})
     assert problem in str(err.value)
+
+
+def test_the_notify_process_runs_only_when_a_hook_or_mqtt_is_configured() -> None:
+    hook = {"url": "http://h/x", "secret_env": "A"}
+    assert "notify" not in [role for role, _ in line_children(parse_config({}))]
+    for notify in ({"hooks": [hook]}, {"mqtt": {"enabled": True}}):
+        roles = [role for role, _ in line_children(parse_config({"notify": notify}))]
+        assert roles[-2:] == ["notify", "acquire"]  # up before the frames flow
 
 
 def test_a_broker_password_needs_a_user() -> None:
