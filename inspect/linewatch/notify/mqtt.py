@@ -10,6 +10,7 @@ dropped and counted beyond that. The lossless, ordered path is the HTTP hooks' c
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections import deque
 from typing import Any
@@ -82,17 +83,24 @@ class MqttLink:
                 self._drain(client)
                 self._record(state)
         finally:
-            if self._connected.is_set():
-                info = client.publish(self.status_topic, self._status_payload("offline", reason="stopped"),
-                                      self.mqtt.qos, True)
-                info.wait_for_publish(timeout=2.0)
+            self._say_stopped(client)
             client.disconnect()
             client.loop_stop()
             self._record(state)
             state.close()
             store.close()
 
-    def _read(self, store: Any, kind: EventKind, cursor: int) -> int:
+    def _say_stopped(self, client: paho.Client) -> None:
+        """A clean stop sends no last will: the line says itself that it is offline, if the broker is there."""
+        if not self._connected.is_set():
+            return
+        info = client.publish(self.status_topic, self._status_payload("offline", reason="stopped"), self.mqtt.qos, True)
+        try:
+            info.wait_for_publish(timeout=2.0)
+        except (RuntimeError, ValueError) as exc:  # the broker went away meanwhile: its will says offline instead
+            log.warning("mqtt: the stopped status was not published: %s", exc)
+
+    def _read(self, store: sqlite3.Connection, kind: EventKind, cursor: int) -> int:
         """New events of `kind` into the buffer (the oldest dropped and counted past its bound)."""
         while events := read_events(store, self.cfg.line, kind, cursor, 500):
             for e in events:
@@ -166,7 +174,7 @@ class MqttLink:
             self._last_error = f"connection lost: {reason}"
             log.warning("mqtt: %s; reconnecting, up to %d messages buffered", self._last_error, self.mqtt.buffer)
 
-    def _line_status(self, store: Any) -> dict[str, Any]:
+    def _line_status(self, store: sqlite3.Connection) -> dict[str, Any]:
         expected = [child_name(self.cfg, role, i) for role, i in line_children(self.cfg)]
         active = store.execute("SELECT count(*) FROM alarms WHERE acknowledged_by IS NULL").fetchone()[0]
         return {"processes_down": down(self.cfg.run_dir, expected), "alarms_active": int(active)}
