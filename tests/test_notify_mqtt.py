@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
+from linewatch.api.app import create_app
 from linewatch.config import parse_config
 from linewatch.line.supervisor import prepare_run_dir, resolve_paths
 from linewatch.store import VIEW_COLUMNS, open_writer
@@ -82,8 +84,16 @@ def test_mqtt_publishes_buffers_while_the_broker_is_away_and_leaves_its_last_wil
         notify.wait(timeout=10)
         wait_for(lambda: status(sub)[-1][0]["state"] == "offline", 10, "the stopped status")
         assert status(sub)[-1][0] == {"state": "offline", "line": "line1", "reason": "stopped"}
+        add_verdicts(db, 63, FINALS * 5)  # 25 recorded while the notifier is down
         notify = start_child("notify", "notify", cfg)
         wait_for(lambda: status(sub)[-1][0]["state"] == "online", 10, "the line back online")
+        wait_for(lambda: seqs(sub)[-1:] == [87], 10, "the verdicts recorded during the restart")
+        # on from the last one the broker acknowledged, at most the buffer's 20: the 5 oldest dropped and counted
+        assert seqs(sub)[-21:] == [62, *range(68, 88)]
+        wait_for(lambda: read_state(cfg.data_dir)[1]["dropped"] == 5, 5, "the new process to count the 5 dropped")
+        link = TestClient(create_app(cfg)).get("/api/notify").json()["mqtt"]
+        assert link["enabled"] and link["connected"] and link["dropped"] == 5 and link["verdict_cursor"] == 88  # seq 87
+        assert "pw-of-the-line" not in str(link)
 
         notify.send_signal(signal.SIGKILL)  # the line dies: the broker publishes its will
         notify.wait()

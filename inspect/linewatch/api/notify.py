@@ -37,7 +37,10 @@ class MqttState(BaseModel):
     enabled: bool = Field(description="notify.mqtt.enabled.")
     connected: bool = Field(description="Connected to the broker at the last update.")
     published: int = Field(description="Messages the broker acknowledged since the notify process started.")
-    dropped: int = Field(description="Messages dropped from the full buffer since the notify process started.")
+    dropped: int = Field(description="Messages dropped since the notify process started: from the full buffer, "
+                         "or more than the buffer's worth recorded while it was down.")
+    verdict_cursor: int | None = Field(description="Store id of the newest inspection the broker acknowledged.")
+    alarm_cursor: int | None = Field(description="Store id of the newest alarm the broker acknowledged.")
     buffered: int = Field(description="Messages waiting for the broker.")
     t_connected_ns: int | None = Field(description="When the current or last connection was made.")
     last_error: str | None = Field(description="Why the broker was last lost or refused the connection.")
@@ -65,7 +68,7 @@ def notify_router(cfg: LineConfig) -> APIRouter:
             states.append(HookState(**{**blank, **(saved if saved.get("event") == h.event else {}),
                                        "name": h.name, "event": h.event}))
         link = {"connected": False, "published": 0, "dropped": 0, "buffered": 0, "t_connected_ns": None,
-                "last_error": None, "t_ns": None, **(mqtt or {})}
+                "last_error": None, "t_ns": None, "verdict_cursor": None, "alarm_cursor": None, **(mqtt or {})}
         link.pop("id", None)
         return NotifyState(hooks=states, mqtt=MqttState(enabled=cfg.notify.mqtt.enabled, **link))
 

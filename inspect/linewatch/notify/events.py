@@ -60,3 +60,10 @@ def last_id(conn: sqlite3.Connection, kind: EventKind) -> int:
 def count_after(conn: sqlite3.Connection, kind: EventKind, after: int) -> int:
     """Rows of `kind` after `after`: what a cursor still has to look at (before its filters)."""
     return int(conn.execute(f"SELECT count(*) FROM {_TABLES[kind]} WHERE id > ?", (after,)).fetchone()[0])
+
+
+def newest_after(conn: sqlite3.Connection, kind: EventKind, after: int, keep: int) -> int:
+    """A cursor at or past `after` that leaves at most `keep` rows of `kind` after it (the newest ones)."""
+    row = conn.execute(f"SELECT id FROM {_TABLES[kind]} WHERE id > ? ORDER BY id DESC LIMIT 1 OFFSET ?",
+                       (after, keep)).fetchone()
+    return after if row is None else int(row[0])

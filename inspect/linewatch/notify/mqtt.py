@@ -3,8 +3,8 @@
 Topics: `<prefix>/<line>/<camera>/verdict` (each inspection, `row_to_api`), `<prefix>/<line>/alarm` (each
 raised alarm) and `<prefix>/<line>/status` (retained: online with what is down and how many alarms are
 active; the broker's last will sets it offline when the line's connection dies). MQTT is the live feed:
-it starts at the newest event, and while the broker is away up to `mqtt.buffer` messages wait, the oldest
-dropped and counted beyond that. The lossless, ordered path is the HTTP hooks' cursor.
+while the broker is away, or across a restart, up to `mqtt.buffer` messages wait, the oldest dropped and
+counted beyond that. The lossless path is the HTTP hooks'.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from linewatch import metrics
 from linewatch.clock import now_ns
 from linewatch.config import LineConfig
-from linewatch.notify.events import EventKind, last_id, read_events
+from linewatch.notify.events import EventKind, count_after, last_id, newest_after, read_events
 from linewatch.store import open_reader
 from linewatch.store.delivery import DeliveryState
 from linewatch.wire.ready import child_name, down, line_children
@@ -30,6 +30,7 @@ from linewatch.wire.ready import child_name, down, line_children
 log = logging.getLogger("notify")
 IN_FLIGHT = 100  # messages handed to paho and not yet acknowledged; the rest wait in the bounded buffer
 _KINDS: tuple[EventKind, ...] = ("verdict", "alarm")
+_Message = tuple[str, int, str, bytes]  # kind (verdict, alarm, status), store id (0: status), topic, payload
 
 
 class MqttLink:
@@ -41,10 +42,11 @@ class MqttLink:
         root = f"{self.mqtt.topic_prefix}/{cfg.line}"
         self.status_topic, self.alarm_topic = f"{root}/status", f"{root}/alarm"
         self.verdict_topic = root + "/{camera}/verdict"
-        self.buffer: deque[tuple[str, str, bytes]] = deque()  # (kind, topic, payload), bounded by mqtt.buffer
+        self.buffer: deque[_Message] = deque()  # bounded by mqtt.buffer
         self.dropped = self.published = 0
+        self.acked: dict[str, int] = {}  # per kind: store id of the newest event the broker acknowledged
         self._lock = threading.RLock()  # paho may call on_publish from inside publish(), on this thread
-        self._in_flight: dict[int, str] = {}  # mid -> kind
+        self._in_flight: dict[int, tuple[str, int]] = {}  # mid -> (kind, store id)
         self._early: set[int] = set()  # mids acknowledged before publish() returned them
         self._connected = threading.Event()
         self._send_status = threading.Event()
@@ -63,7 +65,9 @@ class MqttLink:
 
     def run(self) -> None:
         store, state = open_reader(self.cfg.data_dir), DeliveryState(self.cfg.data_dir)
-        cursors = {kind: last_id(store, kind) for kind in _KINDS}
+        saved = state.mqtt_cursors()
+        cursors: dict[EventKind, int] = {k: self._resume(store, k, saved[k] if saved else None) for k in _KINDS}
+        self.acked = {str(kind): cursor for kind, cursor in cursors.items()}
         client = self._client()
         client.connect_async(self.mqtt.host, self.mqtt.port, keepalive=self.mqtt.keepalive_s)
         client.loop_start()  # paho's thread connects, and reconnects with backoff
@@ -77,7 +81,8 @@ class MqttLink:
                 if self._send_status.is_set() or now >= next_status:
                     fresh = self._status_payload("online", **self._line_status(store))
                     if fresh != status or self._send_status.is_set():
-                        status = fresh if self._publish(client, "status", self.status_topic, fresh, True) else None
+                        sent = self._publish(client, ("status", 0, self.status_topic, fresh), retain=True)
+                        status = fresh if sent else None
                         self._send_status.clear()
                     next_status = now + self.mqtt.status_s
                 self._drain(client)
@@ -100,6 +105,20 @@ class MqttLink:
         except (RuntimeError, ValueError) as exc:  # the broker went away meanwhile: its will says offline instead
             log.warning("mqtt: the stopped status was not published: %s", exc)
 
+    def _resume(self, store: sqlite3.Connection, kind: EventKind, saved: int | None) -> int:
+        """Where reading starts: the newest event on a first start; after a restart, past the last event the
+        broker acknowledged, at most `buffer` events back (the ones skipped are counted as dropped)."""
+        if saved is None:
+            return last_id(store, kind)
+        start = newest_after(store, kind, saved, self.mqtt.buffer)
+        self._drop(count_after(store, kind, saved) - count_after(store, kind, start))
+        return start
+
+    def _drop(self, n: int) -> None:
+        if n > 0:
+            self.dropped += n
+            metrics.MQTT_DROPPED.inc(n)
+
     def _read(self, store: sqlite3.Connection, kind: EventKind, cursor: int) -> int:
         """New events of `kind` into the buffer (the oldest dropped and counted past its bound)."""
         while events := read_events(store, self.cfg.line, kind, cursor, 500):
@@ -108,9 +127,8 @@ class MqttLink:
                 with self._lock:
                     if len(self.buffer) >= self.mqtt.buffer:
                         self.buffer.popleft()
-                        self.dropped += 1
-                        metrics.MQTT_DROPPED.inc()
-                    self.buffer.append((kind, topic, orjson.dumps(e.body(self.cfg.line))))
+                        self._drop(1)
+                    self.buffer.append((kind, e.store_id, topic, orjson.dumps(e.body(self.cfg.line))))
             cursor = events[-1].store_id
         return cursor
 
@@ -120,17 +138,18 @@ class MqttLink:
             with self._lock:
                 if not self.buffer or len(self._in_flight) >= IN_FLIGHT:
                     break
-                kind, topic, payload = self.buffer[0]
-            if not self._publish(client, kind, topic, payload, False):
+                message = self.buffer[0]
+            if not self._publish(client, message):
                 break
             with self._lock:
                 self.buffer.popleft()
         with self._lock:
             metrics.MQTT_BUFFERED.set(len(self.buffer) + len(self._in_flight))
 
-    def _publish(self, client: paho.Client, kind: str, topic: str, payload: bytes, retain: bool) -> bool:
+    def _publish(self, client: paho.Client, message: _Message, retain: bool = False) -> bool:
         if not self._connected.is_set():
             return False
+        kind, store_id, topic, payload = message
         # never under our lock: paho's thread takes it in on_publish while holding paho's own
         info = client.publish(topic, payload, self.mqtt.qos, retain)
         queued = info.rc == paho.MQTT_ERR_NO_CONN and self.mqtt.qos > 0  # paho keeps it and sends it on reconnect
@@ -139,22 +158,24 @@ class MqttLink:
         with self._lock:
             if info.mid in self._early:
                 self._early.discard(info.mid)
-                self._count(kind)
+                self._count(kind, store_id)
             else:
-                self._in_flight[info.mid] = kind
+                self._in_flight[info.mid] = (kind, store_id)
         return True
 
     def _acked(self, _c: Any, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
         with self._lock:
-            kind = self._in_flight.pop(mid, None)
-            if kind is None:
+            sent = self._in_flight.pop(mid, None)
+            if sent is None:
                 self._early.add(mid)
             else:
-                self._count(kind)
+                self._count(*sent)
 
-    def _count(self, kind: str) -> None:
+    def _count(self, kind: str, store_id: int) -> None:
         self.published += 1
         metrics.MQTT_PUBLISHED.labels(kind).inc()
+        if kind in self.acked:
+            self.acked[kind] = max(self.acked[kind], store_id)
 
     def _on_connect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
@@ -185,5 +206,6 @@ class MqttLink:
     def _record(self, state: DeliveryState) -> None:
         with self._lock:
             buffered = len(self.buffer) + len(self._in_flight)
+            acked = dict(self.acked)
         state.mqtt(self._connected.is_set(), self.published, self.dropped, buffered, self._t_connected_ns,
-                   self._last_error)
+                   self._last_error, acked)

@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS hooks (
 CREATE TABLE IF NOT EXISTS mqtt (
   id INTEGER PRIMARY KEY CHECK (id = 1), connected INTEGER NOT NULL, published INTEGER NOT NULL,
   dropped INTEGER NOT NULL, buffered INTEGER NOT NULL, t_connected_ns INTEGER, last_error TEXT,
-  t_ns INTEGER NOT NULL);
+  t_ns INTEGER NOT NULL, verdict_cursor INTEGER NOT NULL, alarm_cursor INTEGER NOT NULL);
 """
 
 
@@ -67,9 +67,16 @@ class DeliveryState:
         self.conn.execute("UPDATE hooks SET backlog = ? WHERE name = ?", (rows, hook))
 
     def mqtt(self, connected: bool, published: int, dropped: int, buffered: int, t_connected_ns: int | None,
-             last_error: str | None) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO mqtt VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
-                          (int(connected), published, dropped, buffered, t_connected_ns, last_error, now_ns()))
+             last_error: str | None, cursors: dict[str, int]) -> None:
+        """The MQTT link's figures, and per kind the store id of the newest event the broker acknowledged."""
+        self.conn.execute("INSERT OR REPLACE INTO mqtt VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                          (int(connected), published, dropped, buffered, t_connected_ns, last_error, now_ns(),
+                           cursors["verdict"], cursors["alarm"]))
+
+    def mqtt_cursors(self) -> dict[str, int] | None:
+        """What `mqtt` last saved as acknowledged; None before the first MQTT run."""
+        row = self.conn.execute("SELECT verdict_cursor, alarm_cursor FROM mqtt").fetchone()
+        return None if row is None else {"verdict": int(row[0]), "alarm": int(row[1])}
 
     def close(self) -> None:
         self.conn.close()
