@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,9 @@ import pytest
 
 from linewatch.config import ConfigError, LineConfig, parse_config, to_json
 from linewatch.line.supervisor import prepare_run_dir, resolve_paths
-from linewatch.notify.hooks import SIGNATURE_HEADER, sign
+from linewatch.notify.hooks import SIGNATURE_HEADER, HookSender, sign
 from linewatch.store import VIEW_COLUMNS, open_writer
-from linewatch.store.delivery import read_state
+from linewatch.store.delivery import DeliveryState, read_state
 from linewatch.wire.ready import line_children
 from tests.conftest import REPO, db_rows, free_ports, http_json, http_text, metric, start_child, wait_for
 from tests.notify_harness import Receiver, add_alarm, add_verdicts
@@ -152,6 +153,29 @@ def test_a_receiver_too_slow_to_answer_gets_the_event_again_under_the_same_key(t
         notify.wait(timeout=10)
         receiver.stop()
         db.close()
+
+
+def test_a_new_store_behind_an_old_cursor_is_delivered_from_its_first_event(tmp_path: Path) -> None:
+    """The data disk was replaced, notify.db kept: the cursor is past every id of the new store."""
+    receiver_port, api_port = free_ports(2)
+    cfg = hook_line(tmp_path, receiver_port, api_port)
+    state = DeliveryState(cfg.data_dir)
+    state.cursor("mes", "verdict", 5000)
+    state.close()
+    db = open_writer(cfg.data_dir)
+    add_verdicts(db, 0, ["FAIL"] * 3)
+    db.close()
+    receiver = Receiver(receiver_port, SECRET).start()
+    stop = threading.Event()
+    sender = threading.Thread(target=HookSender(cfg, cfg.notify.hooks[0], SECRET, stop).run)
+    sender.start()
+    try:
+        wait_for(lambda: len(taken(receiver, "verdict")) == 3, 10, "the new store's events")
+        assert taken(receiver, "verdict") == [f"line1:verdict:cam0:s:{seq}" for seq in range(3)]
+    finally:
+        stop.set()
+        sender.join(timeout=10)
+        receiver.stop()
 
 
 def test_a_secret_file_others_can_read_stops_the_notifier_naming_it(tmp_path: Path) -> None:

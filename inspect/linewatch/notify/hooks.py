@@ -65,8 +65,13 @@ class HookSender:
         self.alarms = AlarmSender(zmq.Context.instance(), Endpoints(self.cfg.run_dir), "notify")
         self.session = requests.Session()
         try:
-            cursor = self.state.cursor(hook.name, hook.event,
-                                       0 if hook.start == "first" else last_id(self.store, hook.event))
+            newest = last_id(self.store, hook.event)
+            cursor = self.state.cursor(hook.name, hook.event, 0 if hook.start == "first" else newest)
+            if cursor > newest:  # the store was replaced by a new one: its ids start again
+                log.warning("hook %s: the store's newest %s id is %d, below the hook's cursor %d (a new store); "
+                            "delivering from its first event", hook.name, hook.event, newest, cursor)
+                cursor = 0
+                self.state.passed(hook.name, cursor, 0)
             log.info("hook %s: %s events after store id %d", hook.name, hook.event, cursor)
             while not self.stop.is_set():
                 self._backlog(cursor)

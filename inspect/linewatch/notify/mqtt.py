@@ -108,8 +108,9 @@ class MqttLink:
     def _resume(self, store: sqlite3.Connection, kind: EventKind, saved: int | None) -> int:
         """Where reading starts: the newest event on a first start; after a restart, past the last event the
         broker acknowledged, at most `buffer` events back (the ones skipped are counted as dropped)."""
-        if saved is None:
-            return last_id(store, kind)
+        newest = last_id(store, kind)
+        if saved is None or saved > newest:  # a first start, or a new store whose ids start again
+            return newest
         start = newest_after(store, kind, saved, self.mqtt.buffer)
         self._drop(count_after(store, kind, saved) - count_after(store, kind, start))
         return start
