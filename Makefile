@@ -25,8 +25,10 @@ setup-dev: $(VENV)/.dev system-deps
 
 # Debian packages the tests use: chromium (HMI in a real browser), prometheus (promtool checks
 # /metrics), poppler-utils (PDF reports to PNG and text), mbpoll (an independent Modbus client),
-# postgresql (the central server `linewatch ship` ships to; pg_ctlcluster is on PATH with its server).
-SYSTEM_TOOLS := chromium:chromium promtool:prometheus pdftoppm:poppler-utils mbpoll:mbpoll pg_ctlcluster:postgresql
+# postgresql (the central server `linewatch ship` ships to; pg_ctlcluster is on PATH with its server),
+# mosquitto (a real MQTT broker for the notify process).
+SYSTEM_TOOLS := chromium:chromium promtool:prometheus pdftoppm:poppler-utils mbpoll:mbpoll pg_ctlcluster:postgresql \
+	mosquitto:mosquitto
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \

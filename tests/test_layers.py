@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.conftest import REPO
 
 SOURCE = REPO / "inspect"
-PROCESSES = {"acquire", "infer", "record", "api", "plc", "ship"}
+PROCESSES = {"acquire", "infer", "record", "api", "plc", "ship", "notify"}
 _FOUNDATION = {"clock", "paths", "metrics", "config", "pixels", "shifts"}
 #: what each library may import besides itself (CLI modules, `*.cli`, sit on top and may import anything)
 BASE = {

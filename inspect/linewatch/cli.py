@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(module).add_commands(sub)
 
     child = sub.add_parser("child")  # internal: one process of the line, started by `run`
-    child.add_argument("role", choices=["record", "infer", "acquire", "api", "plc", "ship"])
+    child.add_argument("role", choices=["record", "infer", "acquire", "api", "plc", "ship", "notify"])
     child.add_argument("index", type=int)
     child.add_argument("--run-dir", required=True)
     child.set_defaults(func=_cmd_child)

@@ -124,13 +124,29 @@ SHIP_CONNECTED = Gauge(
     "linewatch_ship_connected", "1 while ship holds a working connection to the central PostgreSQL.",
     multiprocess_mode="liveall",
 )
+HOOK_DELIVERED = Counter("linewatch_hook_delivered", "Events a hook's receiver took (2xx answer).", ["hook"])
+HOOK_FAILURES = Counter(
+    "linewatch_hook_failures", "Failed hook delivery attempts (retried), by reason.", ["hook", "reason"]
+)
+HOOK_BACKLOG = Gauge(
+    "linewatch_hook_backlog", "Store rows after a hook's cursor: events it has not yet delivered or filtered out.",
+    ["hook"], multiprocess_mode="mostrecent",
+)
+MQTT_PUBLISHED = Counter("linewatch_mqtt_published", "MQTT messages the broker acknowledged, by kind.", ["kind"])
+MQTT_DROPPED = Counter("linewatch_mqtt_dropped", "MQTT messages dropped from the full buffer while the broker was "
+                       "away (oldest first).")
+MQTT_BUFFERED = Gauge("linewatch_mqtt_buffered", "MQTT messages waiting for the broker (buffered or unacknowledged).",
+                      multiprocess_mode="mostrecent")
+MQTT_CONNECTED = Gauge("linewatch_mqtt_connected", "1 while the notify process is connected to the MQTT broker.",
+                       multiprocess_mode="mostrecent")
 
 ALL = (FRAMES_ACQUIRED, FRAMES_DROPPED, FRAMES_INSPECTED, VERDICTS, MESSAGES_REJECTED, LATE_VERDICTS, ALARMS,
        RESTARTS, INFERENCE_SECONDS, END_TO_END_SECONDS, MODEL_INFO, MODEL_UP, IMAGES_DROPPED, IMAGES_PRUNED,
        RULES_ONLY, FAILSAFE_OVERRIDES, PLC_CLIENTS, PLC_REQUESTS, PLC_EXCEPTIONS, PLC_ERRORS, PLC_COMMANDS,
        STAGE_SECONDS, FRAME_SLOTS_RECLAIMED, ROWS_LOST, DRIFT_STATISTIC, DRIFT_ACTIVE,
        ESTIMATED_ACCURACY, ESTIMATED_DEFECT_RATE, REALISED_ACCURACY, WATCH_SECONDS,
-       SHIP_LAG, SHIP_ROWS, SHIP_ERRORS, SHIP_CONNECTED)
+       SHIP_LAG, SHIP_ROWS, SHIP_ERRORS, SHIP_CONNECTED, HOOK_DELIVERED, HOOK_FAILURES,
+       HOOK_BACKLOG, MQTT_PUBLISHED, MQTT_DROPPED, MQTT_BUFFERED, MQTT_CONNECTED)
 
 
 def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:

@@ -32,6 +32,7 @@ from linewatch.api.drift import drift_router
 from linewatch.api.errors import refusals, validation_refused
 from linewatch.api.hmi import add_hmi_routes
 from linewatch.api.methods import AllowedMethods, path_methods
+from linewatch.api.notify import notify_router
 from linewatch.api.qa import qa_router
 from linewatch.api.resources import ResourceCollector
 from linewatch.config import LineConfig
@@ -172,6 +173,7 @@ def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
     app.include_router(camera_router(cfg))
     app.include_router(drift_router(cfg))
     app.include_router(add_hmi_routes(cfg))
+    app.include_router(notify_router(cfg))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount("/images", StaticFiles(directory=data_dir / IMAGES_DIR, check_dir=False), name="images")
     app.add_middleware(AllowedMethods, table=path_methods(app))

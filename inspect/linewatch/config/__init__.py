@@ -2,7 +2,7 @@
 
 Every field has a default, so `linewatch run` needs no file; a YAML file overrides any part of it.
 Errors are reported with their path in the YAML (`cameras[0].exposure_us: must be > 0 (got -5)`).
-One module per concern: base (paths, errors), cameras, failsafe, line (the top level), loading.
+One module per concern: base (paths, errors), cameras, failsafe, line (the top level), loading, notify, plc, watch.
 """
 
 from linewatch.config.base import ConfigError, _Strict
@@ -28,6 +28,7 @@ from linewatch.config.line import (
     SupervisorConfig,
 )
 from linewatch.config.loading import _format_error, from_json, load_config, parse_config, to_json
+from linewatch.config.notify import HookConfig, MqttConfig, NotifyConfig, SecretError
 from linewatch.config.plc import PlcConfig
 from linewatch.config.remote import RemoteWorkersConfig
 from linewatch.config.ship import ShipConfig
@@ -44,15 +45,19 @@ __all__ = [
     "ExposureRuleConfig",
     "FailsafeConfig",
     "GenicamSource",
+    "HookConfig",
     "InferConfig",
     "LineConfig",
     "ModelConfig",
     "ModelHealthConfig",
+    "MqttConfig",
+    "NotifyConfig",
     "PlcConfig",
     "PresenceRuleConfig",
     "RecordConfig",
     "RemoteWorkersConfig",
     "ReplaySource",
+    "SecretError",
     "ShiftConfig",
     "ShipConfig",
     "SourceConfig",

@@ -22,3 +22,16 @@ def _ordered_pair(v: tuple[float, float], lo: float = 0.0, hi: float = 1.0) -> t
     if not lo <= v[0] <= v[1] <= hi:
         raise ValueError(f"must satisfy {lo:g} <= low <= high <= {hi:g}, got [{v[0]}, {v[1]}]")
     return v
+
+
+def _unique(names: list[str], what: str) -> None:
+    """Refuse repeated names (cameras, hooks): each names one thing in records, metrics and the API."""
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"{what} must be unique, repeated: {', '.join(dupes)}")
+
+
+def _backoff(first: float, longest: float, where: str) -> None:
+    """A retry backoff's first wait must not exceed its longest (`where`: the fields' prefix)."""
+    if first > longest:
+        raise ValueError(f"{where}: the first wait ({first:g} s) must not exceed the longest ({longest:g} s)")

@@ -7,9 +7,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from linewatch.config.base import _Strict
+from linewatch.config.base import _Strict, _unique
 from linewatch.config.cameras import MAX_CAMERAS, CameraConfig
 from linewatch.config.failsafe import FailsafeConfig
+from linewatch.config.notify import NotifyConfig, unknown_cameras
 from linewatch.config.plc import PlcConfig
 from linewatch.config.remote import RemoteWorkersConfig
 from linewatch.config.ship import ShipConfig
@@ -156,6 +157,7 @@ class LineConfig(_Strict):
     plc: PlcConfig = Field(default_factory=PlcConfig, description="Modbus TCP server for the line's PLC.")
     ship: ShipConfig = Field(default_factory=ShipConfig, description="Fleet results: the store shipped to a "
                              "central PostgreSQL.")
+    notify: NotifyConfig = Field(default_factory=NotifyConfig, description="HTTP hooks and MQTT for plant systems.")
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig, description="Restarts and stopping.")
     shifts: list[ShiftConfig] = Field(default_factory=_default_shifts, min_length=1, max_length=24,
                                       description="Shift schedule; each row records the shift it was captured in.")
@@ -182,10 +184,14 @@ class LineConfig(_Strict):
 
     @model_validator(mode="after")
     def _camera_names_unique(self) -> LineConfig:
-        names = [c.name for c in self.cameras]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"camera names must be unique, repeated: {', '.join(dupes)}")
+        _unique([c.name for c in self.cameras], "camera names")
+        return self
+
+    @model_validator(mode="after")
+    def _hook_cameras_known(self) -> LineConfig:
+        unknown = unknown_cameras(self.notify, [c.name for c in self.cameras])
+        if unknown:
+            raise ValueError(f"notify.hooks filter on cameras the line does not have: {', '.join(unknown)}")
         return self
 
     @model_validator(mode="after")

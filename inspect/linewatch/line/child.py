@@ -29,6 +29,7 @@ ROLES = {
     "api": "linewatch.api.app:Api",
     "plc": "linewatch.plc.process:Plc",
     "ship": "linewatch.ship.process:Ship",
+    "notify": "linewatch.notify.process:Notify",
 }
 
 

@@ -1,9 +1,9 @@
 """The composition root: `linewatch run` starts the line's processes in order and keeps them alive.
 
 Start order: record (the store must be listening first), infer workers (model loaded and warm),
-api, plc (when enabled: the PLC sees the line come up), then acquire (frames flow only when someone
-can decide them). Stop is the reverse. A child that dies is restarted with exponential backoff and
-an alarm is recorded.
+api, plc (when enabled: the PLC sees the line come up), notify (when hooks or MQTT are configured), then
+acquire (frames flow only when someone can decide them). Stop is the reverse. A child that dies is
+restarted with exponential backoff and an alarm is recorded.
 """
 
 from __future__ import annotations
@@ -145,9 +145,9 @@ class Supervisor:
             alarms.raise_alarm("process_restart", f"{child.name} died ({how}); restarting in {delay:.1f} s")
 
     def _stop_all(self) -> None:
-        """Reverse start order: acquire, api/plc/infer/ship, record; whatever is left after the grace is killed."""
+        """Reverse start order: acquire, api/plc/notify/infer/ship, record; what is left after the grace is killed."""
         budget_end = time.monotonic() + self.cfg.supervisor.stop_timeout_s
-        stages = [["acquire"], ["api", "plc", "infer", "ship"], ["record"]]
+        stages = [["acquire"], ["api", "plc", "notify", "infer", "ship"], ["record"]]
         for roles in stages:
             group = [c for c in self.children if c.role in roles and c.proc and c.proc.poll() is None]
             for c in group:

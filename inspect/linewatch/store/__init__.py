@@ -3,7 +3,8 @@
 Columns keep the contracts' names (`camera`, `seq`, `final`, `decided_by`, ...) so a QA engineer's
 SQL reads like the documentation. `schema` (tables, migrations), `rows` (the inspection row's one
 shape), `writer` (record's statements), `queries` (read-only access), `actions` (an operator's action
-sent to record and its audit row awaited), `images` (the archive).
+sent to record and its audit row awaited), `images` (the archive), `delivery` (the notify process's own
+state file beside the store).
 """
 
 from linewatch.store.queries import current_lot, open_reader, read_rows
