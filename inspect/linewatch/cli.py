@@ -16,12 +16,12 @@ from linewatch.config import ConfigError, LineConfig, load_config
 #: Modules that add their own subcommands: each has `add_commands(subparsers)`.
 COMMAND_MODULES: tuple[str, ...] = ("linewatch.reports.cli", "linewatch.training.cli", "linewatch.acquire.cli",
                                        "linewatch.failsafe.cli", "linewatch.model.cli",
-                                       "linewatch.data.cli",)
+                                       "linewatch.data.cli", "linewatch.auth.cli")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from linewatch.line.child import setup_logging
-    from linewatch.line.supervisor import StartError, Supervisor
+    from linewatch.line.supervisor import StartError, Supervisor, resolve_paths
     from linewatch.model.onnx import Model, ModelError
 
     setup_logging("supervisor")
@@ -37,6 +37,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         FailSafe(cfg.failsafe, model.frame_shape, model.info)  # a rule set that cannot be built: refuse too
     except (ModelError, RulesetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from linewatch.auth.accounts import AccountError
+    from linewatch.auth.cli import ensure_first_admin
+
+    try:
+        ensure_first_admin(resolve_paths(cfg))
+    except (AccountError, OSError) as exc:
+        print(f"error: first admin: {exc}", file=sys.stderr)
         return 2
     try:
         return Supervisor(cfg).run()

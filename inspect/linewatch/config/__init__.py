@@ -24,6 +24,7 @@ from linewatch.config.line import (
     LineConfig,
     ModelConfig,
     RecordConfig,
+    SecurityConfig,
     ShiftConfig,
     SupervisorConfig,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "PresenceRuleConfig",
     "RecordConfig",
     "ReplaySource",
+    "SecurityConfig",
     "ShiftConfig",
     "SourceConfig",
     "StatisticsRuleConfig",
