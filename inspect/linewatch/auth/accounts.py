@@ -18,7 +18,7 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from linewatch.auth.db import auth_db, cookie_key
+from linewatch.auth.db import audit, auth_db, cookie_key
 from linewatch.auth.roles import LEVELS, ROLES
 from linewatch.clock import now_ns
 from linewatch.config import SecurityConfig
@@ -208,7 +208,10 @@ def session_principal(data_dir: Path, cookie: str, cfg: SecurityConfig) -> tuple
                "session too old" if t - row["created_ns"] > cfg.session_max_s * 1e9 else None)
         if why is not None:
             conn.execute("UPDATE sessions SET ended_ns = ?, end_reason = ? WHERE id = ?", (t, why, session_id))
-            return None, f"session ended ({why})"
+    if why is not None:
+        audit(data_dir, row["user"], "session_end", "ok", address=row["address"], target=session_id,
+              detail={"reason": why})
+        return None, f"session ended ({why})"
     return Principal(row["user"], row["role"], "session", session_id), "ok"
 
 

@@ -218,7 +218,7 @@ $('lot-form').addEventListener('submit', async (e) => {
   e.preventDefault();
   const lot = $('lot-input').value.trim();
   try {
-    await send('PUT', '/api/lot', { lot, actor: 'hmi' });
+    await send('PUT', '/api/lot', { lot }); // the server names the signed-in user in the audit log
     $('lot-input').value = '';
     say(`lot ${lot} set`);
     refreshLot();
