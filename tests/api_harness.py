@@ -67,12 +67,14 @@ def _seed_drift(db: sqlite_utils.Database, t_ns: int) -> None:
 
 
 @contextmanager
-def served_api(tmp: Path, api: dict[str, Any] | None = None) -> Iterator[tuple[str, LineConfig]]:
-    """(base url, config) of the web app on a seeded store, with record running; stops both on exit."""
+def served_api(tmp: Path, api: dict[str, Any] | None = None,
+               **sections: Any) -> Iterator[tuple[str, LineConfig]]:
+    """(base url, config) of the web app on a seeded store, with record running; stops both on exit. `sections`
+    override other parts of the config (e.g. security={...})."""
     seed_store(tmp)
     rig = RecordRig(tmp, {})
     port = free_port()
-    cfg = resolve_paths(parse_config({"data_dir": str(tmp), "api": {"port": port, **(api or {})}}))
+    cfg = resolve_paths(parse_config({"data_dir": str(tmp), "api": {"port": port, **(api or {})}, **sections}))
     server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning",
                                            access_log=False, timeout_graceful_shutdown=1))
     thread = threading.Thread(target=server.run, daemon=True)

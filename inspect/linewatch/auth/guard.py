@@ -156,19 +156,27 @@ class Guard:
         if not audited:
             await self.app(scope, receive, send)
             return
-        status = 500
+        status, written = 500, False
 
-        async def send_status(message: Message) -> None:
+        def write() -> None:
+            nonlocal written
+            written = True
+            self.audit.write(principal.actor, f"{method} {path}", "ok" if status < 400 else f"refused {status}",
+                             address=address, target=scope["path"])
+
+        async def send_audited(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body") and not written:
+                write()  # committed before the answer ends: a client that has its answer finds the row
             await send(message)
 
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive, send_audited)
         finally:
-            self.audit.write(principal.actor, f"{method} {path}", "ok" if status < 400 else f"refused {status}",
-                             address=address, target=scope["path"])
+            if not written:
+                write()
 
     def _refusal(self, rule: str, principal: Principal | None, why: str, scope: Scope) -> JSONResponse | None:
         if rule == "":
