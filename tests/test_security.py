@@ -124,7 +124,7 @@ def test_a_token_works_until_it_expires_or_is_revoked(line_api: tuple[str, LineC
     from linewatch.auth.accounts import revoke_token, tokens
     revoke_token(cfg.data_dir, next(t["id"] for t in tokens(cfg.data_dir) if t["name"] == "line-script"))
     assert httpx.put(f"{url}/api/lot", json={"lot": "L-2"}, headers=revoked).status_code == 401
-    assert token_id and token.split("_")[-1] not in (cfg.data_dir / "auth.db").read_bytes().decode("latin-1")
+    assert token_id and token.split("_", 2)[2] not in (cfg.data_dir / "auth.db").read_bytes().decode("latin-1")
 
 
 def test_secrets_are_never_logged_nor_stored_in_clear_and_files_are_0600(

@@ -16,6 +16,7 @@ from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 
 from linewatch.api.app import create_app
+from linewatch.auth.accounts import users
 from linewatch.auth.roles import LEVELS, PERMISSIONS, PUBLIC, READ, ROLES, roles_table
 from linewatch.config import parse_config
 from tests.api_harness import bearer
@@ -105,6 +106,19 @@ def test_read_only_views_follow_the_viewer_level(tmp_path: Path, viewer: str, mo
             assert client.request(method, path, headers=qa).status_code not in (401, 403), path
     assert client.get("/api/session").status_code == 200  # who am I stays open: the HMI asks it to sign in
     assert client.get("/healthz").status_code == 200
+
+
+def test_the_defaults_open_nothing(tmp_path: Path) -> None:
+    """IEC 62443-4-2 CR 7.7: loopback only, no user until the first start makes one, no change without a role."""
+    cfg = parse_config({"data_dir": str(tmp_path)})
+    assert (cfg.api.host, cfg.api.tls_cert, cfg.security.viewer) == ("127.0.0.1", None, "anonymous")
+    client = TestClient(create_app(cfg))
+    assert users(tmp_path) == []
+    for user, secret in (("admin", "admin"), ("admin", ""), ("operator", "0000"), ("root", "root")):
+        assert client.post("/api/session", json={"user": user, "secret": secret}).status_code in (401, 422)
+    for method, path in OPERATIONS:
+        if method not in SAFE and PERMISSIONS[(method, path)] not in (PUBLIC, READ):
+            assert client.request(method, _url(path)).status_code == 401, (method, path)
 
 
 def test_the_security_document_lists_the_permission_table() -> None:

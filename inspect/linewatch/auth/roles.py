@@ -24,10 +24,10 @@ PERMISSIONS: dict[tuple[str, str], str] = {
     ("GET", "/static"): PUBLIC,
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
-    ("GET", "/api/openapi.json"): PUBLIC,
-    ("GET", "/api/docs"): PUBLIC,
-    ("GET", "/docs/oauth2-redirect"): PUBLIC,
-    ("GET", "/redoc"): PUBLIC,
+    ("GET", "/api/openapi.json"): READ,
+    ("GET", "/api/docs"): READ,
+    ("GET", "/docs/oauth2-redirect"): READ,
+    ("GET", "/redoc"): READ,
     ("GET", "/api/session"): PUBLIC,  # who is signed in on this browser (nobody is an answer)
     ("POST", "/api/session"): PUBLIC,  # sign in
     ("DELETE", "/api/session"): PUBLIC,  # sign out (nothing to do without a session)
@@ -78,7 +78,8 @@ def roles_table() -> str:
     lines = ["| method | route | who |", "|---|---|---|"]
     who = {PUBLIC: "everyone", READ: "viewer level (`security.viewer`)"}
     for (method, path), rule in sorted(PERMISSIONS.items(), key=lambda item: (item[0][1], item[0][0])):
-        lines.append(f"| {method} | `{path}` | {who.get(rule, rule + ' and above')} |")
+        lines.append(f"| {method} | `{path}` | {who.get(rule, rule if rule == ROLES[-1] else rule + ' and above')} |")
     lines += ["", "| command | who |", "|---|---|"]
-    lines += [f"| `{command}` | {who_} |" for command, who_ in COMMANDS.items()]
+    lines += [f"| `{command}` | {who_} |".replace("|list", "\\|list").replace("|passwd", "\\|passwd")
+              .replace("|disable", "\\|disable").replace("|revoke", "\\|revoke") for command, who_ in COMMANDS.items()]
     return "\n".join(lines)
