@@ -110,7 +110,10 @@ def test_operator_signs_in_with_a_pin_sets_the_lot_triggers_and_is_locked_out_wh
         assert status == 401
     actions = db_rows(ln.data_dir, "SELECT action, actor FROM operator_actions")
     assert [(a["action"], a["actor"]) for a in actions] == [("set_lot", "ann")]
-    audit = [(a["actor"], a["action"], a["outcome"]) for a in reversed(audit_rows(ln.data_dir))]
+    rows = list(reversed(audit_rows(ln.data_dir)))
+    assert [r["action"] for r in rows[:2]] == ["user_add", "line_start"]  # the first admin, then what started
+    assert rows[1]["detail"]["model"] == "reference" and len(rows[1]["detail"]["config_sha256"]) == 64
+    audit = [(a["actor"], a["action"], a["outcome"]) for a in rows]
     assert audit[-6:-2] == [("ann", "sign_in", "ok"), ("ann", "PUT /api/lot", "ok"),
                             ("ann", "POST /api/cameras/{camera}/trigger", "ok"), ("ann", "PUT /api/lot", "refused 422")]
     assert audit[-2][:2] in (("ann", "sign_out"), ("ann", "session_end"))  # the screen's idle timer or the server's

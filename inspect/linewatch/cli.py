@@ -39,12 +39,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     from linewatch.auth.accounts import AccountError
-    from linewatch.auth.cli import ensure_first_admin
+    from linewatch.auth.cli import audit_line_start, ensure_first_admin
 
+    resolved = resolve_paths(cfg)
     try:
-        ensure_first_admin(resolve_paths(cfg))
+        ensure_first_admin(resolved)
+        audit_line_start(resolved, model.info.name, model.info.sha256)
     except (AccountError, OSError) as exc:
-        print(f"error: first admin: {exc}", file=sys.stderr)
+        print(f"error: auth database: {exc}", file=sys.stderr)
         return 2
     try:
         return Supervisor(cfg).run()

@@ -58,10 +58,12 @@ class LoginLimiter:
         """Seconds until a try is taken for every key (0: now)."""
         now, wait = time.monotonic(), 0.0
         for key in keys:
-            times = self.failures[key]
+            times = self.failures.get(key)
             while times and now - times[0] > WINDOW_S:
                 times.popleft()
-            if len(times) >= self.per_minute:
+            if not times:
+                self.failures.pop(key, None)  # a minute without failures: forgotten (made-up names cost nothing)
+            elif len(times) >= self.per_minute:
                 wait = max(wait, WINDOW_S - (now - times[0]))
         return wait
 

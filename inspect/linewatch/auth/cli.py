@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import hashlib
 import secrets
 import subprocess
 import sys
@@ -120,6 +121,14 @@ def ensure_first_admin(cfg: LineConfig) -> None:
         path = private_file(cfg.data_dir / INITIAL_PASSWORD_FILE, (password + "\n").encode())
         print(f"first start: user {FIRST_ADMIN!r} made; its password is in {path} (mode 0600): "
               "sign in, change it, delete the file", file=sys.stderr)
+
+
+def audit_line_start(cfg: LineConfig, model: str, model_sha256: str) -> None:
+    """The config and model the line starts with, as an audit row: a change between two starts shows as a new
+    hash (what changed is in the config file's own history)."""
+    config_sha = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()
+    audit(cfg.data_dir, _who(), "line_start", "ok", target=cfg.line,
+          detail={"config_sha256": config_sha, "recipe": cfg.recipe, "model": model, "model_sha256": model_sha256})
 
 
 def _cmd_tls(args: argparse.Namespace) -> int:

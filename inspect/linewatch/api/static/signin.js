@@ -24,8 +24,8 @@
   dialog.innerHTML = `
     <form id="signin-form" method="dialog" autocomplete="off">
       <label>user <input id="signin-user" name="user" maxlength="64" required autocapitalize="off"></label>
-      <label>PIN or password <input id="signin-secret" name="secret" type="password" maxlength="256" required
-        inputmode="numeric"></label>
+      <label>PIN or password <input id="signin-secret" name="secret" type="password" maxlength="256"
+        required></label>
       <div id="signin-pad" class="pad"></div>
       <div class="actions">
         <button id="signin-cancel" type="button">Cancel</button>
