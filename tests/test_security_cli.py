@@ -35,6 +35,8 @@ def test_users_and_tokens_are_managed_from_the_command_line_and_audited(
     code, _, err = _run(capsys, "users", "add", "ann", "--role", "operator", "--secret-file", str(pin), *data)
     assert code == 2 and err == "error: an operator's PIN is 4 or more digits\n"
     pin.write_text("2580\n")
+    code, _, err = _run(capsys, "users", "add", "ann smith", "--role", "operator", "--secret-file", str(pin), *data)
+    assert code == 2 and err.startswith("error: a name is 1-64 letters, digits and _.@-")
     assert _run(capsys, "users", "add", "ann", "--role", "operator", "--secret-file", str(pin), *data)[0] == 0
     code, _, err = _run(capsys, "users", "add", "ann", "--role", "qa", "--secret-file", str(pin), *data)
     assert code == 2 and "a qa's password is 12 or more characters" in err

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import sqlite3
 from dataclasses import dataclass
@@ -65,7 +66,13 @@ def secret_problem(role: str, secret: str, cfg: SecurityConfig) -> str | None:
     return None
 
 
+def _check_name(name: str) -> None:
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise AccountError(f"a name is 1-64 letters, digits and _.@- (got {name[:80]!r})")
+
+
 def add_user(data_dir: Path, name: str, role: str, secret: str, cfg: SecurityConfig) -> None:
+    _check_name(name)
     if role not in ROLES:
         raise AccountError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
     if (problem := secret_problem(role, secret, cfg)) is not None:
@@ -133,6 +140,7 @@ def check_login(data_dir: Path, name: str, secret: str) -> tuple[str | None, str
 
 def add_token(data_dir: Path, name: str, role: str, days: float, created_by: str) -> tuple[str, str]:
     """(token id, the token): the token is shown this once; the database keeps its SHA-256."""
+    _check_name(name)
     if role not in ROLES:
         raise AccountError(f"unknown role {role!r} (one of {', '.join(ROLES)})")
     token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
