@@ -193,6 +193,6 @@ class Guard:
                                            f"{principal.role}"}, status_code=403)
         foreign = _header(scope, b"origin") is not None and not same_origin(scope)
         if scope["method"] not in SAFE and (foreign or (principal.kind == "session" and not same_origin(scope))):
-            return JSONResponse({"detail": "a change with a session cookie must come from this app's own origin "
+            return JSONResponse({"detail": "a change from a browser must come from this app's own origin "
                                            "(Origin header)"}, status_code=403)
         return None
