@@ -33,8 +33,8 @@ from linewatch.api.methods import AllowedMethods, path_methods
 from linewatch.api.qa import qa_router
 from linewatch.api.resources import ResourceCollector
 from linewatch.api.session import session_router
-from linewatch.auth.guard import AuditLog, Guard
-from linewatch.auth.roles import PERMISSIONS, PUBLIC
+from linewatch.auth.guard import COOKIE, AuditLog, Guard
+from linewatch.auth.roles import PERMISSIONS, PUBLIC, READ
 from linewatch.config import LineConfig
 from linewatch.paths import STATIC_DIR
 from linewatch.store import read_rows, row_to_api, select_inspections
@@ -197,6 +197,15 @@ def _document_refusals(app: FastAPI) -> None:
                                "another origin."})
                 for code, text in own.items():
                     operation["responses"].setdefault(code, {"description": text, "content": problem})
+                if rule not in (PUBLIC, READ):
+                    operation["security"] = [{"bearer": []}, {"session": []}]
+                    operation["description"] = (operation.get("description", "") + f"\n\nNeeds the {rule} "
+                                                "role or above.").strip()
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "An API token (`linewatch tokens add`)."},
+            "session": {"type": "apiKey", "in": "cookie", "name": COOKIE,
+                        "description": "The session cookie `POST /api/session` sets (a change also needs this "
+                                       "app's own Origin)."}}
         app.openapi_schema = schema
         return schema
 
