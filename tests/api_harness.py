@@ -14,6 +14,7 @@ import sqlite_utils
 import uvicorn
 
 from linewatch.api.app import create_app
+from linewatch.auth.accounts import add_token
 from linewatch.config import LineConfig, parse_config
 from linewatch.line.supervisor import resolve_paths
 from linewatch.store import insert_alarm, insert_verdicts, open_writer, verdict_row
@@ -21,6 +22,13 @@ from linewatch.store.drift import insert_drift_alarm, save_reference, write_stat
 from linewatch.store.images import image_relpath, save_kept, save_live
 from linewatch.wire import Alarm, Verdict
 from tests.conftest import RecordRig, free_port, wait_for
+
+
+def bearer(data_dir: Path, role: str = "admin", name: str | None = None, days: float = 1.0) -> dict[str, str]:
+    """Headers that sign a request in as a machine client: a fresh API token of `role` (named `name`, so its audit
+    actor is `token:<name>`)."""
+    _, token = add_token(data_dir, name or f"test-{role}", role, days, "tests")
+    return {"Authorization": f"Bearer {token}"}
 
 
 def seed_store(data_dir: Path) -> None:
@@ -59,12 +67,14 @@ def _seed_drift(db: sqlite_utils.Database, t_ns: int) -> None:
 
 
 @contextmanager
-def served_api(tmp: Path, api: dict[str, Any] | None = None) -> Iterator[tuple[str, LineConfig]]:
-    """(base url, config) of the web app on a seeded store, with record running; stops both on exit."""
+def served_api(tmp: Path, api: dict[str, Any] | None = None,
+               **sections: Any) -> Iterator[tuple[str, LineConfig]]:
+    """(base url, config) of the web app on a seeded store, with record running; stops both on exit. `sections`
+    override other parts of the config (e.g. security={...})."""
     seed_store(tmp)
     rig = RecordRig(tmp, {})
     port = free_port()
-    cfg = resolve_paths(parse_config({"data_dir": str(tmp), "api": {"port": port, **(api or {})}}))
+    cfg = resolve_paths(parse_config({"data_dir": str(tmp), "api": {"port": port, **(api or {})}, **sections}))
     server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning",
                                            access_log=False, timeout_graceful_shutdown=1))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -15,6 +15,7 @@ import pytest
 from linewatch.wire import CameraCommand, Endpoints
 from linewatch.wire.camera_client import request_camera
 from tests.acquire_harness import AcquireRig
+from tests.api_harness import bearer
 from tests.conftest import count_rows, db_rows, wait_for
 
 
@@ -98,17 +99,18 @@ def test_frames_lost_or_torn_by_the_camera_are_each_recorded(tmp_path: Path) -> 
 def test_rest_and_cli_triggers_are_inspected_and_recorded(line: Any) -> None:
     ln = line(cameras=[{"name": "cam0", "trigger": "software"}, {"name": "cam1", "fps": 10, "max_frames": 3}])
     ln.start()
-    got = []
+    got, operator = [], bearer(ln.data_dir, "operator")
     for i in range(6):
-        req = urllib.request.Request(f"{ln.url}/api/cameras/cam0/trigger?part_id=LOT7-{i}", method="POST")
+        req = urllib.request.Request(f"{ln.url}/api/cameras/cam0/trigger?part_id=LOT7-{i}", method="POST",
+                                     headers=operator)
         with urllib.request.urlopen(req, timeout=10) as r:
             got.append(json.loads(r.read()))
     cli = subprocess.run([sys.executable, "-m", "linewatch", "cameras", "trigger", "cam0", "--config",
                           str(ln.config), "--part-id", "FROM-PLC"], capture_output=True, text=True, timeout=30)
     assert cli.returncode == 0, cli.stderr
     with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(urllib.request.Request(f"{ln.url}/api/cameras/cam1/trigger", method="POST"),
-                               timeout=10)
+        urllib.request.urlopen(urllib.request.Request(f"{ln.url}/api/cameras/cam1/trigger", method="POST",
+                                                      headers=operator), timeout=10)
     assert refused.value.code == 409 and "free_run mode" in refused.value.read().decode()
     refused.value.close()
     wait_for(lambda: count_rows(ln.data_dir) >= 10, 30, "10 rows")

@@ -19,6 +19,7 @@ from linewatch.plc import register_map as pm
 from linewatch.plc.process import Plc
 from linewatch.store.actions import ActionNotConfirmed, send_action, send_action_async
 from linewatch.wire import KIND_ALARM, Alarm, Endpoints, OperatorAction
+from tests.api_harness import bearer
 from tests.conftest import db_rows, wait_for
 from tests.test_record_store import Rig
 
@@ -45,7 +46,8 @@ def _audit(rig: Rig) -> list[tuple[int, str, str, str]]:
 
 def test_api_and_plc_wait_for_the_audit_row_the_same_way(record: Rig) -> None:
     endpoints, data_dir = Endpoints(record.cfg.run_dir), record.cfg.data_dir
-    r = TestClient(create_app(record.cfg)).put("/api/lot", json={"lot": "LOT-1", "actor": "op-7"})
+    r = TestClient(create_app(record.cfg), headers=bearer(data_dir, "operator", "op-7")).put("/api/lot",
+                                                                                          json={"lot": "LOT-1"})
     assert r.status_code == 200, r.text
 
     plc = _plc(record.cfg, 5)
@@ -64,7 +66,7 @@ def test_api_and_plc_wait_for_the_audit_row_the_same_way(record: Rig) -> None:
     in_loop_id = asyncio.run(send_action_async(endpoints, data_dir, in_loop, 5))
 
     audit = _audit(record)
-    assert [(a[1], a[2]) for a in audit] == [("op-7", "set_lot"), ("plc", "set_lot"), ("plc", "ack_alarm"),
+    assert [(a[1], a[2]) for a in audit] == [("token:op-7", "set_lot"), ("plc", "set_lot"), ("plc", "ack_alarm"),
                                              ("tool", "set_lot"), ("tool", "set_lot")]
     assert r.json()["audit_id"] == audit[0][0]
     assert (direct_id, in_loop_id) == (audit[3][0], audit[4][0])
@@ -82,7 +84,7 @@ def test_an_action_record_refuses_or_never_sees_is_not_confirmed(record: Rig, mo
 
     record.close()  # record gone: both callers say so
     monkeypatch.setattr(qa, "CONFIRM_TIMEOUT_S", 0.3)
-    r = TestClient(create_app(record.cfg)).put("/api/lot", json={"lot": "LOT-9", "actor": "op"})
+    r = TestClient(create_app(record.cfg), headers=bearer(data_dir)).put("/api/lot", json={"lot": "LOT-9"})
     assert r.status_code == 503 and r.json()["detail"] == "record did not confirm the set_lot within 0.3 s"
     plc = _plc(record.cfg, 0.3)
     plc.lot_text = pm.text_to_registers("LOT-9")

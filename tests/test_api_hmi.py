@@ -21,7 +21,7 @@ from linewatch.shifts import current_shift
 from linewatch.store import apply_action, insert_verdicts, open_reader, open_writer, verdict_row
 from linewatch.store.images import image_relpath, save_kept
 from linewatch.wire import OperatorAction, Verdict
-from tests.api_harness import served_api
+from tests.api_harness import bearer, served_api
 
 S = 10**9
 
@@ -107,8 +107,9 @@ def test_a_part_in_full_with_its_decision_log_and_image(tmp_path: Path) -> None:
     assert client.get("/api/inspections/2/image").status_code == 404
 
 
-def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+def _post(url: str, body: dict[str, Any] | None, headers: dict[str, str]) -> dict[str, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data, {"Content-Type": "application/json", **headers}, method="POST")
     with urllib.request.urlopen(req, timeout=10) as r:
         return dict(json.loads(r.read()))
 
@@ -120,19 +121,20 @@ def _get(url: str) -> dict[str, Any]:
 
 def test_review_queue_and_counter_reset_go_through_record(tmp_path: Path) -> None:
     with served_api(tmp_path) as (url, _):
+        anna, ben = bearer(tmp_path, "operator", "anna"), bearer(tmp_path, "operator", "ben")
         queue = _get(url + "/api/review/queue")
         assert queue["waiting"] == 1 and [p["id"] for p in queue["items"]] == [4]  # the seeded REVIEW part
-        _post(url + "/api/inspections/4/review", {"decision": "PASS", "reviewer": "anna"})
+        _post(url + "/api/inspections/4/review", {"decision": "PASS"}, anna)
         assert _get(url + "/api/review/queue") == {"waiting": 0, "items": []}
         before = _get(url + "/api/counters")["periods"]["reset"]
         assert before["total"] == 5 and before["from_ns"] is None
-        audit_id = _post(url + "/api/counters/reset", {"actor": "ben"})["audit_id"]
+        audit_id = _post(url + "/api/counters/reset", None, ben)["audit_id"]
         after = _get(url + "/api/counters")["periods"]
-        assert after["reset"]["total"] == 0 and after["reset"]["name"] == "since reset by ben"
+        assert after["reset"]["total"] == 0 and after["reset"]["name"] == "since reset by token:ben"
         assert after["all"]["total"] == 5  # all time is unchanged
     conn = open_reader(tmp_path)
     try:
         actor, action = conn.execute("SELECT actor, action FROM operator_actions WHERE id = ?", (audit_id,)).fetchone()
     finally:
         conn.close()
-    assert (actor, action) == ("ben", "reset_counters")
+    assert (actor, action) == ("token:ben", "reset_counters")

@@ -19,24 +19,25 @@ from linewatch.api.app import create_app
 from linewatch.api.qa import LOT_PATTERN
 from linewatch.config import parse_config
 from linewatch.wire import LotError, check_lot
-from tests.api_harness import seed_store, served_api
+from tests.api_harness import bearer, seed_store, served_api
 
 NOT_UTF8 = b'{"actor": "op\xff\xfe", "lot": "A\xc3", "decision": "PASS", "reviewer": "op"}'
-BODY_ROUTES = [("put", "/api/lot"), ("post", "/api/lot"), ("post", "/api/inspections/1/review"),
-               ("post", "/api/alarms/1/ack")]
+BODY_ROUTES = [("put", "/api/lot"), ("post", "/api/lot"), ("post", "/api/inspections/1/review")]
 
 
 @pytest.fixture
 def client(tmp_path: Path) -> TestClient:
     seed_store(tmp_path)
-    return TestClient(create_app(parse_config({"data_dir": str(tmp_path), "api": {"max_body_bytes": 4096}})))
+    return TestClient(create_app(parse_config({"data_dir": str(tmp_path), "api": {"max_body_bytes": 4096}})),
+                      headers=bearer(tmp_path))
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real uvicorn with a 4 KiB body cap (record running: actions commit)."""
-    with served_api(tmp_path_factory.mktemp("live"), {"max_body_bytes": 4096}) as (url, _):
-        yield url
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, bytes]]:
+    """A real uvicorn with a 4 KiB body cap (record running: actions commit), and an admin's Authorization header."""
+    with served_api(tmp_path_factory.mktemp("live"), {"max_body_bytes": 4096}) as (url, cfg):
+        (name, value), = bearer(cfg.data_dir).items()
+        yield url, f"{name}: {value}\r\n".encode()
 
 
 @pytest.mark.parametrize(("method", "path"), BODY_ROUTES)
@@ -56,10 +57,10 @@ def test_a_body_that_is_not_utf8_is_refused_by_name(client: TestClient, method: 
 @pytest.mark.parametrize(
     ("body", "status", "loc"),
     [
-        (b'{"lot": "A1", "actor": "op"', 422, ["body", 27]),  # JSON cut short
-        (b'{"lot": "\\ud800", "actor": "op"}', 422, ["body", "lot"]),  # a lone surrogate cannot be sent on as UTF-8
-        (b'{"lot": "A\\u0000B\\u001b[31m", "actor": "op"}', 422, ["body", "lot"]),  # the lot rule, as on the PLC
-        (b'{"lot": " A1", "actor": "op"}', 422, ["body", "lot"]),
+        (b'{"lot": "A1", "note": "op"', 422, ["body", 26]),  # JSON cut short
+        (b'{"lot": "\\ud800"}', 422, ["body", "lot"]),  # a lone surrogate cannot be sent on as UTF-8
+        (b'{"lot": "A\\u0000B\\u001b[31m"}', 422, ["body", "lot"]),  # the lot rule, as on the PLC
+        (b'{"lot": " A1"}', 422, ["body", "lot"]),
     ],
 )
 def test_a_lot_body_is_checked_before_the_store(client: TestClient, body: bytes, status: int, loc: list[Any]) -> None:
@@ -73,7 +74,7 @@ def test_a_lot_body_is_checked_before_the_store(client: TestClient, body: bytes,
 @pytest.mark.parametrize("row_id", ["2719446982830570053042176", str(2**63), "0", "-1"])
 def test_an_id_past_64_bits_or_below_1_is_a_422(client: TestClient, path: str, row_id: str) -> None:
     method = "get" if path.endswith(".png") else "post"
-    r = client.request(method, path.format(row_id), json={"actor": "op", "decision": "PASS", "reviewer": "op"})
+    r = client.request(method, path.format(row_id), json={"decision": "PASS"})
     assert r.status_code == 422, r.text
     assert r.json()["detail"][0]["loc"] == ["path", "alarm_id" if "alarms" in path else "inspection_id"]
 
@@ -122,10 +123,10 @@ def _raw(url: str, request: bytes, wait_s: float = 5.0) -> tuple[bytes, float]:
     return answer, time.monotonic() - t0
 
 
-def test_a_100_mb_body_is_refused_413_before_it_is_read(live: str) -> None:
+def test_a_100_mb_body_is_refused_413_before_it_is_read(live: tuple[str, bytes]) -> None:
     head = (b"PUT /api/lot HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Content-Length: 100000000\r\n\r\n")
-    answer, took = _raw(live, head + b'{"lot": "')  # the 100 MB never comes: the answer may not wait for it
+    answer, took = _raw(live[0], head + b'{"lot": "')  # the 100 MB never comes: the answer may not wait for it
     status, _, rest = answer.partition(b"\r\n")
     assert status.startswith(b"HTTP/1.1 413 "), answer[:300]
     assert b"connection: close" in rest.lower()
@@ -134,23 +135,25 @@ def test_a_100_mb_body_is_refused_413_before_it_is_read(live: str) -> None:
     assert took < 2.0
 
 
-def test_a_chunked_body_is_counted_as_it_arrives(live: str) -> None:
+def test_a_chunked_body_is_counted_as_it_arrives(live: tuple[str, bytes]) -> None:
     chunk = b"1000\r\n" + b" " * 4096 + b"\r\n"
     head = (b"POST /api/alarms/1/ack HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n")
-    answer, _ = _raw(live, head + chunk * 2)  # over the cap, never finished (no final 0-chunk)
+    answer, _ = _raw(live[0], head + chunk * 2)  # over the cap, never finished (no final 0-chunk)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
 
 
-def test_a_body_within_the_cap_still_works(live: str) -> None:
+def test_a_body_within_the_cap_still_works(live: tuple[str, bytes]) -> None:
+    url, auth = live
+
     def put_lot(change: dict[str, str]) -> bytes:
         body = json.dumps(change).encode()
-        return _raw(live, b"PUT /api/lot HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                          b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))[0]
+        return _raw(url, b"PUT /api/lot HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n%s"
+                         b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (auth, len(body), body))[0]
 
-    answer = put_lot({"lot": "A-1", "actor": "op" + " " * 3000})
-    assert answer.startswith(b"HTTP/1.1 422"), answer[:300]  # read and validated: actor is over 64 characters
-    answer = put_lot({"lot": "A-1", "actor": "op"})
+    answer = put_lot({"lot": "A-1" + " " * 3000})
+    assert answer.startswith(b"HTTP/1.1 422"), answer[:300]  # read and validated: a lot with trailing spaces
+    answer = put_lot({"lot": "A-1"})
     assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
 
 
@@ -172,9 +175,9 @@ def test_allow_names_every_method_of_the_path(client: TestClient, path: str, all
         assert client.request(method, path).status_code != 405, method
 
 
-def test_head_answers_as_get_without_a_body(live: str) -> None:
+def test_head_answers_as_get_without_a_body(live: tuple[str, bytes]) -> None:
     for path in ("/api/status", "/api/lot", "/healthz", "/api/events"):  # the event stream too: it ends at once
-        answer, took = _raw(live, f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        answer, took = _raw(live[0], f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200") and body in (b"", b"0\r\n\r\n"), (path, answer[:300])
         assert took < 2.0, path

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, settings
 from linewatch.api.app import create_app
 from linewatch.config import parse_config
 from linewatch.reports.export import ReportError, parse_time
-from tests.api_harness import served_api
+from tests.api_harness import bearer, served_api
 
 pytestmark = pytest.mark.slow
 EXAMPLES = 40  # per operation and phase (the coverage phase adds its own boundary cases on top)
@@ -27,6 +27,7 @@ EXAMPLES = 40  # per operation and phase (the coverage phase adds its own bounda
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck))
 SENT: dict[str, int] = {}  # requests sent, per operation
+AUTH: dict[str, str] = {}  # the Authorization header of the served app's admin token
 
 
 def _openapi() -> dict[str, Any]:
@@ -57,7 +58,8 @@ def filter_case(ctx: Any, case: schemathesis.Case) -> bool:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with served_api(tmp_path_factory.mktemp("api")) as (url, _):
+    with served_api(tmp_path_factory.mktemp("api")) as (url, cfg):
+        AUTH.update(bearer(cfg.data_dir, "admin"))  # an admin's token: every operation is in reach
         t0 = time.monotonic()
         yield url
         print(f"\nschemathesis: {sum(SENT.values())} requests over {len(SENT)} operations in "
@@ -68,7 +70,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @FUZZ
 def test_every_answer_is_documented_and_no_input_gets_a_5xx(case: schemathesis.Case, live: str) -> None:
     SENT[case.operation.label] = SENT.get(case.operation.label, 0) + 1
-    case.call_and_validate(base_url=live, timeout=10)
+    case.call_and_validate(base_url=live, timeout=10, headers=AUTH)
 
 
 def test_the_served_schema_is_the_one_tested(live: str) -> None:

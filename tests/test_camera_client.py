@@ -26,6 +26,7 @@ from linewatch.plc.process import Plc
 from linewatch.wire import CameraCommand, Endpoints, MessageError
 from linewatch.wire.camera_client import CameraNoAnswer, request_camera, request_camera_async
 from tests.acquire_harness import AcquireRig
+from tests.api_harness import bearer
 
 TRIGGER = CameraCommand(cmd="trigger")
 SILENT = r"camera '{}': acquire did not answer on ipc://\S+/control-{}\.sock within 0\.3 s \(is the line running\?\)"
@@ -87,7 +88,7 @@ def test_a_bad_reply_names_the_camera_and_the_field(broken_acquire: Endpoints) -
 
 def test_api_route_triggers_through_the_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rig = AcquireRig(tmp_path, {"name": "c1", "trigger": "software"}).start()
-    client = TestClient(create_app(rig.cfg))
+    client = TestClient(create_app(rig.cfg), headers=bearer(rig.cfg.data_dir, "operator"))
     try:
         r = client.post("/api/cameras/c1/trigger", params={"part_id": "P-1"})
         again = client.post("/api/cameras/c1/trigger")
@@ -104,7 +105,7 @@ def test_api_route_triggers_through_the_client(tmp_path: Path, monkeypatch: pyte
 
 def test_api_route_answers_502_for_a_bad_reply(broken_acquire: Endpoints, tmp_path: Path) -> None:
     cfg = parse_config({"data_dir": str(tmp_path), "cameras": [{"name": "bad", "trigger": "software"}]})
-    r = TestClient(create_app(cfg)).post("/api/cameras/bad/trigger")
+    r = TestClient(create_app(cfg), headers=bearer(tmp_path, "operator")).post("/api/cameras/bad/trigger")
     assert r.status_code == 502 and r.json()["detail"].startswith("camera 'bad': camera reply: Expected `bool`")
 
 

@@ -14,6 +14,7 @@ import yaml
 from pymodbus.client import ModbusTcpClient
 
 from linewatch.plc import register_map as pm
+from tests.api_harness import bearer
 from tests.conftest import count_rows, db_rows, http_text, metric, wait_for
 
 pytestmark = pytest.mark.slow
@@ -32,9 +33,8 @@ def _scene(tmp_path: Path, scenarios: list[dict[str, object]]) -> Path:
     return path
 
 
-def _post(url: str, body: dict[str, str]) -> dict[str, object]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+def _post(url: str, headers: dict[str, str]) -> dict[str, object]:
+    req = urllib.request.Request(url, method="POST", headers=headers)
     with urllib.request.urlopen(req, timeout=5) as r:
         assert r.status == 200
         answer: dict[str, object] = json.loads(r.read())
@@ -101,13 +101,14 @@ def test_lighting_step_raises_a_drift_alarm_sets_the_plc_bit_and_changes_no_verd
 
     # a drift that lasts alarms again once acknowledged: acknowledge when the camera has stopped (max_frames)
     wait_for(lambda: count_rows(ln.data_dir) >= 1500, 60, "the last part")
+    qa, engineer = bearer(ln.data_dir, "qa", "qa"), bearer(ln.data_dir, "engineer", "eng")
     for a in db_rows(ln.data_dir, "SELECT id FROM alarms WHERE kind = 'drift' AND acknowledged_by IS NULL"):
-        _post(f"{ln.url}/api/alarms/{a['id']}/ack", {"actor": "qa"})
+        _post(f"{ln.url}/api/alarms/{a['id']}/ack", qa)
     wait_for(lambda: not _status(ln.plc_port) & DRIFT_BIT, 10, "the drift bit to clear once acknowledged")
 
     # the new lighting is deliberate: the camera's reference is dropped, its next parts learnt (audit-logged)
-    assert _post(f"{ln.url}/api/drift/cam0/relearn", {"actor": "qa"})["camera"] == "cam0"
+    assert _post(f"{ln.url}/api/drift/cam0/relearn", engineer)["camera"] == "cam0"
     assert not db_rows(ln.data_dir, "SELECT 1 FROM drift_references WHERE camera = 'cam0'")
     audit = db_rows(ln.data_dir, "SELECT actor, detail FROM operator_actions WHERE action = 'drift_relearn'")
-    assert [(a["actor"], json.loads(a["detail"])) for a in audit] == [("qa", {"camera": "cam0"})]
+    assert [(a["actor"], json.loads(a["detail"])) for a in audit] == [("token:eng", {"camera": "cam0"})]
     assert ln.stop() < 5.0

@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
+from linewatch.auth.accounts import add_user
+from linewatch.auth.db import audit_rows
+from linewatch.config import SecurityConfig, load_config
 from tests.conftest import count_rows, db_rows, wait_for
 
 pytestmark = pytest.mark.slow
@@ -68,11 +71,23 @@ def test_hmi_shows_live_verdicts_counts_and_image(line, tmp_path: Path) -> None:
     ln.stop()
 
 
-def test_operator_sets_the_lot_and_triggers_a_part_from_the_screen(line) -> None:
-    ln = line(cameras=[{"name": "cam0", "trigger": "software"}]).start()
+IDLE_S = 6  # the line's idle lock in the sign-in test: short, so the lock is seen within the test
+
+
+def test_operator_signs_in_with_a_pin_sets_the_lot_triggers_and_is_locked_out_when_idle(line) -> None:
+    ln = line(cameras=[{"name": "cam0", "trigger": "software"}], security={"idle_lock_s": IDLE_S}).start()
+    add_user(ln.data_dir, "ann", "operator", "2580", ln_security(ln))
     with hmi_page(ln.url) as page:
         page.click("#tab-control")
-        assert page.locator("#trigger-btn").is_visible()
+        page.wait_for_function("document.getElementById('lot-input').disabled", timeout=15_000)  # nobody signed in
+        page.click("#signin-btn")
+        page.fill("#signin-user", "ann")
+        for digit in "2580":
+            page.click(f"#signin-pad button[data-key='{digit}']")
+        page.click("#signin-ok")
+        page.wait_for_function("document.body.dataset.user === 'ann'", timeout=15_000)
+        assert page.locator("#signed-user").text_content() == "ann (operator)"
+        assert page.locator("#trigger-btn").is_visible() and page.locator("#lot-input").is_enabled()
         page.fill("#lot-input", "LOT-42")
         page.click("#lot-set")
         page.wait_for_function("document.getElementById('lot').textContent === 'LOT-42'", timeout=15_000)
@@ -84,12 +99,34 @@ def test_operator_sets_the_lot_and_triggers_a_part_from_the_screen(line) -> None
                                                      "WHERE part_id = ?", (part,)), 15, "the triggered part")
         assert rows[0]["lot"] == "LOT-42" and rows[0]["decided_by"] != "not_inspected"
         page.fill("#lot-input", " ")
-        page.click("#lot-set")  # the screen refuses an empty lot before it reaches the server, in words
+        page.click("#lot-set")  # the screen answers a blank lot itself, in words
         assert page.locator("#control-msg").text_content() == "Enter a lot id first."
+        page.fill("#lot-input", "LOT\u0007")
+        page.click("#lot-set")  # the server refuses a control character (422, audited), in its own words
+        page.wait_for_function("document.getElementById('control-msg').textContent.startsWith('lot not set')",
+                               timeout=15_000)
         assert page.locator("#lot").text_content() == "LOT-42"
+        # nobody touches the screen: the controls lock and the server has ended the session
+        page.wait_for_function("document.getElementById('lot-input').disabled", timeout=(IDLE_S + 10) * 1000)
+        assert page.locator("#trigger-btn").is_disabled() and page.evaluate("document.body.dataset.user") == ""
+        status = page.evaluate("fetch('/api/lot', {method: 'PUT', headers: {'Content-Type': 'application/json'}, "
+                               "body: JSON.stringify({lot: 'LOT-43'})}).then(r => r.status)")
+        assert status == 401
     actions = db_rows(ln.data_dir, "SELECT action, actor FROM operator_actions")
-    assert [(a["action"], a["actor"]) for a in actions] == [("set_lot", "hmi")]
+    assert [(a["action"], a["actor"]) for a in actions] == [("set_lot", "ann")]
+    rows = list(reversed(audit_rows(ln.data_dir)))
+    assert [r["action"] for r in rows[:2]] == ["user_add", "line_start"]  # the first admin, then what started
+    assert rows[1]["detail"]["model"] == "reference" and len(rows[1]["detail"]["config_sha256"]) == 64
+    audit = [(a["actor"], a["action"], a["outcome"]) for a in rows]
+    assert audit[-6:-2] == [("ann", "sign_in", "ok"), ("ann", "PUT /api/lot", "ok"),
+                            ("ann", "POST /api/cameras/{camera}/trigger", "ok"), ("ann", "PUT /api/lot", "refused 422")]
+    assert audit[-2][:2] in (("ann", "sign_out"), ("ann", "session_end"))  # the screen's idle timer or the server's
+    assert audit[-1] == ("anonymous", "PUT /api/lot", "refused 401")
     ln.stop()
+
+
+def ln_security(ln) -> SecurityConfig:
+    return load_config(ln.config).security
 
 
 def test_a_detection_models_boxes_are_listed_on_screen_and_in_the_pdf(line, tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from linewatch.auth.accounts import add_user
+from linewatch.config import load_config
 from tests.conftest import Line, count_rows, db_rows, wait_for
 
 pytestmark = pytest.mark.slow
@@ -25,6 +27,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--
 SIZES = {"1280x800": (1280, 800), "1920x1080": (1920, 1080), "portrait-800x1280": (800, 1280)}
 SCREENS = ("run", "rejects", "review", "alarms", "control")
 PARTS = 240
+OPERATOR, PIN = "ann", "2580"
 ARTIFACTS = Path(os.environ.get("LINEWATCH_TEST_ARTIFACTS", Path(__file__).parent.parent / "var" / "test-artifacts"))
 
 # Every visible box: none overflows (content wider than its box, unless it scrolls or ellipsises on purpose),
@@ -65,6 +68,7 @@ def shift_line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
         "failsafe": {"statistics": {"reference_mean": [84.7, 3.9], "max_z": 1.0},
                      "streak": {"consecutive_fails": 2}},
     }).start()
+    add_user(ln.data_dir, OPERATOR, "operator", PIN, load_config(ln.config).security)
     try:
         yield ln
     finally:
@@ -81,10 +85,19 @@ def browser() -> Iterator[Browser]:
             b.close()
 
 
-def _open(b: Browser, url: str, size: tuple[int, int] = (1280, 800), screen: str = "run") -> Page:
+def _open(b: Browser, url: str, size: tuple[int, int] = (1280, 800), screen: str = "run",
+          signed_in: bool = True) -> Page:
+    """The HMI on `screen`, ready; signed in as the operator (through the page's own sign-in request)."""
     page = b.new_page(viewport={"width": size[0], "height": size[1]})
     page.goto(f"{url}/#{screen}")
     page.wait_for_function("document.body.dataset.ready === '1'", timeout=20_000)
+    if signed_in:
+        status = page.evaluate(f"""fetch('/api/session', {{method: 'POST',
+            headers: {{'Content-Type': 'application/json'}},
+            body: JSON.stringify({{user: '{OPERATOR}', secret: '{PIN}'}})}}).then(r => r.status)""")
+        assert status == 200
+        page.evaluate("window.lwSignin.refresh()")
+        page.wait_for_function(f"document.body.dataset.user === '{OPERATOR}'", timeout=10_000)
     return page
 
 
@@ -185,7 +198,7 @@ def test_a_review_decision_from_the_screen_is_stored(shift_line: Line) -> None:
                                timeout=10_000)
     decision = db_rows(shift_line.data_dir, "SELECT decision, reviewer FROM review_decisions WHERE inspection_id = ?",
                        (first,))[0]
-    assert decision["decision"] == "PASS" and decision["reviewer"]
+    assert decision["decision"] == "PASS" and decision["reviewer"] == OPERATOR  # the signed-in user
 
 
 def test_an_alarm_acknowledged_from_the_screen_is_audited(shift_line: Line) -> None:
@@ -202,7 +215,7 @@ def test_an_alarm_acknowledged_from_the_screen_is_audited(shift_line: Line) -> N
         page.wait_for_function(f"!document.querySelector('#alarm-list button.ack[data-id=\"{alarm_id}\"]')",
                                timeout=10_000)
     audit = db_rows(shift_line.data_dir, "SELECT actor, detail FROM operator_actions WHERE action = 'ack_alarm'")
-    assert any(f'"alarm_id": {alarm_id}' in r["detail"] for r in audit)
+    assert [r["actor"] for r in audit if f'"alarm_id": {alarm_id}' in r["detail"]] == [OPERATOR]
 
 
 def test_a_blank_lot_is_answered_in_words(shift_line: Line) -> None:
@@ -233,7 +246,7 @@ def test_a_fail_part_appears_in_rejects_with_its_heatmap(line, tmp_path: Path) -
     newest = kept[0]["id"]
     assert newest is not None, "the darkness model fails the emulator's parts"
     with browser() as b:
-        page = _open(b, ln.url, screen="rejects")
+        page = _open(b, ln.url, screen="rejects", signed_in=False)  # a read-only view
         thumb = page.locator(f".thumb[data-id='{newest}']")
         thumb.wait_for(timeout=10_000)
         thumb.click()

@@ -56,10 +56,10 @@ def test_api_plc_and_store_apply_the_same_rule(lot: str, ok: bool, tmp_path: Pat
 
     # the api: the body of PUT /api/lot and POST /api/lot
     if ok:
-        assert LotChange(lot=lot, actor="op").lot == lot
+        assert LotChange(lot=lot).lot == lot
     else:
         with pytest.raises(ValidationError) as api:
-            LotChange(lot=lot, actor="op")
+            LotChange(lot=lot)
         refusals.append(api.value.errors()[0]["msg"].removeprefix("Value error, "))
 
     # the store: record's set_lot

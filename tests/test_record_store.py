@@ -92,8 +92,11 @@ def test_sigkill_mid_write_loses_no_committed_row_and_passes_integrity_check(rig
     assert wait_for(lambda: rig.rows("stream = 's2'"), 10, "a row after restart")[0]["final"] == "FAIL"
 
 
-def _client(rig: Rig) -> TestClient:
-    return TestClient(create_app(rig.cfg))
+def _client(rig: Rig, name: str = "op-7", role: str = "operator") -> TestClient:
+    """A client signed in with an API token named `name` (audit actor `token:<name>`)."""
+    from tests.api_harness import bearer
+
+    return TestClient(create_app(rig.cfg), headers=bearer(rig.cfg.data_dir, role, name))
 
 
 @pytest.mark.parametrize("rig", [{"image_format": "jpeg", "jpeg_quality": 80, "pass_sample_every": 2}],
@@ -101,7 +104,7 @@ def _client(rig: Rig) -> TestClient:
 def test_lot_from_rest_reaches_rows_with_shift_and_images_are_kept_off_the_loop(rig: Rig) -> None:
     client = _client(rig)
     assert client.get("/api/lot").json()["lot"] is None
-    r = client.put("/api/lot", json={"lot": "LOT-42", "actor": "op-7"})
+    r = client.put("/api/lot", json={"lot": "LOT-42"})
     assert r.status_code == 200 and r.json()["lot"] == "LOT-42" and r.json()["audit_id"] > 0
     pixels = np.random.default_rng(0).integers(0, 256, (48, 48), dtype=np.uint8)
     for seq, final in enumerate(["PASS", "PASS", "FAIL", "REVIEW"]):
@@ -118,12 +121,13 @@ def test_lot_from_rest_reaches_rows_with_shift_and_images_are_kept_off_the_loop(
         wait_for(path.exists, 5, "the image file")
         img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         assert img.shape == (48, 48) and np.abs(img.astype(int) - pixels).mean() < 40
-    assert client.post("/api/lot", json={"lot": "LOT-43", "actor": "op-7"}).status_code == 200
+    assert client.post("/api/lot", json={"lot": "LOT-43"}).status_code == 200
     rig.push.send_multipart([KIND_VERDICT, rig.verdict(10).to_bytes()])
     assert wait_for(lambda: rig.rows("seq = 10"), 10, "row 10")[0]["lot"] == "LOT-43"
     audit = db_rows(rig.cfg.data_dir, "SELECT actor, action, detail FROM operator_actions ORDER BY id")
-    assert [(a["actor"], json.loads(a["detail"])["lot"]) for a in audit] == [("op-7", "LOT-42"), ("op-7", "LOT-43")]
-    for bad in ({"lot": "", "actor": "x"}, {"lot": "L", "actor": ""}, {"lot": " L", "actor": "x"}, {"lot": "L"}):
+    assert [(a["actor"], json.loads(a["detail"])["lot"]) for a in audit] == [("token:op-7", "LOT-42"),
+                                                                             ("token:op-7", "LOT-43")]
+    for bad in ({"lot": ""}, {"lot": " L"}, {"lot": "L", "actor": "x"}, {}):  # a body actor is refused
         assert client.put("/api/lot", json=bad).status_code == 422
 
     rig.close()  # the lot outlives a restart of record
@@ -133,28 +137,29 @@ def test_lot_from_rest_reaches_rows_with_shift_and_images_are_kept_off_the_loop(
 
 
 def test_review_decision_over_rest_is_stored_and_audited(rig: Rig) -> None:
-    client = _client(rig)
+    client = _client(rig, "qa-1")
     rig.push.send_multipart([KIND_VERDICT, rig.verdict(0, "REVIEW").to_bytes()])
     row = wait_for(lambda: rig.rows(), 10, "the row")[0]
     r = client.post(f"/api/inspections/{row['id']}/review",
-                    json={"decision": "FAIL", "label": "scratch", "reviewer": "qa-1", "note": "edge"})
+                    json={"decision": "FAIL", "label": "scratch", "note": "edge"})
     assert r.status_code == 200, r.text
     stored = db_rows(rig.cfg.data_dir, "SELECT * FROM review_decisions")
     assert [(s["inspection_id"], s["decision"], s["label"], s["reviewer"], s["note"]) for s in stored] == [
-        (row["id"], "FAIL", "scratch", "qa-1", "edge")]
+        (row["id"], "FAIL", "scratch", "token:qa-1", "edge")]
     assert db_rows(rig.cfg.data_dir, "SELECT action FROM operator_actions")[0]["action"] == "review"
-    assert client.post("/api/inspections/999/review", json={"decision": "PASS", "reviewer": "q"}).status_code == 404
+    assert client.post("/api/inspections/999/review", json={"decision": "PASS"}).status_code == 404
+    assert client.post(f"/api/inspections/{row['id']}/review", json={"decision": "MAYBE"}).status_code == 422
     assert client.post(f"/api/inspections/{row['id']}/review",
-                       json={"decision": "MAYBE", "reviewer": "q"}).status_code == 422
+                       json={"decision": "PASS", "reviewer": "q"}).status_code == 422  # no forged reviewer
     rig.push.send_multipart([KIND_ALARM, Alarm("test", "demo", "look here").to_bytes()])
     alarm = wait_for(lambda: db_rows(rig.cfg.data_dir, "SELECT id FROM alarms"), 10, "the alarm")[0]
-    r = client.post(f"/api/alarms/{alarm['id']}/ack", json={"actor": "shift-lead"})
+    r = _client(rig, "shift-lead").post(f"/api/alarms/{alarm['id']}/ack")
     assert r.status_code == 200, r.text
     assert client.get("/api/alarms", params={"active": True}).json() == []
-    assert client.get("/api/alarms").json()[0]["acknowledged_by"] == "shift-lead"
-    assert client.post(f"/api/alarms/{alarm['id']}/ack", json={"actor": "x"}).status_code == 404  # once
+    assert client.get("/api/alarms").json()[0]["acknowledged_by"] == "token:shift-lead"
+    assert client.post(f"/api/alarms/{alarm['id']}/ack").status_code == 404  # once
     rig.close()  # record gone: the api says so instead of pretending
-    r = client.post(f"/api/inspections/{row['id']}/review", json={"decision": "PASS", "reviewer": "q"})
+    r = client.post(f"/api/inspections/{row['id']}/review", json={"decision": "PASS"})
     assert r.status_code == 503 and "did not confirm" in r.json()["detail"]
 
 

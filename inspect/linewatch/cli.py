@@ -17,13 +17,13 @@ from linewatch.config import ConfigError, LineConfig, load_config
 COMMAND_MODULES: tuple[str, ...] = ("linewatch.reports.cli", "linewatch.training.cli", "linewatch.acquire.cli",
                                        "linewatch.failsafe.cli", "linewatch.model.cli",
                                        "linewatch.data.cli", "linewatch.infer.cli",
-                                       "linewatch.ship.cli",)
+                                       "linewatch.ship.cli", "linewatch.auth.cli")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from linewatch.line.child import setup_logging
     from linewatch.line.preflight import PreflightError, preflight
-    from linewatch.line.supervisor import StartError, Supervisor
+    from linewatch.line.supervisor import StartError, Supervisor, resolve_paths
     from linewatch.model.onnx import Model, ModelError
 
     setup_logging("supervisor")
@@ -44,6 +44,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         FailSafe(cfg.failsafe, model.frame_shape, model.info)  # a rule set that cannot be built: refuse too
     except (ModelError, RulesetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from linewatch.auth.accounts import AccountError
+    from linewatch.auth.cli import audit_line_start, ensure_first_admin
+
+    resolved = resolve_paths(cfg)
+    try:
+        ensure_first_admin(resolved)
+        audit_line_start(resolved, model.info.name, model.info.sha256)
+    except (AccountError, OSError) as exc:
+        print(f"error: auth database: {exc}", file=sys.stderr)
         return 2
     try:
         return Supervisor(cfg).run()

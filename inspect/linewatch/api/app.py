@@ -35,6 +35,9 @@ from linewatch.api.methods import AllowedMethods, path_methods
 from linewatch.api.notify import notify_router
 from linewatch.api.qa import qa_router
 from linewatch.api.resources import ResourceCollector
+from linewatch.api.session import session_router
+from linewatch.auth.guard import COOKIE, AuditLog, Guard
+from linewatch.auth.roles import PERMISSIONS, PUBLIC, READ
 from linewatch.config import LineConfig
 from linewatch.paths import STATIC_DIR
 from linewatch.store import read_rows, row_to_api, select_inspections
@@ -174,11 +177,51 @@ def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
     app.include_router(drift_router(cfg))
     app.include_router(add_hmi_routes(cfg))
     app.include_router(notify_router(cfg))
+    audit = AuditLog(cfg)
+    app.include_router(session_router(cfg, audit))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount("/images", StaticFiles(directory=data_dir / IMAGES_DIR, check_dir=False), name="images")
+    _document_refusals(app)
+    app.add_middleware(Guard, router=app.router, cfg=cfg, audit_log=audit)  # inside: after 405s, before the body
     app.add_middleware(AllowedMethods, table=path_methods(app))
     app.add_middleware(BodyLimit, max_bytes=cfg.api.max_body_bytes)  # outermost: no body is read past the cap
     return app
+
+
+def _document_refusals(app: FastAPI) -> None:
+    """The schema names the refusals of the guard on each operation: 401 and 403 wherever a role or the viewer
+    level can be asked for, 403 on a public change (another origin)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        problem = {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        for path, operations in schema["paths"].items():
+            for method, operation in operations.items():
+                rule = PERMISSIONS.get((method.upper(), path), "")
+                if rule == PUBLIC and method == "get":
+                    continue
+                own = ({"403": "The request came from another origin."} if rule == PUBLIC else
+                       {"401": "Not signed in, or the session or token no longer holds.",
+                        "403": "The signed-in role is below the one the route needs, or the request came from "
+                               "another origin."})
+                for code, text in own.items():
+                    operation["responses"].setdefault(code, {"description": text, "content": problem})
+                if rule not in (PUBLIC, READ):
+                    operation["security"] = [{"bearer": []}, {"session": []}]
+                    operation["description"] = (operation.get("description", "") + f"\n\nNeeds the {rule} "
+                                                "role or above.").strip()
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "An API token (`linewatch tokens add`)."},
+            "session": {"type": "apiKey", "in": "cookie", "name": COOKIE,
+                        "description": "The session cookie `POST /api/session` sets (a change also needs this "
+                                       "app's own Origin)."}}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class Api:
@@ -187,15 +230,21 @@ class Api:
 
     def run(self) -> None:
         app = create_app(self.cfg, self.stop)
-        config = uvicorn.Config(app, host=self.cfg.api.host, port=self.cfg.api.port, log_level="warning",
-                                timeout_graceful_shutdown=2, access_log=False)
+        api = self.cfg.api
+        tls = {"ssl_certfile": str(api.tls_cert), "ssl_keyfile": str(api.tls_key)} if api.tls_cert else {}
+        if not tls and api.host not in ("127.0.0.1", "::1", "localhost"):
+            log.warning("the web app listens on %s without TLS: sign-ins cross the network in clear "
+                        "(set api.tls_cert and api.tls_key)", api.host)
+        config = uvicorn.Config(app, host=api.host, port=api.port, log_level="warning", timeout_graceful_shutdown=2,
+                                access_log=False, **tls)  # type: ignore[arg-type]
         server = uvicorn.Server(config)
 
         def _watch() -> None:
             while not server.started and not self.stop.wait(0.05):
                 pass
             if server.started:
-                mark_ready(self.cfg.run_dir, "api", url=f"http://{self.cfg.api.host}:{self.cfg.api.port}")
+                scheme = "https" if api.tls_cert else "http"
+                mark_ready(self.cfg.run_dir, "api", url=f"{scheme}://{api.host}:{api.port}")
             self.stop.wait()
             server.should_exit = True
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, HTTPException, Query, Request
 
 from linewatch.api.body import JsonRoute
 from linewatch.api.errors import invalid, refusals
 from linewatch.api.qa import CONFIRM_TIMEOUT_S, NOT_CONFIRMED
+from linewatch.auth.guard import actor_of
 from linewatch.config import LineConfig
 from linewatch.reports.drift import DriftOverview, overview
 from linewatch.reports.export import ReportError, parse_time
@@ -26,11 +26,6 @@ from linewatch.wire import Endpoints, OperatorAction
 # The whole schema: FastAPI's own for an optional string (anyOf string, null) would be replaced by it anyway.
 _WHEN = {"anyOf": [{"type": "string", "maxLength": 64, "format": "date"},
                    {"type": "string", "maxLength": 64, "format": "date-time"}]}
-
-
-class Relearn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    actor: str = Field(min_length=1, max_length=64, description="Who asks for the new reference (audit log).")
 
 
 def drift_router(cfg: LineConfig) -> APIRouter:
@@ -64,16 +59,17 @@ def drift_router(cfg: LineConfig) -> APIRouter:
                         alarm_limit=limit)
 
     @router.post("/drift/{camera}/relearn", responses=refusals({404: "Unknown camera.", 503: NOT_CONFIRMED}))
-    def relearn(camera: str, who: Relearn) -> dict[str, Any]:
+    def relearn(request: Request, camera: str) -> dict[str, Any]:
         """Learn the camera's drift reference again from its next parts, after a deliberate change (a new lamp,
         a moved camera); audit-logged. Its drift alarms stay until acknowledged."""
         if camera not in [c.name for c in cfg.cameras]:
             raise HTTPException(404, f"unknown camera {camera!r} (known: {', '.join(c.name for c in cfg.cameras)})")
-        action = OperatorAction("drift_relearn", who.actor, uuid.uuid4().hex, {"camera": camera})
+        actor = actor_of(request).actor
+        action = OperatorAction("drift_relearn", actor, uuid.uuid4().hex, {"camera": camera})
         try:
             audit_id = send_action(Endpoints(cfg.run_dir), cfg.data_dir, action, CONFIRM_TIMEOUT_S)
         except ActionNotConfirmed as exc:
             raise HTTPException(503, str(exc)) from None
-        return {"camera": camera, "relearn_by": who.actor, "audit_id": audit_id}
+        return {"camera": camera, "relearn_by": actor, "audit_id": audit_id}
 
     return router

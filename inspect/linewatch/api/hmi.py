@@ -13,13 +13,13 @@ import uuid
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
 
 from linewatch.api.body import JsonRoute
 from linewatch.api.errors import refusals
 from linewatch.api.qa import CONFIRM_TIMEOUT_S, NOT_CONFIRMED, RowId
+from linewatch.auth.guard import actor_of
 from linewatch.config import LineConfig
 from linewatch.failsafe.explain import decision_log
 from linewatch.shifts import current_shift
@@ -31,11 +31,6 @@ from linewatch.wire.ready import child_name, down, line_children, read_ready
 COUNTS_CACHE_S = 1.0
 _MEDIA = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 Period = Literal["shift", "lot", "reset", "all"]
-
-
-class CounterReset(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    actor: str = Field(min_length=1, max_length=64, description="Who resets the counters (audit log).")
 
 
 def _counts(data_dir: Path, t_from_ns: int | None, lot: str | None = None) -> dict[str, Any]:
@@ -114,15 +109,17 @@ def add_hmi_routes(cfg: LineConfig) -> APIRouter:
         return hit[1]
 
     @router.post("/counters/reset", responses=refusals({503: NOT_CONFIRMED}))
-    def reset_counters(who: CounterReset) -> dict[str, Any]:
-        """Start the `reset` period now (the shift, lot and all-time counts are unchanged); audit-logged."""
-        action = OperatorAction("reset_counters", who.actor, uuid.uuid4().hex, {})
+    def reset_counters(request: Request) -> dict[str, Any]:
+        """Start the `reset` period now (the shift, lot and all-time counts are unchanged); audit-logged with
+        the signed-in user."""
+        actor = actor_of(request).actor
+        action = OperatorAction("reset_counters", actor, uuid.uuid4().hex, {})
         try:
             audit_id = send_action(Endpoints(cfg.run_dir), cfg.data_dir, action, CONFIRM_TIMEOUT_S)
         except ActionNotConfirmed as exc:
             raise HTTPException(503, str(exc)) from None
         cache.clear()
-        return {"reset_by": who.actor, "audit_id": audit_id}
+        return {"reset_by": actor, "audit_id": audit_id}
 
     @router.get("/line")
     def get_line() -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """REST routes of the QA side: current lot, operator review decisions and the report download.
 
 The api only reads the store. A lot change or review decision is sent to record (the single writer)
-as an `OperatorAction`; the route answers once record has committed its audit row, or 503.
+as an `OperatorAction`; the route answers once record has committed its audit row, or 503. The actor is
+the signed-in user or token of the request (`actor_of`), never a field of the body.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import cv2
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi import Path as InPath
 from fastapi.responses import FileResponse, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -22,6 +23,7 @@ from starlette.background import BackgroundTask
 
 from linewatch.api.body import JsonRoute
 from linewatch.api.errors import invalid, refusals
+from linewatch.auth.guard import actor_of
 from linewatch.config import LineConfig
 from linewatch.reports.export import Issuer, ReportError, export, parse_time
 from linewatch.reports.export import Query as ReportQuery
@@ -51,20 +53,13 @@ class LotChange(BaseModel):
         description=f"Lot or batch id: 1-{LOT_MAX_CHARS} characters without leading or trailing spaces or "
                     "control characters.",
         json_schema_extra={"minLength": 1, "maxLength": LOT_MAX_CHARS, "pattern": LOT_PATTERN})
-    actor: str = Field(min_length=1, max_length=64, description="Who sets it (operator badge or name).")
 
 
 class ReviewDecision(BaseModel):
     model_config = ConfigDict(extra="forbid")
     decision: Literal["PASS", "FAIL"] = Field(description="The operator's call on the part.")
     label: str | None = Field(None, max_length=64, description="Defect type when FAIL (dataset label).")
-    reviewer: str = Field(min_length=1, max_length=64, description="Who decided.")
     note: str | None = Field(None, max_length=1000, description="Free text.")
-
-
-class Acknowledge(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    actor: str = Field(min_length=1, max_length=64, description="Who acknowledges.")
 
 
 def qa_router(cfg: LineConfig) -> APIRouter:
@@ -92,20 +87,22 @@ def qa_router(cfg: LineConfig) -> APIRouter:
 
     @router.put("/lot", responses=refusals({503: NOT_CONFIRMED}))
     @router.post("/lot", responses=refusals({503: NOT_CONFIRMED}))
-    def set_lot(change: LotChange) -> dict[str, Any]:
-        """Set the current lot: applied by record to every following part, and audit-logged."""
-        action = OperatorAction("set_lot", change.actor, uuid.uuid4().hex, {"lot": change.lot})
-        return {"lot": change.lot, "actor": change.actor, "audit_id": _confirm(action)}
+    def set_lot(request: Request, change: LotChange) -> dict[str, Any]:
+        """Set the current lot: applied by record to every following part, and audit-logged under the signed-in
+        user."""
+        actor = actor_of(request).actor
+        action = OperatorAction("set_lot", actor, uuid.uuid4().hex, {"lot": change.lot})
+        return {"lot": change.lot, "actor": actor, "audit_id": _confirm(action)}
 
     @router.post("/inspections/{inspection_id}/review",
                  responses=refusals({404: "No inspection with this id.", 503: NOT_CONFIRMED}))
-    def review(inspection_id: RowId, decision: ReviewDecision) -> dict[str, Any]:
+    def review(request: Request, inspection_id: RowId, decision: ReviewDecision) -> dict[str, Any]:
         """Record an operator's decision on a part (REVIEW or contested); the review export uses it."""
         if not read_rows(cfg.data_dir, "SELECT 1 FROM inspections WHERE id = ?", [inspection_id]):
             raise HTTPException(404, f"no inspection with id {inspection_id}")
         detail = {"inspection_id": inspection_id, "decision": decision.decision, "label": decision.label,
                   "note": decision.note}
-        action = OperatorAction("review", decision.reviewer, uuid.uuid4().hex, detail)
+        action = OperatorAction("review", actor_of(request).actor, uuid.uuid4().hex, detail)
         return {"inspection_id": inspection_id, "decision": decision.decision, "audit_id": _confirm(action)}
 
     @router.get("/inspections/{inspection_id}/heatmap.png", response_class=Response, responses={
@@ -129,12 +126,13 @@ def qa_router(cfg: LineConfig) -> APIRouter:
 
     @router.post("/alarms/{alarm_id}/ack",
                  responses=refusals({404: "No unacknowledged alarm with this id.", 503: NOT_CONFIRMED}))
-    def acknowledge(alarm_id: RowId, ack: Acknowledge) -> dict[str, Any]:
+    def acknowledge(request: Request, alarm_id: RowId) -> dict[str, Any]:
         """Acknowledge an alarm: who and when go on the alarm and into the audit log."""
         if not read_rows(cfg.data_dir, "SELECT 1 FROM alarms WHERE id = ? AND acknowledged_by IS NULL", [alarm_id]):
             raise HTTPException(404, f"no unacknowledged alarm with id {alarm_id}")
-        action = OperatorAction("ack_alarm", ack.actor, uuid.uuid4().hex, {"alarm_id": alarm_id})
-        return {"alarm_id": alarm_id, "acknowledged_by": ack.actor, "audit_id": _confirm(action)}
+        actor = actor_of(request).actor
+        action = OperatorAction("ack_alarm", actor, uuid.uuid4().hex, {"alarm_id": alarm_id})
+        return {"alarm_id": alarm_id, "acknowledged_by": actor, "audit_id": _confirm(action)}
 
     @router.get("/report", response_class=FileResponse, responses={
         200: {"content": {media: {"schema": {"type": "object"} if fmt == "json" else FILE}

@@ -24,6 +24,7 @@ from linewatch.config.line import (
     LineConfig,
     ModelConfig,
     RecordConfig,
+    SecurityConfig,
     ShiftConfig,
     SupervisorConfig,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "RemoteWorkersConfig",
     "ReplaySource",
     "SecretError",
+    "SecurityConfig",
     "ShiftConfig",
     "ShipConfig",
     "SourceConfig",

@@ -126,12 +126,45 @@ def _default_shifts() -> list[ShiftConfig]:
 
 
 class ApiConfig(_Strict):
-    host: str = Field("127.0.0.1", description="Address the web app listens on.")
+    host: str = Field("127.0.0.1", description="Address the web app listens on: loopback unless set (e.g. 0.0.0.0 "
+                      "for the plant network, with tls_cert and tls_key).")
     port: int = Field(8080, ge=0, le=65535, description="Port of the web app (HMI, REST, /metrics).")
     max_body_bytes: int = Field(
         1_048_576, ge=1024, le=16_777_216, description="Largest request body the web app takes; a larger one is "
         "refused with 413 before it is read (by its Content-Length, or counted as a chunked body arrives)."
     )
+    tls_cert: Path | None = Field(None, description="PEM certificate: the web app serves HTTPS with it (and marks "
+                                  "its session cookie Secure); `linewatch tls self-signed` makes one.")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert (mode 0600).")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ApiConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        return self
+
+
+class SecurityConfig(_Strict):
+    """Sign-in, sessions and the audit log (docs/security.md)."""
+
+    viewer: Literal["anonymous", "operator", "qa", "engineer", "admin"] = Field(
+        "anonymous", description="Who may see the read-only views (run view, inspections, alarms, live image, "
+        "events, reports, metrics): anonymous leaves them open to the line's status screen; a role asks for a "
+        "sign-in of that role or above. Every change of state needs a role whatever this says.")
+    idle_lock_s: float = Field(900.0, ge=1, le=86_400, description="A session unused this long is ended: the HMI "
+                               "returns to its read-only run view and asks for a sign-in again.")
+    session_max_s: float = Field(43_200.0, ge=60, le=604_800, description="A session ends this long after its "
+                                 "sign-in, however busy (a shift and a half by default).")
+    login_failures_per_minute: int = Field(5, ge=1, le=100, description="Failed sign-ins taken per minute for one "
+                                           "user name and for one address; further tries are refused (429).")
+    password_min_chars: int = Field(12, ge=8, le=128, description="Shortest password for qa, engineer and admin.")
+    pin_min_digits: int = Field(4, ge=4, le=12, description="Shortest operator PIN (digits only).")
+    first_admin_password_file: Path | None = Field(
+        None, description="At the first start without users, the first admin (`admin`) takes its password from "
+        "this file; unset, a generated password is printed once on a terminal, or written to "
+        "data_dir/initial-admin-password (mode 0600) under a service manager.")
+    audit_max_rows: int = Field(1_000_000, ge=100, le=1_000_000_000, description="Audit rows the auth database "
+                                "is sized for: a warning alarm past 90 %. Audit rows are never deleted.")
 
 
 class SupervisorConfig(_Strict):
@@ -158,6 +191,7 @@ class LineConfig(_Strict):
     ship: ShipConfig = Field(default_factory=ShipConfig, description="Fleet results: the store shipped to a "
                              "central PostgreSQL.")
     notify: NotifyConfig = Field(default_factory=NotifyConfig, description="HTTP hooks and MQTT for plant systems.")
+    security: SecurityConfig = Field(default_factory=SecurityConfig, description="Sign-in, sessions, audit log.")
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig, description="Restarts and stopping.")
     shifts: list[ShiftConfig] = Field(default_factory=_default_shifts, min_length=1, max_length=24,
                                       description="Shift schedule; each row records the shift it was captured in.")

@@ -8,8 +8,9 @@ export const num = (v, d) => (v == null || !Number.isFinite(Number(v)) ? '—' :
 export const timeOf = (ns) => (ns ? new Date(Number(ns) / 1e6).toLocaleTimeString() : '—');
 export const keyOf = (v) => v.part_id ?? `${v.camera}-${v.stream}-${v.seq}`;
 export const parse = (s) => { try { return JSON.parse(s); } catch { return null; } };
-// Who acts from this screen (the audit log's actor).
-export const user = { name: 'hmi' };
+// Buttons made after the sign-in state was applied follow it too (signin.js locks `.controls` while
+// nobody is signed in; the server refuses a change without a session anyway).
+export const locked = () => document.body.classList.contains('locked');
 
 export async function getJSON(url) {
   const r = await fetch(url, { cache: 'no-store' });

@@ -1,5 +1,5 @@
 // The HMI's other screens: rejects, the review queue, alarms and control. All data via textContent.
-import { $, el, getJSON, send, timeOf, num, cls, ICONS, user } from './common.js';
+import { $, el, getJSON, send, timeOf, num, cls, ICONS, locked } from './common.js';
 
 const SCREENS = ['run', 'rejects', 'review', 'alarms', 'control'];
 const REJECTS = 24;
@@ -43,7 +43,7 @@ function renderAlarmList() {
     tr.append(el('td', {}, state));
     const cell = el('td');
     if (!a.acknowledged_by) {
-      const b = el('button', { type: 'button', class: 'ack' }, 'Acknowledge');
+      const b = el('button', { type: 'button', class: 'ack', disabled: locked() }, 'Acknowledge');
       b.dataset.id = String(a.id);
       b.addEventListener('click', () => acknowledge(a.id));
       cell.append(b);
@@ -65,7 +65,7 @@ export function onAlarmEvent(a) {
 }
 async function acknowledge(id) {
   try {
-    await send('POST', `/api/alarms/${id}/ack`, { actor: user.name });
+    await send('POST', `/api/alarms/${id}/ack`);  // the signed-in user is the actor
   } catch (err) {
     $('alarm-text').textContent = `not acknowledged: ${err.message}`;
   }
@@ -168,7 +168,7 @@ async function decide(decision, label) {
   const part = st.reviewItem;
   if (!part) return;
   try {
-    await send('POST', `/api/inspections/${part.id}/review`, { decision, label, reviewer: user.name });
+    await send('POST', `/api/inspections/${part.id}/review`, { decision, label });
     $('review-msg').textContent = `part ${part.part_id ?? part.seq}: ${decision === 'PASS' ? 'good' : `defect ${label ?? ''}`}`;
   } catch (err) {
     $('review-msg').textContent = `not stored: ${err.message}`;
@@ -184,7 +184,7 @@ async function offerTypes() {
   } catch (e) { console.warn('labels', e); }
   const labels = [...st.labels, 'other'];
   box.replaceChildren(...labels.map((l) => {
-    const b = el('button', { type: 'button', class: 'type' }, l);
+    const b = el('button', { type: 'button', class: 'type', disabled: locked() }, l);
     b.addEventListener('click', () => decide('FAIL', l));
     return b;
   }));
@@ -209,7 +209,7 @@ export function initScreens(hooks) {
     const wrong = lotProblem(lot);
     if (wrong) { $('control-msg').textContent = wrong; return; }
     try {
-      await send('PUT', '/api/lot', { lot, actor: user.name });
+      await send('PUT', '/api/lot', { lot });
       $('lot-input').value = '';
       $('control-msg').textContent = `lot ${lot} set`;
       st.hooks.afterLot?.();
@@ -217,7 +217,7 @@ export function initScreens(hooks) {
   });
   $('reset-btn').addEventListener('click', async () => {
     try {
-      await send('POST', '/api/counters/reset', { actor: user.name });
+      await send('POST', '/api/counters/reset');
       $('control-msg').textContent = 'counters reset';
       st.hooks.afterReset?.();
     } catch (err) { $('control-msg').textContent = `not reset: ${err.message}`; }
