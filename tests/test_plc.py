@@ -122,16 +122,17 @@ def test_plc_reads_the_line_triggers_parts_and_sets_the_lot(line: Any) -> None:
         assert inputs(c, pm.fixed("last_error").address) == [pm.ERRORS["trigger_mode"]]
         for bad, code in ((c.write_coil(pm.TRIGGER_BASE + 2, True), 2),  # no third camera
                           (c.write_coil(9, True), 2),  # unassigned coil
-                          (c.write_register(pm.LOT_REGISTERS, 0x4142), 2),  # past the lot text
+                          (c.write_register(pm.LOT_REGISTERS + 1, 0x4142), 2),  # past the lot text and heartbeat
                           (c.write_register(0, 0xC3A9), 3),  # not ASCII
-                          (c.read_input_registers(60, count=1), 2)):  # unassigned input register
+                          (c.read_input_registers(pm.extent("input", 2), count=1), 2)):  # past the map
             assert bad.isError() and bad.exception_code == code, bad
         assert not set_lot_text(c, " padded").isError()
         assert not pulse(c, pm.fixed("commit_lot").address).isError()
         wait_for(lambda: inputs(c, pm.fixed("lot_status").address) == [FAILED], 10, "the refused lot")
         assert inputs(c, pm.fixed("last_error").address) == [pm.ERRORS["lot_invalid"]]
-        # Five refusals were the plc's own; the two out-of-range addresses were refused by pymodbus itself.
-        assert inputs(c, pm.fixed("error_count").address) == [5]
+        # Six refusals were the plc's own; the read past the map was refused by pymodbus itself.
+        assert inputs(c, pm.fixed("error_count").address) == [6]
+        assert inputs(c, 8, 2) == [0, 0]  # unassigned inside the map: read as 0, as PLCs read whole blocks
 
         # mbpoll, an independent client: a trigger through coil 16 and the counters, read 0-based.
         assert "Written 1 references" in mbpoll(ln.plc_port, "-t", "0", "-r", str(pm.TRIGGER_BASE), "127.0.0.1", "0")
@@ -232,11 +233,16 @@ def test_camera_block_addresses_follow_the_map() -> None:
     assert sum(r.size for r in fields) == pm.CAMERA_STRIDE
 
 
-def test_the_server_offers_exactly_the_map_s_addresses() -> None:
-    assert pm.spans("coil", 2) == [(0, 3), (pm.TRIGGER_BASE, 2)]
-    assert pm.spans("discrete", 2) == [(0, 16)]
-    assert pm.spans("holding", 2) == [(0, pm.LOT_REGISTERS)]
-    assert pm.spans("input", 2) == [(0, 8), (10, 10 + pm.LOT_REGISTERS), (pm.CAMERA_BASE, 2 * pm.CAMERA_STRIDE)]
+def test_the_map_assigns_version_1_s_addresses_unchanged_and_the_handshake_blocks() -> None:
+    hs = pm.HS_COIL_BASE
+    assert pm.spans("coil", 2) == [(0, 3), (pm.TRIGGER_BASE, 2), (hs, 7), (hs + pm.HS_COIL_STRIDE, 7)]
+    assert pm.spans("discrete", 2) == [(0, 16), (pm.HS_BITS_BASE, 2 * pm.HS_BITS_STRIDE)]
+    assert pm.spans("holding", 2) == [(0, pm.LOT_REGISTERS + 1), (pm.HS_JOB_BASE, 2)]
+    assert pm.spans("input", 2) == [(0, 8), (10, 10 + pm.LOT_REGISTERS), (pm.CAMERA_BASE, 2 * pm.CAMERA_STRIDE),
+                                    (pm.HS_INPUT_BASE, 2 * pm.HS_INPUT_STRIDE)]
+    assert pm.extent("input", 2) == pm.HS_INPUT_BASE + 2 * pm.HS_INPUT_STRIDE  # the server offers 0 to here
+    fields = [r for r in pm.HANDSHAKE if r.table == "input"]
+    assert sum(r.size for r in fields) == pm.HS_INPUT_STRIDE
 
 
 def test_every_input_register_of_the_map_has_a_value(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from linewatch.config import ConfigError, LineConfig, load_config
 #: Modules that add their own subcommands: each has `add_commands(subparsers)`.
 COMMAND_MODULES: tuple[str, ...] = ("linewatch.reports.cli", "linewatch.training.cli", "linewatch.acquire.cli",
                                        "linewatch.failsafe.cli", "linewatch.model.cli",
-                                       "linewatch.data.cli",)
+                                       "linewatch.data.cli", "linewatch.plc.cli",)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -2,9 +2,11 @@
 
 It only follows and asks: the state comes from record's event stream, the workers' ready files and
 read-only queries of the alarm table; a trigger goes to acquire's control socket, a lot change or
-an alarm acknowledge to record (the single writer) as an operator action by `plc`. A bad request is
+an alarm acknowledge to record (the single writer) as an operator action by `plc`, a job change or Set
+Offline to the line-level operations (`linewatch.operations`) as `plc:<client address>`. A bad request is
 answered with a Modbus exception and noted in `last_error`; nothing a PLC writes stops the process.
-The register map is in plc/register_map.py and docs/modbus.md.
+Only the addresses of `plc.clients` are served (read-only ones get exception 1 for a write).
+The register map is in plc/register_map.py and docs/modbus.md; each camera's handshake in plc/handshake.py.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Coroutine
 from typing import Any
@@ -22,11 +25,13 @@ import zmq.asyncio
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.simulator import DataType, SimData, SimDevice
+from pymodbus.simulator.simutils import SimUtils
 
 from linewatch import metrics
 from linewatch.config import LineConfig
+from linewatch.operations import OperationFailed, set_offline, switch_recipe
 from linewatch.plc import register_map as pm
-from linewatch.plc.modbus_tcp import StrictTcpServer
+from linewatch.plc.modbus_tcp import PEER, StrictTcpServer
 from linewatch.plc.state import LineState
 from linewatch.store import read_rows
 from linewatch.store.actions import ActionNotConfirmed, send_action_async
@@ -41,6 +46,7 @@ from linewatch.wire import (
     decode_verdict_group,
 )
 from linewatch.wire.camera_client import CameraNoAnswer, request_camera_async
+from linewatch.wire.channels import AlarmSender
 from linewatch.wire.ready import mark_ready
 
 log = logging.getLogger("plc")
@@ -61,10 +67,14 @@ class Plc:
         self.cfg, self.stop, self.pc = cfg, stop, cfg.plc
         self.endpoints = Endpoints(cfg.run_dir)
         self.state = LineState(cfg)
-        self.coils = {a: False for start, count in pm.spans("coil", len(cfg.cameras))
-                      for a in range(start, start + count)}
+        n = len(cfg.cameras)
+        self.hs_coils = {r.address: (i, r.name) for i in range(n) for r in pm.handshake_registers(i, "coil")}
+        self.coils = {r.address: False for r in pm.assigned("coil", n) if r.address not in self.hs_coils}
+        self.jobs = {pm.handshake_registers(i, "holding")[0].address: i for i in range(n)}
         self.lot_text = [0] * pm.LOT_REGISTERS
         self.tasks: set[asyncio.Task[None]] = set()
+        self.plc_beat: tuple[int, float] | None = None  # the PLC's heartbeat value and when it last changed
+        self.watchdog_fired = False
 
     def run(self) -> None:
         try:
@@ -83,7 +93,9 @@ class Plc:
         await asyncio.sleep(0.2)  # the subscription reaches record before the baseline is read
         self.state.load_baseline()
         host, port = self.pc.host, self.pc.port
-        server = StrictTcpServer(self._device(), address=(host, port), trace_connect=_on_connect, trace_pdu=_on_pdu)
+        self.alarms = AlarmSender(zmq.Context.instance(), self.endpoints, "plc")
+        server = StrictTcpServer(self._device(), self.pc.clients, lambda: self._error("read_only"),
+                                 address=(host, port), trace_connect=_on_connect, trace_pdu=_on_pdu)
         try:
             await server.serve_forever(background=True)
         except RuntimeError as exc:
@@ -92,7 +104,8 @@ class Plc:
         log.info("Modbus TCP server on %s:%d (register map v%d)", host, port, pm.MAP_VERSION)
         loops = [asyncio.create_task(self._follow_events(), name="events"),
                  asyncio.create_task(self._refresh(), name="refresh"),
-                 asyncio.create_task(self._heartbeat(), name="heartbeat")]
+                 asyncio.create_task(self._heartbeat(), name="heartbeat"),
+                 asyncio.create_task(self._watchdog(), name="watchdog")]
         try:
             while not self.stop.is_set():
                 await asyncio.sleep(0.05)
@@ -106,20 +119,20 @@ class Plc:
             # A command still waiting on acquire closes its socket as it ends: the context's term waits for it
             await asyncio.gather(*tasks, return_exceptions=True)
             await server.shutdown()  # type: ignore[no-untyped-call]
+            self.alarms.close()
             self.sub.close()
             self.zctx.term()
 
     def _device(self) -> SimDevice:
-        """The register blocks of the map (`plc_map.spans`); values are rendered per request."""
+        """One block per table, address 0 to the map's last (`register_map.extent`): PLCs read whole blocks, an
+        unassigned address reads 0. Values are rendered per request; writes are checked in `_on_request`."""
         n = len(self.cfg.cameras)
 
         def bits(table: pm.Table) -> list[SimData]:
-            return [SimData(start, values=[False] * count, datatype=DataType.BITS)
-                    for start, count in pm.spans(table, n)]
+            return [SimData(0, values=[False] * pm.extent(table, n), datatype=DataType.BITS)]
 
         def words(table: pm.Table) -> list[SimData]:
-            return [SimData(start, count=count, values=0, datatype=DataType.REGISTERS)
-                    for start, count in pm.spans(table, n)]
+            return [SimData(0, count=pm.extent(table, n), values=0, datatype=DataType.REGISTERS)]
 
         return SimDevice(0, simdata=(bits("coil"), bits("discrete"), words("holding"), words("input")),
                          action=self._on_request)
@@ -130,37 +143,66 @@ class Plc:
                           values: list[int] | list[bool] | None) -> ExcCodes | None:
         try:
             if values is None:
-                if fc in (2, 4):  # discrete inputs and input registers show the state as of now
-                    self._render(fc, start, registers)
+                if fc in (1, 2, 4):  # coils, discrete inputs and input registers show the state as of now
+                    self._render(fc, address, count, registers)
                 return None
             if fc in _COIL_WRITES:
                 return self._write_coils(address, [bool(v) for v in values])
-            return self._write_lot_text(address, [int(v) for v in values])
+            return self._write_holding(address, [int(v) for v in values])
         except Exception:  # a fault here must not take the PLC link down: logged, counted, answered
             log.exception("PLC request fc %d at %d failed", fc, address)
             self._error("internal")
             return ExcCodes.DEVICE_FAILURE
 
-    def _render(self, fc: int, start: int, registers: list[int]) -> None:
-        if fc == 2:
-            registers[0] = self.state.status_word()  # discrete inputs 0-15: the block's one register
+    def _render(self, fc: int, address: int, count: int, registers: list[int]) -> None:
+        """The requested addresses as of now. Bits lie 16 to a register of the block, bit 0 first (pymodbus's
+        layout without bit addressing): the registers under the request are rewritten whole."""
+        if fc == 4:
+            for addr, value in self.state.input_registers().items():
+                registers[addr] = value
             return
-        for addr, value in self.state.input_registers().items():
-            registers[addr - start] = value
+        on = self.state.discrete_inputs() if fc == 2 else self._coil_states()
+        first, last = address // 16, (address + count - 1) // 16
+        bits = [bool(on.get(a)) for a in range(first * 16, (last + 1) * 16)]
+        registers[first: last + 1] = SimUtils.bitsToRegisters(bits)
 
-    def _write_lot_text(self, address: int, values: list[int]) -> ExcCodes | None:
-        if not pm.ascii_bytes_ok(values):
+    def _coil_states(self) -> dict[int, bool]:
+        hs = self.state.handshakes
+        return {**self.coils, **{a: hs[i].coils[name] for a, (i, name) in self.hs_coils.items()}}
+
+    def _write_holding(self, address: int, values: list[int]) -> ExcCodes | None:
+        """Lot text, the PLC's heartbeat or a camera's job number; a write touching anything else is refused."""
+        addrs = range(address, address + len(values))
+        lot, beat = range(pm.LOT_REGISTERS), pm.fixed("plc_heartbeat").address
+        if any(a not in lot and a != beat and a not in self.jobs for a in addrs):
+            self._error("bad_address")
+            return ExcCodes.ILLEGAL_ADDRESS
+        text = [v for a, v in zip(addrs, values, strict=True) if a in lot]
+        if not pm.ascii_bytes_ok(text):
             self._error("lot_not_ascii")
             return ExcCodes.ILLEGAL_VALUE
-        self.lot_text[address: address + len(values)] = values
+        for a, v in zip(addrs, values, strict=True):
+            if a in lot:
+                self.lot_text[a] = v
+            elif a == beat:
+                if self.plc_beat is None or self.plc_beat[0] != v:
+                    self.plc_beat = (v, time.monotonic())
+            else:
+                self.state.handshakes[self.jobs[a]].job_number = v
         return None
 
     def _write_coils(self, address: int, values: list[bool]) -> ExcCodes | None:
         addrs = range(address, address + len(values))
-        if any(a not in self.coils for a in addrs):
+        if any(a not in self.coils and a not in self.hs_coils for a in addrs):
             self._error("bad_address")
             return ExcCodes.ILLEGAL_ADDRESS
-        rising = [a for a, v in zip(addrs, values, strict=True) if v and not self.coils[a]]
+        for a, v in zip(addrs, values, strict=True):
+            if a in self.hs_coils and v and self.hs_coils[a][1] == "execute_command":
+                hs = self.state.handshakes[self.hs_coils[a][0]]
+                if not hs.coils["execute_command"] and hs.executing:
+                    self._error("busy")
+                    return ExcCodes.DEVICE_BUSY
+        rising = [a for a, v in zip(addrs, values, strict=True) if a in self.coils and v and not self.coils[a]]
         for a in rising:  # refuse the whole write before starting any of it
             if a >= pm.TRIGGER_BASE:
                 cam = self.state.cameras[a - pm.TRIGGER_BASE]
@@ -174,7 +216,10 @@ class Plc:
                 self._error("busy")
                 return ExcCodes.DEVICE_BUSY
         for a, v in zip(addrs, values, strict=True):
-            self.coils[a] = v
+            if a in self.hs_coils:
+                self._handshake_coil(*self.hs_coils[a], v)
+            else:
+                self.coils[a] = v
         for a in rising:  # a command is busy from this answer on: a second pulse before its task starts is refused
             if a == _ACK:
                 self.state.ack_status = _BUSY
@@ -191,6 +236,87 @@ class Plc:
                 self._spawn(self._trigger(a - pm.TRIGGER_BASE), f"trigger:{a - pm.TRIGGER_BASE}")
         return None
 
+    def _handshake_coil(self, index: int, name: str, value: bool) -> None:
+        """A handshake coil of camera `index` written: edges start what they stand for (`plc/handshake.py`)."""
+        hs, cam = self.state.handshakes[index], self.state.cameras[index]
+        rising, falling = value and not hs.coils[name], hs.coils[name] and not value
+        hs.coils[name] = value
+        if name == "trigger_request" and rising:
+            if hs.ready(self.state.online(index), cam.software):
+                hs.acquiring = hs.trigger_ack = True
+                self._spawn(self._handshake_trigger(index), f"handshake_trigger:{index}")
+            else:
+                hs.missed_trigger()
+                self._error("missed_trigger")
+        elif name == "trigger_request" and falling:
+            hs.trigger_ack = False
+        elif name == "results_ack" and rising:
+            hs.acknowledged()
+        elif name == "execute_command" and rising:
+            hs.executing, hs.completed, hs.failed = True, False, False
+            self._spawn(self._execute(index, hs.job_number, PEER.get()), f"job:{index}")
+        elif name == "execute_command" and falling:
+            hs.completed = hs.failed = False
+        elif name == "set_offline" and (rising or falling):
+            self._spawn(self._set_offline(index, "offline" if value else None, PEER.get()), f"offline:{index}")
+        elif name == "clear_error" and rising:
+            hs.clear_error()
+
+    async def _handshake_trigger(self, index: int) -> None:
+        """Busy until acquire took the part; Acquisition ID is its seq (a part without a frame is recorded as
+        not inspected, and is the result the PLC gets)."""
+        hs, cam = self.state.handshakes[index], self.state.cameras[index]
+        error = None
+        try:
+            reply = await request_camera_async(self.endpoints, cam.name, CameraCommand(cmd="trigger"),
+                                               self.pc.command_timeout_s, self.zctx)
+            if reply.seq is not None:
+                hs.acquisition_id = reply.seq
+            if not reply.ok:
+                error = "trigger_failed"
+                log.warning("camera %s: handshake trigger took no frame: %s", cam.name, reply.error)
+        except (CameraNoAnswer, MessageError) as exc:
+            log.warning("%s", exc)
+            error = "trigger_timeout" if isinstance(exc, CameraNoAnswer) else "trigger_failed"
+        finally:
+            hs.acquiring = False
+        metrics.PLC_COMMANDS.labels("handshake_trigger", "failed" if error else "done").inc()
+        if error:
+            hs.error(pm.ERRORS[error])
+            self._error(error)
+
+    async def _execute(self, index: int, job: int, peer: str) -> None:
+        """Execute Command: switch the line to the recipe of `job` (Executing, then Completed or Failed)."""
+        hs = self.state.handshakes[index]
+        recipe = next((r.name for r in self.cfg.recipes if r.job == job), None)
+        error = "job_unknown" if recipe is None else None
+        if recipe is not None:
+            try:
+                await switch_recipe(self.cfg, recipe, f"plc:{peer}", self.pc.command_timeout_s, self.zctx)
+                self.state.recipe = recipe
+                log.info("recipe %s (job %d) set by the PLC at %s", recipe, job, peer)
+            except OperationFailed as exc:
+                log.error("job %d (recipe %s) from the PLC failed: %s", job, recipe, exc)
+                error = "job_failed"
+        hs.executing, hs.completed, hs.failed = False, error is None, error is not None
+        metrics.PLC_COMMANDS.labels("job", "failed" if error else "done").inc()
+        if error:
+            hs.error(pm.ERRORS[error])
+            self._error(error)
+
+    async def _set_offline(self, index: int, reason: str | None, peer: str) -> None:
+        """Set Offline (or its release) for camera `index`; Online follows once record has audited it."""
+        hs, cam = self.state.handshakes[index], self.state.cameras[index]
+        try:
+            await set_offline(self.cfg, [cam.name], reason, f"plc:{peer}", self.pc.command_timeout_s, self.zctx)
+            hs.offline = reason
+            metrics.PLC_COMMANDS.labels("offline", "done").inc()
+        except OperationFailed as exc:
+            log.error("camera %s: Set Offline %s failed: %s", cam.name, "on" if reason else "off", exc)
+            metrics.PLC_COMMANDS.labels("offline", "failed").inc()
+            hs.error(pm.ERRORS["offline_failed"])
+            self._error("offline_failed")
+
     def _spawn(self, coro: Coroutine[Any, Any, None], command: str) -> None:
         task = asyncio.get_running_loop().create_task(self._guarded(coro, command))
         self.tasks.add(task)
@@ -203,7 +329,12 @@ class Plc:
         except Exception:  # keeps the PLC link serving; logged and counted, the command shows failed
             log.exception("PLC command %s failed", command)
             failed = pm.COMMAND_STATES["failed"]
-            if command.startswith("trigger:"):
+            if command.partition(":")[0] in ("handshake_trigger", "job", "offline"):
+                hs = self.state.handshakes[int(command.split(":")[1])]
+                hs.acquiring = hs.executing = False
+                hs.failed = command.startswith("job:")
+                hs.error(pm.ERRORS["internal"])
+            elif command.startswith("trigger:"):
                 self.state.cameras[int(command.split(":")[1])].trigger_status = failed
             else:
                 setattr(self.state, f"{command}_status", failed)
@@ -295,14 +426,10 @@ class Plc:
                 elif kind == b"alarm":
                     self.state.on_alarm(orjson.loads(parts[1]))
                 elif kind == b"action":
-                    self._on_action(orjson.loads(parts[1]))
+                    self.state.on_action(orjson.loads(parts[1]))
             except (ValueError, KeyError, TypeError) as exc:
                 metrics.MESSAGES_REJECTED.labels("plc", "event").inc()
                 log.error("unreadable event from record: %s", exc)
-
-    def _on_action(self, event: dict[str, Any]) -> None:
-        if event["action"] == "set_lot":  # from the api too: the lot register shows the lot in force
-            self.state.lot = str(event["detail"]["lot"])
 
     async def _refresh(self) -> None:
         while True:
@@ -314,6 +441,33 @@ class Plc:
         while True:
             await asyncio.sleep(self.pc.heartbeat_ms / 1e3)
             self.state.heartbeat = (self.state.heartbeat + 1) & 0xFFFF
+
+
+    async def _watchdog(self) -> None:
+        """The PLC's heartbeat register: once written, a value unchanged for plc.watchdog_s raises an alarm (and,
+        with plc.watchdog_offline, takes every camera offline until it changes again)."""
+        limit = self.pc.watchdog_s
+        if not limit:
+            await asyncio.Event().wait()  # no watchdog: the loop idles with the others
+            return
+        names = [c.name for c in self.cfg.cameras]
+        while True:
+            await asyncio.sleep(min(0.1, limit / 4))
+            stale = self.plc_beat is not None and time.monotonic() - self.plc_beat[1] > limit
+            if stale == self.watchdog_fired:
+                continue
+            self.watchdog_fired = stale
+            if stale:
+                self.alarms.raise_alarm("plc_watchdog", f"the PLC's heartbeat (holding register "
+                                        f"{pm.fixed('plc_heartbeat').address}) stopped for {limit:g} s", "critical")
+            else:
+                self.alarms.raise_alarm("plc_watchdog_back", "the PLC's heartbeat runs again", "info")
+            if self.pc.watchdog_offline:
+                try:
+                    await set_offline(self.cfg, names, "offline" if stale else None, "plc:watchdog",
+                                      self.pc.command_timeout_s, self.zctx)
+                except OperationFailed as exc:
+                    log.error("PLC watchdog could not switch the line %s: %s", "offline" if stale else "online", exc)
 
 
 def _on_connect(connected: bool) -> None:

@@ -1,0 +1,215 @@
+"""The vision-system handshake of the plc process on a running line, driven by real Modbus TCP clients
+(pymodbus, and mbpoll running every example of docs/modbus.md): trigger, buffered results read exactly once,
+overrun, Set Offline, job change, the PLC watchdog and the client allow-list."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymodbus.client import ModbusTcpClient
+from pymodbus.exceptions import ModbusException
+
+from linewatch.plc import register_map as pm
+from linewatch.plc.cli import map_table
+from tests.conftest import REPO, db_rows, http_text, metric, wait_for
+
+HS = pm.HANDSHAKE_BITS
+SMALL = {"width": 64, "height": 48}  # frames the rules decide quickly: the handshake is under test, not the model
+
+
+@contextmanager
+def plc(port: int, source: str | None = None) -> Iterator[Plc]:
+    client = ModbusTcpClient("127.0.0.1", port=port, timeout=3, retries=0,
+                             source_address=(source, 0) if source else None)
+    assert client.connect(), f"no Modbus server on port {port}"
+    try:
+        yield Plc(client)
+    finally:
+        client.close()
+
+
+class Plc:
+    """A PLC program's view of camera 0's handshake block."""
+
+    def __init__(self, client: ModbusTcpClient, camera: int = 0):
+        self.c, self.i = client, camera
+
+    def coil(self, name: str, value: bool) -> None:
+        r = self.c.write_coil(pm.handshake_address(self.i, name), value)
+        assert not r.isError(), r
+
+    def pulse(self, name: str) -> None:
+        self.coil(name, False)
+        self.coil(name, True)
+
+    def bits(self) -> int:
+        r = self.c.read_input_registers(pm.handshake_address(self.i, "hs_status"), count=1)
+        assert not r.isError(), r
+        return int(r.registers[0])
+
+    def on(self, bit: str) -> bool:
+        return bool(self.bits() >> HS[bit] & 1)
+
+    def block(self) -> dict[str, Any]:
+        """The handshake's input registers by name, read in one request as a PLC does."""
+        regs = pm.handshake_registers(self.i, "input")
+        r = self.c.read_input_registers(regs[0].address, count=pm.HS_INPUT_STRIDE)
+        assert not r.isError(), r
+        words = r.registers
+        out: dict[str, Any] = {}
+        for reg in regs:
+            w = words[reg.address - regs[0].address: reg.address - regs[0].address + reg.size]
+            out[reg.name] = (pm.registers_to_text(w) if reg.kind == "ascii" else w[0] << 16 | w[1]
+                             if reg.kind == "u32" else w[0])
+        return out
+
+    def trigger(self) -> int:
+        """One part: Trigger edge, Trigger Ack seen, Busy off; returns its Acquisition ID."""
+        wait_for(lambda: self.on("trigger_ready"), 10, "Trigger Ready")
+        self.coil("trigger_request", True)
+        assert self.on("trigger_ack")
+        wait_for(lambda: not self.on("busy"), 10, "Busy to clear")
+        acquisition = int(self.block()["acquisition_id"])
+        self.coil("trigger_request", False)
+        assert not self.on("trigger_ack")
+        return acquisition
+
+    def take_result(self) -> dict[str, Any]:
+        """Wait for Results Valid, read the result, acknowledge it and release the acknowledge."""
+        wait_for(lambda: self.on("results_valid"), 10, "Results Valid")
+        result = self.block()
+        self.coil("results_ack", True)
+        assert not self.on("results_valid")  # never the same result twice
+        self.coil("results_ack", False)
+        return result
+
+
+def row_of(data_dir: Path, seq: int) -> dict[str, Any]:
+    return dict(wait_for(lambda: db_rows(data_dir, "SELECT * FROM inspections WHERE camera = 'cam0' AND seq = ?",
+                                         (seq,)), 10, f"the row of part {seq}")[0])
+
+
+def result_code(row: dict[str, Any]) -> int:
+    lost = row["decided_by"] in ("timeout", "not_inspected")
+    return pm.RESULT_CODES["not_inspected" if lost else row["final"]]
+
+
+def mbpoll(port: int, command: str) -> subprocess.CompletedProcess[str]:
+    args = command.split()[1:]
+    args[args.index("-p") + 1] = str(port)
+    return subprocess.run(["mbpoll", *args], capture_output=True, text=True, timeout=20)
+
+
+def doc_examples() -> list[str]:
+    doc = (REPO / "docs" / "modbus.md").read_text()
+    return [line.split("#")[0].strip() for block in re.findall(r"^```[a-z]*\n(.*?)^```", doc, re.S | re.M)
+            for line in block.splitlines() if line.startswith("mbpoll ")]
+
+
+def test_the_handshake_delivers_each_result_once_overruns_and_goes_offline(line: Any) -> None:
+    ln = line(cameras=[{"name": "cam0", "trigger": "software", **SMALL}],
+              plc={"results_buffer": 3, "clients": [{"address": "127.0.0.1"}, {"address": "127.0.0.3",
+                                                                               "access": "read"}]}).start()
+    with plc(ln.plc_port) as p:
+        wait_for(lambda: p.on("online"), 30, "the camera online")
+        assert not p.on("trigger_ready")  # Trigger Enable is off
+        p.pulse("trigger_request")
+        assert p.on("missed_trigger") and p.on("error") and p.block()["missed_trigger_count"] == 1
+        assert not p.on("trigger_ack")
+        p.coil("trigger_request", False)
+        p.pulse("clear_error")
+        assert not p.on("missed_trigger") and not p.on("error") and p.block()["hs_error_code"] == 0
+        p.coil("trigger_enable", True)
+        p.coil("results_buffer_enable", True)
+
+        # Three parts triggered before any is read: each result once, oldest first, matching its row.
+        seqs = [p.trigger() for _ in range(3)]
+        for seq in seqs:
+            got, row = p.take_result(), row_of(ln.data_dir, seq)
+            assert (got["inspection_id"], got["part_id"], got["result_code"]) == (seq, row["part_id"],
+                                                                                  result_code(row))
+            assert got["processing_time"] == min(65535, round((row["t_decided_ns"] - row["t_capture_ns"]) / 1e5))
+        assert not p.on("results_valid") and p.block()["results_queued"] == 0
+
+        # Acks withheld: the queue fills (3), two more results overrun, every part still has its row.
+        more = [p.trigger() for _ in range(5)]
+        wait_for(lambda: p.on("results_buffer_overrun"), 10, "Results Buffer Overrun")
+        wait_for(lambda: p.block()["overrun_count"] == 2, 10, "two overruns")
+        assert p.block()["results_queued"] == 3
+        assert [row_of(ln.data_dir, s)["seq"] for s in more] == more
+        assert [p.take_result()["inspection_id"] for _ in range(3)] == more[:3]
+        p.pulse("clear_error")
+        assert not p.on("results_buffer_overrun")
+
+        # Set Offline: triggers are missed; a part taken anyway (coil 16) is recorded not inspected, `offline`.
+        p.coil("set_offline", True)
+        wait_for(lambda: not p.on("online"), 10, "Online to clear")
+        assert not p.on("trigger_ready")
+        assert not p.c.write_coil(pm.TRIGGER_BASE, False).isError()
+        assert not p.c.write_coil(pm.TRIGGER_BASE, True).isError()
+        got = p.take_result()
+        row = row_of(ln.data_dir, got["inspection_id"])
+        assert (row["decided_by"], row["reasons"], got["result_code"]) == ("not_inspected", '["offline"]', 4)
+        audit = db_rows(ln.data_dir, "SELECT actor, detail FROM operator_actions WHERE action = 'set_offline'")
+        assert [(a["actor"], a["detail"]) for a in audit] == [("plc:127.0.0.1", '{"cameras": ["cam0"], '
+                                                                                '"reason": "offline"}')]
+        p.coil("set_offline", False)
+        wait_for(lambda: p.on("online"), 10, "Online again")
+        seq = p.trigger()
+        assert row_of(ln.data_dir, seq)["decided_by"] != "not_inspected"
+
+    # The allow-list: 127.0.0.2 is not in it (closed unanswered), 127.0.0.3 may read only.
+    refused = ModbusTcpClient("127.0.0.1", port=ln.plc_port, timeout=1, retries=0, source_address=("127.0.0.2", 0))
+    refused.connect()
+    with pytest.raises(ModbusException):  # the connection is closed before any answer
+        refused.read_input_registers(0, count=1)
+    refused.close()
+    with plc(ln.plc_port, "127.0.0.3") as ro:
+        assert ro.bits() & 1 << HS["online"]
+        denied = ro.c.write_coil(pm.handshake_address(0, "trigger_enable"), False)
+        assert denied.isError() and denied.exception_code == 1
+    with plc(ln.plc_port) as p:
+        assert p.c.read_input_registers(pm.fixed("last_error").address).registers == [pm.ERRORS["read_only"]]
+        assert p.on("trigger_ready")  # the read-only client's write changed nothing
+    text = http_text(f"{ln.url}/metrics")
+    assert metric(text, "linewatch_plc_clients_refused_total", address="127.0.0.2") >= 1
+    assert metric(text, "linewatch_plc_results_overrun_total", camera="cam0") == 2
+    assert metric(text, "linewatch_plc_errors_total", reason="read_only") == 1
+    assert "Modbus client 127.0.0.2 refused" in ln.log.read_text()
+
+
+def test_every_mbpoll_example_of_the_docs_runs_against_a_line(line: Any) -> None:
+    """The docs' examples, in order, as a PLC programmer tries them: each must answer without an exception."""
+    ln = line(cameras=[{"name": "cam0", "trigger": "software", **SMALL}], recipe="A",
+              recipes=[{"name": "A", "job": 1}, {"name": "B", "job": 2}]).start()
+    examples = doc_examples()
+    assert len(examples) >= 8
+    with plc(ln.plc_port) as p:
+        wait_for(lambda: p.on("online"), 30, "the camera online")
+        for command in examples:
+            out = mbpoll(ln.plc_port, command)
+            assert out.returncode == 0 and "exception" not in out.stdout.lower(), (command, out.stdout, out.stderr)
+            time.sleep(0.2)  # a person typing: the trigger's part reaches the store in between
+        block = p.block()
+        assert (block["current_job"], block["hs_error_code"]) == (2, 0)
+        assert p.c.read_holding_registers(pm.fixed("plc_heartbeat").address).registers == [1]
+        rows = db_rows(ln.data_dir, "SELECT recipe FROM inspections WHERE camera = 'cam0' ORDER BY seq")
+        assert [r["recipe"] for r in rows] == ["A", "A"]  # the two triggers came before the job change
+
+
+def test_plc_map_prints_every_register_of_the_line() -> None:
+    text = map_table(["cam0", "cam1"])
+    for i in range(2):
+        for table in ("coil", "discrete", "holding", "input"):
+            for r in pm.camera_registers(i, table) + pm.handshake_registers(i, table):  # type: ignore[arg-type]
+                assert f"`{r.name}` | cam{i} |" in text
+    assert f"version {pm.MAP_VERSION}" in text
+    out = subprocess.run(["linewatch", "plc", "map"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "`trigger_request` | cam0 |" in out.stdout
