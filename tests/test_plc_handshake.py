@@ -20,7 +20,7 @@ from pymodbus.exceptions import ModbusException
 
 from linewatch.plc import register_map as pm
 from linewatch.plc.cli import map_table
-from tests.conftest import REPO, db_rows, http_text, metric, wait_for
+from tests.conftest import REPO, db_rows, http_json, http_text, metric, wait_for
 
 HS = pm.HANDSHAKE_BITS
 SMALL = {"width": 64, "height": 48}  # frames the rules decide quickly: the handshake is under test, not the model
@@ -234,6 +234,7 @@ def test_a_job_change_mid_stream_switches_recipe_between_parts_and_the_watchdog_
         p.coil("execute_command", True)
         wait_for(lambda: p.on("command_completed"), 10, "Command Completed")
         assert p.block()["current_job"] == 2 and not p.on("command_executing")
+        assert http_json(f"{ln.url}/api/status")["recipe"] == "B"
         wait_for(lambda: p.block()["result_job"] == 2, 10, "a result inspected under job 2")
 
         # The PLC's heartbeat: written once, then silent for longer than plc.watchdog_s.
