@@ -4,8 +4,10 @@ overrun, Set Offline, job change, the PLC watchdog and the client allow-list."""
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -94,8 +96,9 @@ class Plc:
 
 
 def row_of(data_dir: Path, seq: int) -> dict[str, Any]:
-    return dict(wait_for(lambda: db_rows(data_dir, "SELECT * FROM inspections WHERE camera = 'cam0' AND seq = ?",
-                                         (seq,)), 10, f"the row of part {seq}")[0])
+    """The newest row of cam0's part `seq` (a restarted acquire starts a new stream at seq 0)."""
+    return dict(wait_for(lambda: db_rows(data_dir, "SELECT * FROM inspections WHERE camera = 'cam0' AND seq = ? "
+                                                   "ORDER BY id DESC", (seq,)), 10, f"the row of part {seq}")[0])
 
 
 def result_code(row: dict[str, Any]) -> int:
@@ -162,6 +165,15 @@ def test_the_handshake_delivers_each_result_once_overruns_and_goes_offline(line:
         audit = db_rows(ln.data_dir, "SELECT actor, detail FROM operator_actions WHERE action = 'set_offline'")
         assert [(a["actor"], a["detail"]) for a in audit] == [("plc:127.0.0.1", '{"cameras": ["cam0"], '
                                                                                 '"reason": "offline"}')]
+        # A restarted acquire reads the offline state back from the audit log.
+        old = ln.ready("acquire")[0]["pid"]
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: [r for r in ln.ready("acquire") if r["pid"] != old], 30, "acquire's restart")
+        assert not p.c.write_coil(pm.TRIGGER_BASE, False).isError()
+        wait_for(lambda: not p.c.write_coil(pm.TRIGGER_BASE, True).isError(), 10, "a trigger the camera takes")
+        got = p.take_result()
+        row = row_of(ln.data_dir, got["inspection_id"])
+        assert (row["stream"], row["reasons"]) == (ln.ready("acquire")[0]["stream"], '["offline"]')
         p.coil("set_offline", False)
         wait_for(lambda: p.on("online"), 10, "Online again")
         seq = p.trigger()
