@@ -84,7 +84,8 @@ class _Job:
 class Infer:
     def __init__(self, cfg: LineConfig, index: int, stop: threading.Event):
         self.cfg, self.line_cfg, self.index, self.stop = cfg, cfg, index, stop
-        self.models: dict[str, Model | ModelError] = {}  # by recipe, loaded on its first part
+        # by recipe, loaded on its first part, with the model file's signature when it was loaded
+        self.models: dict[str, tuple[Model | ModelError, Any]] = {}
         self.name = f"infer[{index}]"
         self.endpoints = Endpoints(cfg.run_dir)
         self.model: Model | None = None
@@ -143,18 +144,22 @@ class Infer:
     def _follow_model_file(self, alarms: AlarmSender) -> None:
         loaded = self.watch.poll()
         if loaded is not None:
-            self.models[self.cfg.recipe] = loaded
+            self.models[self.cfg.recipe] = (loaded, self.watch.seen)
             self._use_model(loaded, alarms)
 
     def _recipe_model(self) -> Model | ModelError:
-        """The model of the recipe in `self.cfg` (loaded on first use, then kept), its file followed from now on."""
+        """The model of the recipe in `self.cfg` (loaded on first use, then kept), its file followed from now on:
+        a file that changed while the recipe was not in force is loaded by the watch, as any change."""
         self.watch = ModelFileWatch(self.cfg.model, self.cfg.failsafe.model_health, self.session)
-        if self.cfg.recipe not in self.models:
-            try:
-                self.models[self.cfg.recipe] = load_model(self.cfg.model, self.session)
-            except ModelError as exc:
-                self.models[self.cfg.recipe] = exc
-        return self.models[self.cfg.recipe]
+        if self.cfg.recipe in self.models:
+            model, self.watch.seen = self.models[self.cfg.recipe]
+            return model
+        try:
+            model = load_model(self.cfg.model, self.session)
+        except ModelError as exc:
+            model = exc
+        self.models[self.cfg.recipe] = (model, self.watch.seen)
+        return model
 
     def _use_recipe(self, recipe: str, alarms: AlarmSender) -> None:
         """Switch to `recipe`'s model and rules before deciding its parts (a no-op for the current one)."""
