@@ -4,6 +4,7 @@ overrun, Set Offline, job change, the PLC watchdog and the client allow-list."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import re
@@ -20,6 +21,8 @@ import pytest
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
+from linewatch.config import ConfigError, parse_config
+from linewatch.operations import OperationFailed, set_offline, switch_recipe
 from linewatch.plc import register_map as pm
 from linewatch.plc.cli import map_table
 from tests.conftest import REPO, db_rows, http_json, http_text, metric, wait_for
@@ -347,3 +350,19 @@ def test_a_plc_reads_10000_triggered_results_each_once_in_order_and_overruns_wit
         for got in pr.results:
             row = rows[got["inspection_id"]]
             assert (got["part_id"], got["result_code"]) == (row["part_id"], result_code(row)), (got, row)
+
+
+def test_line_operations_refuse_what_the_line_does_not_have(tmp_path: Path) -> None:
+    cfg = parse_config({"data_dir": str(tmp_path), "recipe": "A", "recipes": [{"name": "A", "job": 1}]})
+    with pytest.raises(OperationFailed, match=r"recipe 'B' is not among the line's recipes \(A\)"):
+        asyncio.run(switch_recipe(cfg, "B", "test", 0.1))
+    with pytest.raises(OperationFailed, match="offline reason must be one of offline, paused, got 'asleep'"):
+        asyncio.run(set_offline(cfg, ["cam0"], "asleep", "test", 0.1))
+    with pytest.raises(OperationFailed, match=r"cameras must be some of cam0, got \['cam9'\]"):
+        asyncio.run(set_offline(cfg, ["cam9"], "paused", "test", 0.1))
+    with pytest.raises(OperationFailed, match="did not answer"):  # no line running: nobody takes the pause
+        asyncio.run(set_offline(cfg, ["cam0"], "paused", "test", 0.1))
+    with pytest.raises(ConfigError, match="recipe 'C' is not among recipes"):
+        parse_config({"recipe": "C", "recipes": [{"name": "A", "job": 1}]})
+    with pytest.raises(ConfigError, match="recipe jobs must be unique, repeated: 1"):
+        parse_config({"recipe": "A", "recipes": [{"name": "A", "job": 1}, {"name": "B", "job": 1}]})
