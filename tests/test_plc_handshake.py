@@ -234,8 +234,8 @@ def test_plc_map_prints_every_register_of_the_line() -> None:
 
 def test_a_job_change_mid_stream_switches_recipe_between_parts_and_the_watchdog_alarms(line: Any) -> None:
     recipes = [{"name": "A", "job": 1}, {"name": "B", "job": 2, "failsafe": {"review_band": [0.3, 0.7]}}]
-    ln = line(cameras=[{"name": "cam0", "fps": 40, "max_frames": 200, **SMALL}], recipe="A", recipes=recipes,
-              plc={"watchdog_s": 0.5}).start()
+    ln = line(cameras=[{"name": "cam0", "fps": 40, "max_frames": 300, **SMALL}], recipe="A", recipes=recipes,
+              plc={"watchdog_s": 0.5, "watchdog_offline": True}).start()
     with plc(ln.plc_port) as p:
         assert p.block()["current_job"] == 1
         wait_for(lambda: len(db_rows(ln.data_dir, "SELECT id FROM inspections")) >= 30, 30, "parts under A")
@@ -252,22 +252,36 @@ def test_a_job_change_mid_stream_switches_recipe_between_parts_and_the_watchdog_
         assert http_json(f"{ln.url}/api/status")["recipe"] == "B"
         wait_for(lambda: p.block()["result_job"] == 2, 10, "a result inspected under job 2")
 
-        # The PLC's heartbeat: written once, then silent for longer than plc.watchdog_s.
+        # The PLC's heartbeat: written once, then silent for longer than plc.watchdog_s: alarm, and offline.
         assert not p.c.write_register(pm.fixed("plc_heartbeat").address, 1).isError()
         wait_for(lambda: db_rows(ln.data_dir, "SELECT 1 FROM alarms WHERE kind = 'plc_watchdog'"), 10, "the alarm")
+        wait_for(lambda: not p.on("online"), 10, "the camera offline")
+        wait_for(lambda: db_rows(ln.data_dir, "SELECT 1 FROM inspections WHERE reasons = '[\"offline\"]'"), 10,
+                 "a part recorded offline")
         assert not p.c.write_register(pm.fixed("plc_heartbeat").address, 2).isError()
         wait_for(lambda: db_rows(ln.data_dir, "SELECT 1 FROM alarms WHERE kind = 'plc_watchdog_back'"), 10,
                  "the heartbeat back")
-    wait_for(lambda: len(db_rows(ln.data_dir, "SELECT id FROM inspections")) == 200, 60, "all 200 parts recorded")
+        wait_for(lambda: p.on("online"), 10, "the camera online again")
+        beat, deadline = 2, time.monotonic() + 60
+        while len(db_rows(ln.data_dir, "SELECT id FROM inspections")) < 300:  # a PLC keeps its heartbeat going
+            assert time.monotonic() < deadline, "the 300 parts were not all recorded within 60 s"
+            beat += 1
+            assert not p.c.write_register(pm.fixed("plc_heartbeat").address, beat).isError()
+            time.sleep(0.1)
     ln.stop()
-    rows = db_rows(ln.data_dir, "SELECT seq, recipe, ruleset_hash FROM inspections ORDER BY seq")
-    assert [r["seq"] for r in rows] == list(range(200))  # none lost
+    rows = db_rows(ln.data_dir, "SELECT seq, recipe, ruleset_hash, reasons FROM inspections ORDER BY seq")
+    assert [r["seq"] for r in rows] == list(range(300))  # none lost
     recipe = [r["recipe"] for r in rows]
     switch = recipe.index("B")
-    assert 30 <= switch < 200 and recipe == ["A"] * switch + ["B"] * (200 - switch)  # A before, B after
+    assert 30 <= switch < 300 and recipe == ["A"] * switch + ["B"] * (300 - switch)  # A before, B after
+    offline = [r["seq"] for r in rows if r["reasons"] == '["offline"]']
+    assert offline and offline == list(range(offline[0], offline[-1] + 1)) and offline[-1] < 299  # then inspected
     assert {r["ruleset_hash"] for r in rows[:switch]}.isdisjoint({r["ruleset_hash"] for r in rows[switch:]})
-    audit = db_rows(ln.data_dir, "SELECT actor, detail FROM operator_actions WHERE action = 'set_recipe'")
-    assert [(a["actor"], a["detail"]) for a in audit] == [("plc:127.0.0.1", '{"recipe": "B", "job": 2}')]
+    audit = db_rows(ln.data_dir, "SELECT actor, action, detail FROM operator_actions ORDER BY id")
+    assert [(a["actor"], a["action"], a["detail"]) for a in audit] == [
+        ("plc:127.0.0.1", "set_recipe", '{"recipe": "B", "job": 2}'),
+        ("plc:watchdog", "set_offline", '{"cameras": ["cam0"], "reason": "offline"}'),
+        ("plc:watchdog", "set_offline", '{"cameras": ["cam0"], "reason": null}')]
 
 
 class PlcProgram:
