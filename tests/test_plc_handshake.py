@@ -25,6 +25,7 @@ from linewatch.config import ConfigError, parse_config
 from linewatch.operations import OperationFailed, set_offline, switch_recipe
 from linewatch.plc import register_map as pm
 from linewatch.plc.cli import map_table
+from linewatch.plc.handshake import Handshake, Result
 from tests.conftest import REPO, db_rows, http_json, http_text, metric, wait_for
 
 HS = pm.HANDSHAKE_BITS
@@ -380,3 +381,19 @@ def test_line_operations_refuse_what_the_line_does_not_have(tmp_path: Path) -> N
         parse_config({"recipe": "C", "recipes": [{"name": "A", "job": 1}]})
     with pytest.raises(ConfigError, match="recipe jobs must be unique, repeated: 1"):
         parse_config({"recipe": "A", "recipes": [{"name": "A", "job": 1}, {"name": "B", "job": 1}]})
+
+
+def test_without_buffering_the_registers_hold_the_newest_result_and_ack_empties_them() -> None:
+    hs = Handshake("cam0", depth=2)
+    results = [Result(seq, 1, 1, 1, 0, 10, 1, f"p{seq}") for seq in range(4)]
+    hs.add(results[0])
+    hs.add(results[1])
+    assert hs.values(True, True, 1)["inspection_id"] == 1 and hs.valid() and not hs.overrun  # the newest only
+    hs.coils["results_ack"] = True
+    hs.acknowledged()
+    assert not hs.valid() and hs.values(True, True, 1)["results_queued"] == 0
+    hs.coils.update(results_ack=False, results_buffer_enable=True)
+    for r in results:
+        hs.add(r)
+    assert hs.overrun and hs.overrun_count == 2 and [r.seq for r in hs.queue] == [0, 1]  # the oldest kept
+    assert hs.status(True, True) >> pm.HANDSHAKE_BITS["inspection_completed"] & 1 == 0  # toggled 6 times
