@@ -104,6 +104,11 @@ def test_every_modbus_register_is_documented() -> None:
              else f"| {r.table} | {r.address} + i | `{r.name}` |" for r in pm.CAMERA_FIELDS]
     rows += [f"| {bit} | `{name}` |" for name, bit in pm.STATUS_BITS.items()]
     rows += [f"| {code} | `{name}` |" for name, code in pm.ERRORS.items()]
+    for r in pm.HANDSHAKE:
+        base, stride = pm.HS_BLOCKS[r.table]
+        rows.append(f"| {r.table} | {base} + {stride}·i + {r.address} | `{r.name}` |" if stride > 1
+                    else f"| {r.table} | {base} + i | `{r.name}` |")
+    rows += [f"| {bit} | `{name}` |" for name, bit in pm.HANDSHAKE_BITS.items()]
     missing = [row for row in rows if row not in doc]
     assert not missing, f"document these Modbus registers, status bits or errors in docs/modbus.md: {missing}"
     assert f"Version of this register map ({pm.MAP_VERSION})" in doc

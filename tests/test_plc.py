@@ -7,9 +7,7 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -122,16 +120,17 @@ def test_plc_reads_the_line_triggers_parts_and_sets_the_lot(line: Any) -> None:
         assert inputs(c, pm.fixed("last_error").address) == [pm.ERRORS["trigger_mode"]]
         for bad, code in ((c.write_coil(pm.TRIGGER_BASE + 2, True), 2),  # no third camera
                           (c.write_coil(9, True), 2),  # unassigned coil
-                          (c.write_register(pm.LOT_REGISTERS, 0x4142), 2),  # past the lot text
+                          (c.write_register(pm.LOT_REGISTERS + 1, 0x4142), 2),  # past the lot text and heartbeat
                           (c.write_register(0, 0xC3A9), 3),  # not ASCII
-                          (c.read_input_registers(60, count=1), 2)):  # unassigned input register
+                          (c.read_input_registers(pm.extent("input", 2), count=1), 2)):  # past the map
             assert bad.isError() and bad.exception_code == code, bad
         assert not set_lot_text(c, " padded").isError()
         assert not pulse(c, pm.fixed("commit_lot").address).isError()
         wait_for(lambda: inputs(c, pm.fixed("lot_status").address) == [FAILED], 10, "the refused lot")
         assert inputs(c, pm.fixed("last_error").address) == [pm.ERRORS["lot_invalid"]]
-        # Five refusals were the plc's own; the two out-of-range addresses were refused by pymodbus itself.
-        assert inputs(c, pm.fixed("error_count").address) == [5]
+        # Six refusals were the plc's own; the read past the map was refused by pymodbus itself.
+        assert inputs(c, pm.fixed("error_count").address) == [6]
+        assert inputs(c, 8, 2) == [0, 0]  # unassigned inside the map: read as 0, as PLCs read whole blocks
 
         # mbpoll, an independent client: a trigger through coil 16 and the counters, read 0-based.
         assert "Written 1 references" in mbpoll(ln.plc_port, "-t", "0", "-r", str(pm.TRIGGER_BASE), "127.0.0.1", "0")
@@ -193,18 +192,6 @@ def test_plc_sees_rules_only_mode_and_a_streak_requests_a_line_stop(line: Any, t
 
 
 @pytest.mark.slow
-def test_a_taken_plc_port_stops_the_start_with_a_clear_error(line: Any) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        ln = line(plc={"port": port})
-        out = subprocess.run([sys.executable, "-m", "linewatch", "run", "--config", str(ln.config)],
-                             capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1
-    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr and "plc exited with code 2" in out.stderr
-
-
 def test_plc_is_optional_and_must_not_share_the_api_port(tmp_path: Path) -> None:
     base = {"data_dir": str(tmp_path)}
     names = [c.name for c in Supervisor(parse_config(base)).children]
@@ -232,11 +219,16 @@ def test_camera_block_addresses_follow_the_map() -> None:
     assert sum(r.size for r in fields) == pm.CAMERA_STRIDE
 
 
-def test_the_server_offers_exactly_the_map_s_addresses() -> None:
-    assert pm.spans("coil", 2) == [(0, 3), (pm.TRIGGER_BASE, 2)]
-    assert pm.spans("discrete", 2) == [(0, 16)]
-    assert pm.spans("holding", 2) == [(0, pm.LOT_REGISTERS)]
-    assert pm.spans("input", 2) == [(0, 8), (10, 10 + pm.LOT_REGISTERS), (pm.CAMERA_BASE, 2 * pm.CAMERA_STRIDE)]
+def test_the_map_assigns_version_1_s_addresses_unchanged_and_the_handshake_blocks() -> None:
+    hs = pm.HS_COIL_BASE
+    assert pm.spans("coil", 2) == [(0, 3), (pm.TRIGGER_BASE, 2), (hs, 7), (hs + pm.HS_COIL_STRIDE, 7)]
+    assert pm.spans("discrete", 2) == [(0, 16), (pm.HS_BITS_BASE, 2 * pm.HS_BITS_STRIDE)]
+    assert pm.spans("holding", 2) == [(0, pm.LOT_REGISTERS + 1), (pm.HS_JOB_BASE, 2)]
+    assert pm.spans("input", 2) == [(0, 8), (10, 10 + pm.LOT_REGISTERS), (pm.CAMERA_BASE, 2 * pm.CAMERA_STRIDE),
+                                    (pm.HS_INPUT_BASE, 2 * pm.HS_INPUT_STRIDE)]
+    assert pm.extent("input", 2) == pm.HS_INPUT_BASE + 2 * pm.HS_INPUT_STRIDE  # the server offers 0 to here
+    fields = [r for r in pm.HANDSHAKE if r.table == "input"]
+    assert sum(r.size for r in fields) == pm.HS_INPUT_STRIDE
 
 
 def test_every_input_register_of_the_map_has_a_value(tmp_path: Path) -> None:

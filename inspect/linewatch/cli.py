@@ -17,7 +17,7 @@ from linewatch.config import ConfigError, LineConfig, load_config
 COMMAND_MODULES: tuple[str, ...] = ("linewatch.reports.cli", "linewatch.training.cli", "linewatch.acquire.cli",
                                        "linewatch.failsafe.cli", "linewatch.model.cli",
                                        "linewatch.data.cli", "linewatch.infer.cli",
-                                       "linewatch.ship.cli", "linewatch.auth.cli")
+                                       "linewatch.ship.cli", "linewatch.auth.cli", "linewatch.plc.cli")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

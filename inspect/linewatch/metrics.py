@@ -77,6 +77,14 @@ PLC_COMMANDS = Counter(
     "linewatch_plc_commands", "Commands from the PLC (trigger, lot, ack, reset_line_stop) by result.",
     ["command", "result"],
 )
+PLC_CLIENTS_REFUSED = Counter(
+    "linewatch_plc_clients_refused", "Modbus TCP connections closed unanswered: their address is not in "
+    "plc.clients.", ["address"]
+)
+PLC_RESULTS_OVERRUN = Counter(
+    "linewatch_plc_results_overrun", "Results not queued for the PLC because the camera's results buffer was "
+    "full (their rows are recorded all the same).", ["camera"]
+)
 ROWS_LOST = Counter(
     "linewatch_rows_lost", "Verdict rows not recorded: the store refused writes (full disk) with record.held_rows "
     "already held in memory.",
@@ -143,6 +151,7 @@ MQTT_CONNECTED = Gauge("linewatch_mqtt_connected", "1 while the notify process i
 ALL = (FRAMES_ACQUIRED, FRAMES_DROPPED, FRAMES_INSPECTED, VERDICTS, MESSAGES_REJECTED, LATE_VERDICTS, ALARMS,
        RESTARTS, INFERENCE_SECONDS, END_TO_END_SECONDS, MODEL_INFO, MODEL_UP, IMAGES_DROPPED, IMAGES_PRUNED,
        RULES_ONLY, FAILSAFE_OVERRIDES, PLC_CLIENTS, PLC_REQUESTS, PLC_EXCEPTIONS, PLC_ERRORS, PLC_COMMANDS,
+       PLC_CLIENTS_REFUSED, PLC_RESULTS_OVERRUN,
        STAGE_SECONDS, FRAME_SLOTS_RECLAIMED, ROWS_LOST, DRIFT_STATISTIC, DRIFT_ACTIVE,
        ESTIMATED_ACCURACY, ESTIMATED_DEFECT_RATE, REALISED_ACCURACY, WATCH_SECONDS,
        SHIP_LAG, SHIP_ROWS, SHIP_ERRORS, SHIP_CONNECTED, HOOK_DELIVERED, HOOK_FAILURES,

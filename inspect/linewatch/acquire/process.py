@@ -5,7 +5,9 @@ recorded as not inspected (FAIL), so the part is still rejected. Every frame is 
 record (header only), which starts its deadline. Frames the camera lost (a gap in its frame ids),
 delivered incomplete, or never delivered after a trigger are recorded the same way, each with its
 own sequence number and reason. A lost camera raises an alarm and is reconnected with backoff.
-Commands (software trigger) arrive on the camera's control socket (`Endpoints.control`).
+Commands (software trigger, recipe, offline) arrive on the camera's control socket (`Endpoints.control`):
+every part is stamped with the recipe in force at its capture, and while the camera is offline (or paused) each
+part is recorded as not inspected with that reason, never dropped.
 With `infer.transport: shm` the pixels go to a slot of the camera's frame ring (`wire/frame_ring.py`) and
 only the header travels over ZeroMQ; no free slot means the frame is dropped and recorded, as above.
 """
@@ -25,6 +27,7 @@ from linewatch import metrics
 from linewatch.acquire.sources import CameraLost, FrameSource, Grabbed, SourceEnded, SourceError, open_source
 from linewatch.clock import Moment, mono_ns
 from linewatch.config import GenicamSource, LineConfig
+from linewatch.store import current_recipe, offline_cameras
 from linewatch.wire import (
     KIND_ANNOUNCE,
     KIND_VERDICT,
@@ -61,6 +64,8 @@ class Acquire:
         self.endpoints = Endpoints(cfg.run_dir)
         self.stream = secrets.token_hex(4)
         self.seq = 0
+        self.recipe = cfg.recipe  # the latest switch in the audit log replaces it at start (`run`)
+        self.offline: str | None = None  # `offline` (PLC) or `paused` (HMI): parts are not inspected
         self._last_frame_id: int | None = None
         self.source: FrameSource | None = None  # open while running (tests reach the camera through it)
         self.ring: FrameRing | None = None  # the shared-memory frame ring (transport shm)
@@ -88,6 +93,10 @@ class Acquire:
         self.alarms = AlarmSender(ctx, self.endpoints, f"acquire[{self.cam.name}]")
         self.acquired = metrics.FRAMES_ACQUIRED.labels(self.cam.name)
         self.ring = self._open_ring(ctx)
+        switched = current_recipe(self.cfg.data_dir)
+        if switched is not None and (not self.cfg.recipes or self.cfg.find_recipe(switched)):
+            self.recipe = switched
+        self.offline = offline_cameras(self.cfg.data_dir).get(self.cam.name)
         source: FrameSource | None = None
         try:
             source = self.source = self._open()
@@ -180,11 +189,23 @@ class Acquire:
             if len(parts) != 1:
                 raise MessageError(f"camera command: expected 1 part, got {len(parts)}")
             cmd = CameraCommand.from_bytes(parts[0])
-            reply = self._trigger(source, cmd.part_id)
+            reply = self._trigger(source, cmd.part_id) if cmd.cmd == "trigger" else self._set(cmd)
         except MessageError as exc:
             metrics.MESSAGES_REJECTED.labels("acquire", str(exc).split(":")[0]).inc()
             reply = CameraReply(ok=False, error=str(exc))
         self.control.send(reply.to_bytes())
+
+    def _set(self, cmd: CameraCommand) -> CameraReply:
+        """A recipe or offline switch: it holds from the next part on (the reply's seq)."""
+        if cmd.cmd == "set_recipe":
+            if cmd.recipe is None or (self.cfg.recipes and not self.cfg.find_recipe(cmd.recipe)):
+                return CameraReply(ok=False, error=f"recipe {cmd.recipe!r} is not among the line's recipes")
+            self.recipe = cmd.recipe
+        else:
+            self.offline = cmd.offline
+        log.info("camera %s: recipe %s, %s from seq %d", self.cam.name, self.recipe, self.offline or "online",
+                 self.seq)
+        return CameraReply(ok=True, seq=self.seq)
 
     def _trigger(self, source: FrameSource, part_id: str | None) -> CameraReply:
         if self.cam.trigger != "software":
@@ -238,18 +259,21 @@ class Acquire:
             truth=grabbed.truth if grabbed else None,
             device_frame_id=grabbed.frame_id if grabbed else None,
             device_timestamp_ns=grabbed.timestamp_ns if grabbed else None,
-            slot=slot[0] if slot else None, gen=slot[1] if slot else None,
+            slot=slot[0] if slot else None, gen=slot[1] if slot else None, recipe=self.recipe,
         )
 
     def _emit(self, grabbed: Grabbed, part_id: str | None = None) -> FrameHeader:
         t_capture = Moment.now()
         self._record_gaps(grabbed, t_capture)
         px = grabbed.pixels
-        slot, full = self._place(px)
+        slot, full = (None, None) if self.offline else self._place(px)
         header = self._next_header(part_id, t_capture, px.shape, str(px.dtype), grabbed, slot)
         self.acquired.inc()
         raw = header.to_bytes()
         self._send([KIND_ANNOUNCE, raw])
+        if self.offline:  # taken and recorded, not inspected: the PLC or an operator paused inspection
+            self._drop(header, self.offline, self.offline)
+            return header
         if full:
             self._drop(header, "ring_full", full)
             return header

@@ -40,7 +40,7 @@ from linewatch.auth.guard import COOKIE, AuditLog, Guard
 from linewatch.auth.roles import PERMISSIONS, PUBLIC, READ
 from linewatch.config import LineConfig
 from linewatch.paths import STATIC_DIR
-from linewatch.store import read_rows, row_to_api, select_inspections
+from linewatch.store import current_recipe, read_rows, row_to_api, select_inspections
 from linewatch.store.images import IMAGES_DIR, live_path
 from linewatch.wire import KIND_VERDICTS, Endpoints, decode_verdict_group
 from linewatch.wire.ready import child_name, down, line_children, mark_ready, read_ready
@@ -89,7 +89,8 @@ def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
         model = ({"hash": workers[0].get("sha256"), "name": workers[0].get("model"),
                   "providers": workers[0].get("providers", [])} if workers else None)
         return {
-            "line": cfg.line, "recipe": cfg.recipe, "cameras": [c.name for c in cfg.cameras], "model": model,
+            "line": cfg.line, "recipe": current_recipe(cfg.data_dir) or cfg.recipe,  # the latest switch, if any
+            "cameras": [c.name for c in cfg.cameras], "model": model,
             "triggers": {c.name: c.trigger for c in cfg.cameras},
             "workers": workers, "counts": {**counts, "total": total},
             "yield": counts["PASS"] / total if total else None,

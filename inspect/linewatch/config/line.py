@@ -172,11 +172,27 @@ class SupervisorConfig(_Strict):
     stop_timeout_s: float = Field(4.0, gt=0, le=60, description="Grace before a child is killed on stop.")
 
 
+class RecipeConfig(_Strict):
+    """A product the line inspects: what changes between parts when the PLC (or an operator) switches job."""
+
+    name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,32}$", description="Recipe name recorded with "
+                      "every verdict inspected under it.")
+    job: int = Field(1, ge=1, le=65535, description="Job number the PLC writes to select this recipe "
+                     "(register `job_number`, then coil `execute_command`).")
+    model: ModelConfig | None = Field(None, description="The model this recipe runs (unset: the line's `model`).")
+    failsafe: FailsafeConfig | None = Field(
+        None, description="The fail-safe rules of this recipe, replacing the line's `failsafe` (unset: the line's).")
+
+
 class LineConfig(_Strict):
     """A whole line: cameras, model, fail-safe, store and web app."""
 
     line: str = Field("line1", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="Line name shown in the HMI.")
-    recipe: str = Field("default", description="Product recipe recorded with every verdict.")
+    recipe: str = Field("default", description="Product recipe in force when the line starts for the first time "
+                        "(after that, the latest switch in the audit log); one of `recipes` when they are listed.")
+    recipes: list[RecipeConfig] = Field(
+        default_factory=list, max_length=256, description="Recipes the PLC, the HMI or the REST API can switch the "
+        "line to between parts (docs/modbus.md, *Job change*).")
     data_dir: Path = Field(Path("var"), description="SQLite store and images.")
     runtime_dir: Path | None = Field(None, description="Sockets and metrics files (default data_dir/run).")
     cameras: list[CameraConfig] = Field(default_factory=lambda: [CameraConfig()], min_length=1, max_length=MAX_CAMERAS,
@@ -244,6 +260,28 @@ class LineConfig(_Strict):
                 raise ValueError(f"{name} {port} is one of infer.remote's ports ({remote.port} to "
                                  f"{remote.port + len(self.cameras)}: record's, then one per camera)")
         return self
+
+    @model_validator(mode="after")
+    def _recipes_unique(self) -> LineConfig:
+        for key in ("name", "job"):
+            values = [getattr(r, key) for r in self.recipes]
+            dupes = sorted({str(v) for v in values if values.count(v) > 1})
+            if dupes:
+                raise ValueError(f"recipe {key}s must be unique, repeated: {', '.join(dupes)}")
+        if self.recipes and self.recipe not in {r.name for r in self.recipes}:
+            names = ", ".join(r.name for r in self.recipes)
+            raise ValueError(f"recipe {self.recipe!r} is not among recipes[] ({names})")
+        return self
+
+    def find_recipe(self, name: str) -> RecipeConfig | None:
+        return next((r for r in self.recipes if r.name == name), None)
+
+    def for_recipe(self, name: str) -> LineConfig:
+        """This config as the processes run it under recipe `name`: its model and fail-safe rules in place of the
+        line's (a name not among `recipes` keeps the line's)."""
+        r = self.find_recipe(name)
+        return self.model_copy(update={"recipe": name, "model": (r and r.model) or self.model,
+                                       "failsafe": (r and r.failsafe) or self.failsafe})
 
     @property
     def run_dir(self) -> Path:

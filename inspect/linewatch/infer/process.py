@@ -5,6 +5,9 @@ its reason). When the model cannot be loaded or run, gives bad output or is too 
 enters rules-only mode: parts get the fail-safe's safe verdict and an alarm is raised, until the
 model is healthy again. The worker follows the configured model file: a changed file is loaded and
 warmed up beside the running model and swapped in between batches (a corrupt one means rules-only).
+Each part is inspected under the recipe stamped on it at capture (`FrameHeader.recipe`): a part of another
+recipe than the last one switches the worker to that recipe's model and fail-safe rules first (`_use_recipe`;
+each recipe's model is loaded once and kept).
 
 Frames are run in micro-batches (`batching.BatchPolicy` decides how long to wait for one to fill),
 copied into the model's reused input buffer (`Model.batch_buffer`). Every verdict carries its stage times;
@@ -25,6 +28,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from itertools import groupby
 from typing import Any
 
 import cv2
@@ -39,6 +43,7 @@ from linewatch.infer.batching import BatchPolicy
 from linewatch.infer.health import ModelFileWatch, ModelHealth, load_model
 from linewatch.model.onnx import Model, ModelError, ModelOutputError
 from linewatch.model.runtime import SessionSettings
+from linewatch.store import current_recipe
 from linewatch.store.images import ImagePolicy, png_bytes
 from linewatch.watch import sketch
 from linewatch.wire import (
@@ -83,7 +88,9 @@ class Infer:
 
     def __init__(self, cfg: LineConfig, index: int, stop: threading.Event, remote: tuple[str, int] | None = None,
                  name: str | None = None):
-        self.cfg, self.index, self.stop = cfg, index, stop
+        self.cfg, self.line_cfg, self.index, self.stop = cfg, cfg, index, stop
+        # by recipe, loaded on its first part, with the model file's signature when it was loaded
+        self.models: dict[str, tuple[Model | ModelError, Any]] = {}
         self.name = f"infer[{name if name is not None else index}]"
         self.endpoints = Endpoints(cfg.run_dir) if remote is None else RemoteEndpoints(
             cfg.run_dir, remote[0], remote[1], tuple(c.name for c in cfg.cameras))
@@ -143,7 +150,29 @@ class Infer:
     def _follow_model_file(self, alarms: AlarmSender) -> None:
         loaded = self.watch.poll()
         if loaded is not None:
+            self.models[self.cfg.recipe] = (loaded, self.watch.seen)
             self._use_model(loaded, alarms)
+
+    def _recipe_model(self) -> Model | ModelError:
+        """The model of the recipe in `self.cfg` (loaded on first use, then kept), its file followed from now on:
+        a file that changed while the recipe was not in force is loaded by the watch, as any change."""
+        self.watch = ModelFileWatch(self.cfg.model, self.cfg.failsafe.model_health, self.session)
+        if self.cfg.recipe in self.models:
+            model, self.watch.seen = self.models[self.cfg.recipe]
+            return model
+        try:
+            model = load_model(self.cfg.model, self.session)
+        except ModelError as exc:
+            model = exc
+        self.models[self.cfg.recipe] = (model, self.watch.seen)
+        return model
+
+    def _use_recipe(self, recipe: str, alarms: AlarmSender) -> None:
+        """Switch to `recipe`'s model and rules before deciding its parts (a no-op for the current one)."""
+        if recipe != self.cfg.recipe:
+            log.info("%s: recipe %s from now on", self.name, recipe)
+            self.cfg = self.line_cfg.for_recipe(recipe)
+            self._use_model(self._recipe_model(), alarms)
 
     def run(self) -> None:
         ctx: zmq.Context[Any] = zmq.Context()
@@ -160,13 +189,9 @@ class Infer:
         alarms = AlarmSender(ctx, self.endpoints, self.name)
         self.frames = FrameReader(ctx, self.endpoints)  # pixels inline or in a camera's shared-memory ring
         self._pin(alarms)  # before the model loads, so ONNX Runtime's threads inherit the core
-        session = SessionSettings.for_line(self.cfg)
-        self.watch = ModelFileWatch(self.cfg.model, self.cfg.failsafe.model_health, session)
-        try:
-            first: Model | ModelError = load_model(self.cfg.model, session)
-        except ModelError as exc:
-            first = exc
-        self._use_model(first, alarms)
+        self.session = SessionSettings.for_line(self.cfg)
+        self.cfg = self.line_cfg.for_recipe(current_recipe(self.cfg.data_dir) or self.cfg.recipe)
+        self._use_model(self._recipe_model(), alarms)
         try:
             while not self.stop.is_set():
                 self._follow_model_file(alarms)
@@ -228,14 +253,23 @@ class Infer:
         `t_ready`: when the worker got free to receive them (the time a frame sent earlier spent waiting
         for the worker counts as queue, not transport)."""
         t_batch = mono_ns()
-        jobs: list[_Job] = []
         results: list[tuple[Verdict, list[Any]]] = []
+        decoded = []
         for msg, t_received in batch:
             try:
-                header, pixels = self.frames.decode(msg)
+                decoded.append((msg, t_received, *self.frames.decode(msg)))
             except MessageError as exc:
                 results.extend(self._reject(msg, exc, alarms))
-                continue
+        for recipe, run in groupby(decoded, key=lambda d: d[2].recipe or self.line_cfg.recipe):
+            self._use_recipe(recipe, alarms)
+            results.extend(self._decide(list(run), alarms, t_ready, t_batch))
+        return _messages(results)
+
+    def _decide(self, batch: list[tuple[Any, int, FrameHeader, np.ndarray]], alarms: AlarmSender, t_ready: int,
+                t_batch: int) -> list[tuple[Verdict, list[Any]]]:
+        """The verdicts of frames of one recipe."""
+        jobs: list[_Job] = []
+        for msg, t_received, header, pixels in batch:
             sent = header.t_sent_mono_ns or t_received  # a header without monotonic times: from receipt
             self.batching.arrived(sent)
             job = _Job(header, msg[0], pixels, t_received, sent, min(max(sent, t_ready), t_received))
@@ -250,9 +284,7 @@ class Infer:
         for j in ready:
             if j.decision is None and (j.probs is None or self.health.rules_only):
                 j.decision = self.failsafe.model_down(f"rules-only mode: {self.health.fault}", j.view)
-        for j in jobs:
-            results.append(self._verdict(j, t_batch, t_model, t_done))
-        return _messages(results)
+        return [self._verdict(j, t_batch, t_model, t_done) for j in jobs]
 
     def _batch(self, jobs: list[_Job]) -> np.ndarray:
         """The jobs' frames as one batch: in the model's own reused input buffer when they have its frame

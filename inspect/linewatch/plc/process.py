@@ -2,9 +2,11 @@
 
 It only follows and asks: the state comes from record's event stream, the workers' ready files and
 read-only queries of the alarm table; a trigger goes to acquire's control socket, a lot change or
-an alarm acknowledge to record (the single writer) as an operator action by `plc`. A bad request is
+an alarm acknowledge to record (the single writer) as an operator action by `plc`, a job change or Set
+Offline to the line-level operations (`linewatch.operations`) as `plc:<client address>`. A bad request is
 answered with a Modbus exception and noted in `last_error`; nothing a PLC writes stops the process.
-The register map is in plc/register_map.py and docs/modbus.md.
+Only the addresses of `plc.clients` are served (read-only ones get exception 1 for a write).
+The register map is in plc/register_map.py and docs/modbus.md; each camera's handshake in plc/handshake.py.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Coroutine
 from typing import Any
@@ -22,10 +25,12 @@ import zmq.asyncio
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.simulator import DataType, SimData, SimDevice
+from pymodbus.simulator.simutils import SimUtils
 
 from linewatch import metrics
 from linewatch.config import LineConfig
 from linewatch.plc import register_map as pm
+from linewatch.plc.commands import HandshakeCommands
 from linewatch.plc.modbus_tcp import StrictTcpServer
 from linewatch.plc.state import LineState
 from linewatch.store import read_rows
@@ -41,6 +46,7 @@ from linewatch.wire import (
     decode_verdict_group,
 )
 from linewatch.wire.camera_client import CameraNoAnswer, request_camera_async
+from linewatch.wire.channels import AlarmSender
 from linewatch.wire.ready import mark_ready
 
 log = logging.getLogger("plc")
@@ -56,15 +62,19 @@ _ACK, _RESET, _LOT = (pm.fixed(name).address for name in ("ack_alarms", "reset_l
 _BUSY = pm.COMMAND_STATES["busy"]
 
 
-class Plc:
+class Plc(HandshakeCommands):
     def __init__(self, cfg: LineConfig, index: int, stop: threading.Event):
         self.cfg, self.stop, self.pc = cfg, stop, cfg.plc
         self.endpoints = Endpoints(cfg.run_dir)
         self.state = LineState(cfg)
-        self.coils = {a: False for start, count in pm.spans("coil", len(cfg.cameras))
-                      for a in range(start, start + count)}
+        n = len(cfg.cameras)
+        self.hs_coils = {r.address: (i, r.name) for i in range(n) for r in pm.handshake_registers(i, "coil")}
+        self.coils = {r.address: False for r in pm.assigned("coil", n) if r.address not in self.hs_coils}
+        self.jobs = {pm.handshake_registers(i, "holding")[0].address: i for i in range(n)}
         self.lot_text = [0] * pm.LOT_REGISTERS
         self.tasks: set[asyncio.Task[None]] = set()
+        self.plc_beat: tuple[int, float] | None = None  # the PLC's heartbeat value and when it last changed
+        self.watchdog_fired = False
 
     def run(self) -> None:
         try:
@@ -83,7 +93,9 @@ class Plc:
         await asyncio.sleep(0.2)  # the subscription reaches record before the baseline is read
         self.state.load_baseline()
         host, port = self.pc.host, self.pc.port
-        server = StrictTcpServer(self._device(), address=(host, port), trace_connect=_on_connect, trace_pdu=_on_pdu)
+        self.alarms = AlarmSender(zmq.Context.instance(), self.endpoints, "plc")
+        server = StrictTcpServer(self._device(), self.pc.clients, lambda: self._error("read_only"),
+                                 address=(host, port), trace_connect=_on_connect, trace_pdu=_on_pdu)
         try:
             await server.serve_forever(background=True)
         except RuntimeError as exc:
@@ -92,7 +104,8 @@ class Plc:
         log.info("Modbus TCP server on %s:%d (register map v%d)", host, port, pm.MAP_VERSION)
         loops = [asyncio.create_task(self._follow_events(), name="events"),
                  asyncio.create_task(self._refresh(), name="refresh"),
-                 asyncio.create_task(self._heartbeat(), name="heartbeat")]
+                 asyncio.create_task(self._heartbeat(), name="heartbeat"),
+                 asyncio.create_task(self._watchdog(), name="watchdog")]
         try:
             while not self.stop.is_set():
                 await asyncio.sleep(0.05)
@@ -106,20 +119,20 @@ class Plc:
             # A command still waiting on acquire closes its socket as it ends: the context's term waits for it
             await asyncio.gather(*tasks, return_exceptions=True)
             await server.shutdown()  # type: ignore[no-untyped-call]
+            self.alarms.close()
             self.sub.close()
             self.zctx.term()
 
     def _device(self) -> SimDevice:
-        """The register blocks of the map (`plc_map.spans`); values are rendered per request."""
+        """One block per table, address 0 to the map's last (`register_map.extent`): PLCs read whole blocks, an
+        unassigned address reads 0. Values are rendered per request; writes are checked in `_on_request`."""
         n = len(self.cfg.cameras)
 
         def bits(table: pm.Table) -> list[SimData]:
-            return [SimData(start, values=[False] * count, datatype=DataType.BITS)
-                    for start, count in pm.spans(table, n)]
+            return [SimData(0, values=[False] * pm.extent(table, n), datatype=DataType.BITS)]
 
         def words(table: pm.Table) -> list[SimData]:
-            return [SimData(start, count=count, values=0, datatype=DataType.REGISTERS)
-                    for start, count in pm.spans(table, n)]
+            return [SimData(0, count=pm.extent(table, n), values=0, datatype=DataType.REGISTERS)]
 
         return SimDevice(0, simdata=(bits("coil"), bits("discrete"), words("holding"), words("input")),
                          action=self._on_request)
@@ -130,37 +143,66 @@ class Plc:
                           values: list[int] | list[bool] | None) -> ExcCodes | None:
         try:
             if values is None:
-                if fc in (2, 4):  # discrete inputs and input registers show the state as of now
-                    self._render(fc, start, registers)
+                if fc in (1, 2, 4):  # coils, discrete inputs and input registers show the state as of now
+                    self._render(fc, address, count, registers)
                 return None
             if fc in _COIL_WRITES:
                 return self._write_coils(address, [bool(v) for v in values])
-            return self._write_lot_text(address, [int(v) for v in values])
+            return self._write_holding(address, [int(v) for v in values])
         except Exception:  # a fault here must not take the PLC link down: logged, counted, answered
             log.exception("PLC request fc %d at %d failed", fc, address)
             self._error("internal")
             return ExcCodes.DEVICE_FAILURE
 
-    def _render(self, fc: int, start: int, registers: list[int]) -> None:
-        if fc == 2:
-            registers[0] = self.state.status_word()  # discrete inputs 0-15: the block's one register
+    def _render(self, fc: int, address: int, count: int, registers: list[int]) -> None:
+        """The requested addresses as of now. Bits lie 16 to a register of the block, bit 0 first (pymodbus's
+        layout without bit addressing): the registers under the request are rewritten whole."""
+        if fc == 4:
+            for addr, value in self.state.input_registers().items():
+                registers[addr] = value
             return
-        for addr, value in self.state.input_registers().items():
-            registers[addr - start] = value
+        on = self.state.discrete_inputs() if fc == 2 else self._coil_states()
+        first, last = address // 16, (address + count - 1) // 16
+        bits = [bool(on.get(a)) for a in range(first * 16, (last + 1) * 16)]
+        registers[first: last + 1] = SimUtils.bitsToRegisters(bits)
 
-    def _write_lot_text(self, address: int, values: list[int]) -> ExcCodes | None:
-        if not pm.ascii_bytes_ok(values):
+    def _coil_states(self) -> dict[int, bool]:
+        hs = self.state.handshakes
+        return {**self.coils, **{a: hs[i].coils[name] for a, (i, name) in self.hs_coils.items()}}
+
+    def _write_holding(self, address: int, values: list[int]) -> ExcCodes | None:
+        """Lot text, the PLC's heartbeat or a camera's job number; a write touching anything else is refused."""
+        addrs = range(address, address + len(values))
+        lot, beat = range(pm.LOT_REGISTERS), pm.fixed("plc_heartbeat").address
+        if any(a not in lot and a != beat and a not in self.jobs for a in addrs):
+            self._error("bad_address")
+            return ExcCodes.ILLEGAL_ADDRESS
+        text = [v for a, v in zip(addrs, values, strict=True) if a in lot]
+        if not pm.ascii_bytes_ok(text):
             self._error("lot_not_ascii")
             return ExcCodes.ILLEGAL_VALUE
-        self.lot_text[address: address + len(values)] = values
+        for a, v in zip(addrs, values, strict=True):
+            if a in lot:
+                self.lot_text[a] = v
+            elif a == beat:
+                if self.plc_beat is None or self.plc_beat[0] != v:
+                    self.plc_beat = (v, time.monotonic())
+            else:
+                self.state.handshakes[self.jobs[a]].job_number = v
         return None
 
     def _write_coils(self, address: int, values: list[bool]) -> ExcCodes | None:
         addrs = range(address, address + len(values))
-        if any(a not in self.coils for a in addrs):
+        if any(a not in self.coils and a not in self.hs_coils for a in addrs):
             self._error("bad_address")
             return ExcCodes.ILLEGAL_ADDRESS
-        rising = [a for a, v in zip(addrs, values, strict=True) if v and not self.coils[a]]
+        for a, v in zip(addrs, values, strict=True):
+            if a in self.hs_coils and v and self.hs_coils[a][1] == "execute_command":
+                hs = self.state.handshakes[self.hs_coils[a][0]]
+                if not hs.coils["execute_command"] and hs.executing:
+                    self._error("busy")
+                    return ExcCodes.DEVICE_BUSY
+        rising = [a for a, v in zip(addrs, values, strict=True) if a in self.coils and v and not self.coils[a]]
         for a in rising:  # refuse the whole write before starting any of it
             if a >= pm.TRIGGER_BASE:
                 cam = self.state.cameras[a - pm.TRIGGER_BASE]
@@ -174,7 +216,10 @@ class Plc:
                 self._error("busy")
                 return ExcCodes.DEVICE_BUSY
         for a, v in zip(addrs, values, strict=True):
-            self.coils[a] = v
+            if a in self.hs_coils:
+                self._handshake_coil(*self.hs_coils[a], v)
+            else:
+                self.coils[a] = v
         for a in rising:  # a command is busy from this answer on: a second pulse before its task starts is refused
             if a == _ACK:
                 self.state.ack_status = _BUSY
@@ -203,7 +248,12 @@ class Plc:
         except Exception:  # keeps the PLC link serving; logged and counted, the command shows failed
             log.exception("PLC command %s failed", command)
             failed = pm.COMMAND_STATES["failed"]
-            if command.startswith("trigger:"):
+            if command.partition(":")[0] in ("handshake_trigger", "job", "offline"):
+                hs = self.state.handshakes[int(command.split(":")[1])]
+                hs.acquiring = hs.executing = False
+                hs.failed = command.startswith("job:")
+                hs.error(pm.ERRORS["internal"])
+            elif command.startswith("trigger:"):
                 self.state.cameras[int(command.split(":")[1])].trigger_status = failed
             else:
                 setattr(self.state, f"{command}_status", failed)
@@ -295,14 +345,10 @@ class Plc:
                 elif kind == b"alarm":
                     self.state.on_alarm(orjson.loads(parts[1]))
                 elif kind == b"action":
-                    self._on_action(orjson.loads(parts[1]))
+                    self.state.on_action(orjson.loads(parts[1]))
             except (ValueError, KeyError, TypeError) as exc:
                 metrics.MESSAGES_REJECTED.labels("plc", "event").inc()
                 log.error("unreadable event from record: %s", exc)
-
-    def _on_action(self, event: dict[str, Any]) -> None:
-        if event["action"] == "set_lot":  # from the api too: the lot register shows the lot in force
-            self.state.lot = str(event["detail"]["lot"])
 
     async def _refresh(self) -> None:
         while True:

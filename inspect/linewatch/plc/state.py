@@ -2,8 +2,10 @@
 
 Counters start from the store (read once at start) and follow record's verdict events; an event
 whose row was already in that first count (recorded at or before the newest row counted) is not
-counted twice. Alarm state comes from alarm events for speed and from the alarm table for truth
-(acknowledgements and cleared conditions are not published as events).
+counted twice. Each verdict event also becomes a result of its camera's handshake (`plc/handshake.py`).
+The recipe in force and the cameras switched offline come from the audit log, then from its action events.
+Alarm state comes from alarm events for speed and from the alarm table for truth (acknowledgements and
+cleared conditions are not published as events).
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from linewatch.config import LineConfig
+from linewatch.operations import recipe_job
 from linewatch.plc import register_map as pm
-from linewatch.store import current_lot, open_reader, read_rows
+from linewatch.plc.handshake import Handshake, Result
+from linewatch.store import current_lot, current_recipe, offline_cameras, open_reader, read_rows
 from linewatch.wire.ready import read_ready
 
 COUNTS = ("total", "pass", "fail", "review", "not_inspected")
@@ -42,6 +46,9 @@ class LineState:
         self.cfg = cfg
         self.cameras = [CameraView(c.name, c.trigger == "software") for c in cfg.cameras]
         self._by_name = {c.name: c for c in self.cameras}
+        self.handshakes = [Handshake(c.name, cfg.plc.results_buffer) for c in cfg.cameras]
+        self._hs_by_name = {h.camera: h for h in self.handshakes}
+        self.recipe = cfg.recipe
         self.counts = dict.fromkeys(COUNTS, 0)
         self.baseline_ns = 0
         self.lot = ""
@@ -69,6 +76,10 @@ class LineState:
                 conn.close()
         except sqlite3.OperationalError:
             self.lot = ""  # no store yet
+        self.recipe = current_recipe(d) or self.cfg.recipe
+        for camera, reason in offline_cameras(d).items():
+            if camera in self._hs_by_name:
+                self._hs_by_name[camera].offline = reason
         kinds = tuple(self.cfg.plc.stop_alarm_kinds)
         if kinds and read_rows(d, f"SELECT 1 FROM alarms WHERE acknowledged_by IS NULL AND severity = 'critical' "
                                   f"AND kind IN ({', '.join('?' * len(kinds))}) LIMIT 1", kinds):
@@ -104,6 +115,34 @@ class LineState:
             return  # already in the count read at start
         self._count(str(row["final"]), row["decided_by"] in _NOT_INSPECTED, 1)
         self._latest(row)
+        hs = self._hs_by_name.get(str(row["camera"]))
+        if hs is not None:
+            hs.add(Result.of_row(row, recipe_job(self.cfg, str(row["recipe"]))))
+
+    def on_action(self, event: Mapping[str, Any]) -> None:
+        """An operator action record committed (from the PLC, the api or the HMI): what the registers show of it."""
+        detail = event["detail"]
+        if event["action"] == "set_lot":
+            self.lot = str(detail["lot"])
+        elif event["action"] == "set_recipe":
+            self.recipe = str(detail["recipe"])
+        elif event["action"] == "set_offline":
+            for camera in detail["cameras"]:
+                if camera in self._hs_by_name:
+                    self._hs_by_name[camera].offline = detail["reason"]
+
+    def online(self, index: int) -> bool:
+        """Camera `index` inspects: its acquire runs, the camera streams and nobody switched inspection off."""
+        return self.cameras[index].state == pm.CAMERA_STATES["streaming"] and self.handshakes[index].offline is None
+
+    def discrete_inputs(self) -> dict[int, bool]:
+        """Every discrete input that is on, by address: the status word's bits, each camera's handshake bits."""
+        on = {bit: True for bit in range(16) if self.status_word() >> bit & 1}
+        for i, (cam, hs) in enumerate(zip(self.cameras, self.handshakes, strict=True)):
+            word = hs.status(self.online(i), cam.software)
+            base = pm.handshake_registers(i, "discrete")[0].address
+            on.update({base + bit: True for bit in range(16) if word >> bit & 1})
+        return on
 
     def on_alarm(self, alarm: Mapping[str, Any]) -> None:
         """An alarm event (or a row found in the table); each alarm id is applied once."""
@@ -176,6 +215,9 @@ class LineState:
             regs.update(_layout(pm.camera_registers(i, "input"), {
                 "verdict": cam.verdict, "verdict_seq": cam.seq, "decided_by": cam.decided_by,
                 "trigger_status": cam.trigger_status, "trigger_seq": cam.trigger_seq, "camera_state": cam.state}))
+        job = recipe_job(self.cfg, self.recipe)
+        for i, (cam, hs) in enumerate(zip(self.cameras, self.handshakes, strict=True)):
+            regs.update(_layout(pm.handshake_registers(i, "input"), hs.values(self.online(i), cam.software, job)))
         return regs
 
 

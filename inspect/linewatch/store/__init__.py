@@ -7,7 +7,7 @@ sent to record and its audit row awaited), `images` (the archive), `delivery` (t
 state file beside the store).
 """
 
-from linewatch.store.queries import current_lot, open_reader, read_rows
+from linewatch.store.queries import current_lot, current_recipe, offline_cameras, open_reader, read_rows
 from linewatch.store.rows import (
     COMMIT_TIMES,
     JSON_COLUMNS,
@@ -65,12 +65,14 @@ __all__ = [
     "clear_alarms",
     "committed_values",
     "current_lot",
+    "current_recipe",
     "insert_alarm",
     "insert_commit",
     "insert_rows",
     "insert_verdicts",
     "mark_pruned",
     "next_commit_id",
+    "offline_cameras",
     "open_reader",
     "open_writer",
     "read_rows",

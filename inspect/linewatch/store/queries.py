@@ -42,3 +42,24 @@ def current_lot(conn: sqlite3.Connection | sqlite_utils.Database) -> str | None:
     row = conn.execute("SELECT detail FROM operator_actions WHERE action = 'set_lot' ORDER BY id DESC LIMIT 1"
                        ).fetchone()
     return str(json.loads(row[0])["lot"]) if row else None
+
+
+def current_recipe(data_dir: Path) -> str | None:
+    """The recipe set by the latest `set_recipe` action (PLC, HMI or REST), None before any (or any store)."""
+    rows = read_rows(data_dir, "SELECT detail FROM operator_actions WHERE action = 'set_recipe' "
+                               "ORDER BY id DESC LIMIT 1")
+    return str(json.loads(rows[0][0])["recipe"]) if rows else None
+
+
+def offline_cameras(data_dir: Path) -> dict[str, str]:
+    """Cameras whose inspection is switched off now, with the reason (`offline`, `paused`): the `set_offline`
+    actions of the audit log, latest last."""
+    offline: dict[str, str] = {}
+    for row in read_rows(data_dir, "SELECT detail FROM operator_actions WHERE action = 'set_offline' ORDER BY id"):
+        detail = json.loads(row[0])
+        for camera in detail["cameras"]:
+            if detail["reason"] is None:
+                offline.pop(camera, None)
+            else:
+                offline[camera] = str(detail["reason"])
+    return offline

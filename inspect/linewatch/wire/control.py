@@ -37,11 +37,13 @@ class OperatorAction:
     `set_lot`: detail `{"lot": str}` (a lot `check_lot` accepts); `review`: detail `{"inspection_id": int,
     "decision": PASS|FAIL, "label": str, "note": str}`; `ack_alarm`: detail `{"alarm_id": int}`;
     `drift_relearn`: detail `{"camera": str}` (the camera's drift reference is learnt again from its next parts,
-    after a deliberate change); `reset_counters`: detail `{}` (the HMI's "since reset" counters start now).
+    after a deliberate change); `reset_counters`: detail `{}` (the HMI's "since reset" counters start now);
+    `set_recipe`: detail `{"recipe": str, "job": int}` (the line switches between parts); `set_offline`: detail
+    `{"cameras": [str], "reason": "offline"|"paused"|None}` (None: back online).
     `request_id` lets the sender find its committed audit row.
     """
 
-    action: Literal["set_lot", "review", "ack_alarm", "drift_relearn", "reset_counters"]
+    action: Literal["set_lot", "review", "ack_alarm", "drift_relearn", "reset_counters", "set_recipe", "set_offline"]
     actor: str
     request_id: str
     detail: dict[str, Any]
@@ -87,8 +89,19 @@ class _NoDetail(TypedDict):
     pass
 
 
+class _RecipeDetail(TypedDict):
+    recipe: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    job: Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+
+class _OfflineDetail(TypedDict):
+    cameras: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=64)]], msgspec.Meta(max_length=64)]
+    reason: Literal["offline", "paused"] | None
+
+
 _DETAILS: dict[str, type] = {"set_lot": _LotDetail, "review": _ReviewDetail, "ack_alarm": _AckDetail,
-                             "drift_relearn": _RelearnDetail, "reset_counters": _NoDetail}
+                             "drift_relearn": _RelearnDetail, "reset_counters": _NoDetail, "set_recipe": _RecipeDetail,
+                             "set_offline": _OfflineDetail}
 
 
 LOT_MAX_CHARS = 64  # the PLC's lot registers hold 64 ASCII characters
@@ -110,10 +123,14 @@ def check_lot(lot: object) -> str:
 
 @dataclass(frozen=True)
 class CameraCommand:
-    """A request on a camera's control socket; `trigger` takes one frame now (software trigger)."""
+    """A request on a camera's control socket: `trigger` takes one frame now (software trigger); `set_recipe`
+    stamps `recipe` on every following part; `set_offline` records every following part as not inspected with
+    reason `offline` (`paused`), or inspects them again when `offline` is None."""
 
-    cmd: Literal["trigger"]
+    cmd: Literal["trigger", "set_recipe", "set_offline"]
     part_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None = None  # generated when absent
+    recipe: Annotated[str, msgspec.Meta(min_length=1, max_length=32)] | None = None
+    offline: Literal["offline", "paused"] | None = None
 
     def to_bytes(self) -> bytes:
         return ENCODER.encode(self)

@@ -54,6 +54,7 @@ class FrameHeader:
     slot: Annotated[int, msgspec.Meta(ge=0)] | None = None  # frame ring slot holding the pixels (None: inline)
     gen: Annotated[int, msgspec.Meta(ge=1)] | None = None  # the slot's generation when these pixels were written
     t_capture_mono_ns: Count | None = None  # CLOCK_MONOTONIC at capture: deadlines and durations (`clock.py`)
+    recipe: str | None = None  # the recipe in force when the part was captured (None: the line's configured one)
 
     @property
     def nbytes(self) -> int:

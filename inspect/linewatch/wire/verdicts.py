@@ -117,7 +117,8 @@ class Verdict:
         """A part that never got a model's verdict, FAIL with its reason: the one way to build one.
 
         `part` is its frame header, or its (camera, stream, seq) when it was never announced (its
-        messages were lost: no capture time is known). `decided_by` is `not_inspected` or `timeout`."""
+        messages were lost: no capture time is known). `decided_by` is `not_inspected` or `timeout`. `recipe`
+        is the line's; a header's own (the recipe in force at capture) comes first."""
         if not isinstance(part, FrameHeader):
             camera, stream, seq = part
             return cls(camera=camera, stream=stream, seq=seq, part_id=f"{camera}-{stream}-{seq}", final="FAIL",
@@ -125,7 +126,7 @@ class Verdict:
         h = part
         return cls(
             camera=h.camera, stream=h.stream, seq=h.seq, part_id=h.part_id,
-            final="FAIL", decided_by=decided_by, reasons=[reason], recipe=recipe,
+            final="FAIL", decided_by=decided_by, reasons=[reason], recipe=h.recipe or recipe,
             t_capture_ns=h.t_capture_ns, t_sent_ns=h.t_sent_ns,
             t_decided_ns=part_wall_ns(h.t_capture_ns, h.t_capture_mono_ns),
             t_capture_mono_ns=h.t_capture_mono_ns, truth=h.truth,
