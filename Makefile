@@ -24,8 +24,9 @@ $(VENV)/.dev: $(BIN)/linewatch
 setup-dev: $(VENV)/.dev system-deps
 
 # Debian packages the tests use: chromium (HMI in a real browser), prometheus (promtool checks
-# /metrics), poppler-utils (PDF reports to PNG and text), mbpoll (an independent Modbus client).
-SYSTEM_TOOLS := chromium:chromium promtool:prometheus pdftoppm:poppler-utils mbpoll:mbpoll
+# /metrics), poppler-utils (PDF reports to PNG and text), mbpoll (an independent Modbus client),
+# systemd (systemd-analyze verifies the unit).
+SYSTEM_TOOLS := chromium:chromium promtool:prometheus pdftoppm:poppler-utils mbpoll:mbpoll systemd-analyze:systemd
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \
