@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test check setup setup-dev system-deps lint typecheck clean reference-model
+.PHONY: run test check setup setup-dev system-deps lint typecheck clean reference-model test-image
 
 $(BIN)/linewatch: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -39,6 +39,11 @@ test: setup-dev lint
 # The fast lane while working: lint and every test not marked slow (the full `make test` runs them all).
 check: setup-dev lint
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The container image, built with podman and run from its filesystem (root; deploy/README.md). Not in `test`:
+# .ci/run runs it after the tests where podman can be installed.
+test-image:
+	deploy/test-image.sh
 
 # The bundled reference model, in one command: emulator parts -> linewatch train -> the registry.
 reference-model: $(VENV)/.dev

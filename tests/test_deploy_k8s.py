@@ -98,6 +98,9 @@ def test_each_line_runs_its_own_config_from_its_configmap(overlay: str) -> None:
     assert live["httpGet"]["path"] == "/livez"
     assert live["periodSeconds"] * live["failureThreshold"] > cfg.supervisor.hang_timeout_s + STALE_S
     assert by_kind(docs, "Deployment")[0]["spec"]["strategy"]["type"] == "Recreate"
+    # the camera is wired to the node: losing the control plane does not evict the pod elsewhere
+    kept = {(t["key"], t["effect"]) for t in pod["tolerations"] if "tolerationSeconds" not in t}
+    assert {("node.kubernetes.io/unreachable", "NoExecute"), ("node.kubernetes.io/not-ready", "NoExecute")} <= kept
 
 
 def test_the_gpu_variant_requests_a_gpu_and_runs_the_cuda_image() -> None:
@@ -107,6 +110,8 @@ def test_the_gpu_variant_requests_a_gpu_and_runs_the_cuda_image() -> None:
     assert container["resources"]["requests"]["nvidia.com/gpu"] == "1"
     assert container["image"].endswith("-cuda")
     assert gpu["initContainers"][0]["image"] == container["image"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in gpu["tolerations"]
+    assert len(gpu["tolerations"]) == len(cpu["tolerations"]) + 1  # added to the base's, not replacing them
     assert "nvidia.com/gpu" not in cpu["containers"][0]["resources"]["limits"]
     assert not cpu["containers"][0]["image"].endswith("-cuda")
 
