@@ -9,7 +9,6 @@ import copy
 import functools
 import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -116,5 +115,7 @@ def test_the_gpu_variant_requests_a_gpu_and_runs_the_cuda_image() -> None:
     assert not cpu["containers"][0]["image"].endswith("-cuda")
 
 
-def test_the_base_config_is_valid_too() -> None:
-    parse_config(yaml.safe_load(Path(K8S / "base" / "linewatch.yaml").read_text()))
+@pytest.mark.parametrize("config", ["deploy/k8s/base/linewatch.yaml", "deploy/linewatch.yaml",
+                                    "systemd/linewatch.yaml"])
+def test_every_shipped_config_is_valid(config: str) -> None:
+    parse_config(yaml.safe_load((REPO / config).read_text()))

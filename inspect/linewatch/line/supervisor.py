@@ -132,7 +132,8 @@ class Supervisor:
             while not self.stop.wait(0.2):
                 self._kill_hung()
                 self._watch(alarms, metrics.RESTARTS)
-                notifier.beat(down(self.cfg.run_dir, expected))
+                if notifier.enabled:
+                    notifier.beat(down(self.cfg.run_dir, expected))
         except StartError as exc:
             log.error("cannot start the line: %s", exc)
             return 1
