@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test check setup setup-dev system-deps lint typecheck clean reference-model
+.PHONY: run test check setup setup-dev system-deps lint typecheck clean reference-model test-image
 
 $(BIN)/linewatch: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,9 +26,9 @@ setup-dev: $(VENV)/.dev system-deps
 # Debian packages the tests use: chromium (HMI in a real browser), prometheus (promtool checks
 # /metrics), poppler-utils (PDF reports to PNG and text), mbpoll (an independent Modbus client),
 # postgresql (the central server `linewatch ship` ships to; pg_ctlcluster is on PATH with its server),
-# mosquitto (a real MQTT broker for the notify process).
+# mosquitto (a real MQTT broker for the notify process), systemd (systemd-analyze verifies the unit).
 SYSTEM_TOOLS := chromium:chromium promtool:prometheus pdftoppm:poppler-utils mbpoll:mbpoll pg_ctlcluster:postgresql \
-	mosquitto:mosquitto
+	mosquitto:mosquitto systemd-analyze:systemd
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \
@@ -41,6 +41,11 @@ test: setup-dev lint
 # The fast lane while working: lint and every test not marked slow (the full `make test` runs them all).
 check: setup-dev lint
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The container image, built with podman and run from its filesystem (root; deploy/README.md). Not in `test`:
+# .ci/run runs it after the tests where podman can be installed.
+test-image:
+	deploy/test-image.sh
 
 # The bundled reference model, in one command: emulator parts -> linewatch train -> the registry.
 reference-model: $(VENV)/.dev

@@ -135,7 +135,8 @@ def _readyz(url: str) -> tuple[int, dict[str, object]]:
 
 
 def test_readyz_names_a_stopped_worker_while_healthz_stays_ok(line) -> None:
-    ln = line(cameras=[{"name": "cam0", "fps": 10}]).start()
+    # the worker is held stopped past readiness's 5 s on purpose: the supervisor must not kill it as hung meanwhile
+    ln = line(cameras=[{"name": "cam0", "fps": 10}], supervisor={"hang_timeout_s": 60}).start()
     assert wait_for(lambda: _readyz(ln.url)[0] == 200, 30, "the line to be ready")
     worker = ln.ready("infer")[0]["pid"]
     os.kill(worker, signal.SIGSTOP)  # alive to the supervisor, but silent: only its heartbeat tells

@@ -173,6 +173,16 @@ def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
             return JSONResponse({"status": "not ready", "down": missing}, status_code=503)
         return JSONResponse({"status": "ready", "down": []})
 
+    @app.get("/livez", include_in_schema=False)
+    def livez() -> JSONResponse:
+        """Alive unless a serving child has not beaten for supervisor.hang_timeout_s: the supervisor kills and
+        restarts a hung child well before a liveness probe gives up, so a failing probe means it could not."""
+        hung = [name for name, info in read_ready(cfg.run_dir).items()
+                if info["beat_age_s"] > cfg.supervisor.hang_timeout_s]
+        if hung:
+            return JSONResponse({"status": "hung", "hung": hung}, status_code=503)
+        return JSONResponse({"status": "alive", "hung": []})
+
     app.include_router(qa_router(cfg))
     app.include_router(camera_router(cfg))
     app.include_router(drift_router(cfg))

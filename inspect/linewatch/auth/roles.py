@@ -23,6 +23,7 @@ PERMISSIONS: dict[tuple[str, str], str] = {
     ("GET", "/"): PUBLIC,
     ("GET", "/static"): PUBLIC,
     ("GET", "/healthz"): PUBLIC,
+    ("GET", "/livez"): PUBLIC,  # the line's liveness for Kubernetes: names hung processes, nothing else
     ("GET", "/readyz"): PUBLIC,
     ("GET", "/api/openapi.json"): READ,
     ("GET", "/api/docs"): READ,

@@ -170,6 +170,11 @@ class SecurityConfig(_Strict):
 class SupervisorConfig(_Strict):
     restart_backoff_s: tuple[float, float] = Field((0.5, 30.0), description="First and longest restart delay.")
     stop_timeout_s: float = Field(4.0, gt=0, le=60, description="Grace before a child is killed on stop.")
+    hang_timeout_s: float = Field(
+        8.0, ge=2, le=300, description="A child whose heartbeat (its ready file, touched every second) stops this "
+        "long is hung (stopped, deadlocked): it is killed and restarted with a process_hang alarm. Also how stale "
+        "a heartbeat may be before /livez fails."
+    )
 
 
 class RecipeConfig(_Strict):
@@ -208,7 +213,7 @@ class LineConfig(_Strict):
                              "central PostgreSQL.")
     notify: NotifyConfig = Field(default_factory=NotifyConfig, description="HTTP hooks and MQTT for plant systems.")
     security: SecurityConfig = Field(default_factory=SecurityConfig, description="Sign-in, sessions, audit log.")
-    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig, description="Restarts and stopping.")
+    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig, description="Restarts, hangs and stopping.")
     shifts: list[ShiftConfig] = Field(default_factory=_default_shifts, min_length=1, max_length=24,
                                       description="Shift schedule; each row records the shift it was captured in.")
 

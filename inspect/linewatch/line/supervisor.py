@@ -3,7 +3,9 @@
 Start order: record (the store must be listening first), infer workers (model loaded and warm),
 api, plc (when enabled: the PLC sees the line come up), notify (when hooks or MQTT are configured), then
 acquire (frames flow only when someone can decide them). Stop is the reverse. A child that dies is
-restarted with exponential backoff and an alarm is recorded.
+restarted with exponential backoff and an alarm is recorded; so is a child that hangs (alive but
+silent: its heartbeat stopped for `supervisor.hang_timeout_s`), after the supervisor kills it.
+systemd hears of it too (`line.notify`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from typing import Any
 
 from linewatch.config import LineConfig, to_json
 from linewatch.line.child import config_path
-from linewatch.wire.ready import child_name, line_children, ready_dir
+from linewatch.line.notify import ServiceNotifier
+from linewatch.wire.ready import child_name, down, line_children, read_ready, ready_dir
 
 log = logging.getLogger("supervisor")
 MAX_IPC_PATH = 100  # Linux sun_path limit is 107 bytes
@@ -41,6 +44,7 @@ class ChildProc:
     failures: int = 0
     restart_at: float | None = None
     restarts: int = field(default=0)
+    hung_for: float | None = None  # seconds of silence when the supervisor killed it as hung
 
 
 def resolve_paths(cfg: LineConfig) -> LineConfig:
@@ -61,7 +65,17 @@ def prepare_run_dir(cfg: LineConfig) -> None:
     for stale in ("ready", "metrics"):
         shutil.rmtree(run_dir / stale, ignore_errors=True)
     (run_dir / "metrics").mkdir()
+    # a line killed as a whole (power cut of the process tree) left its frame rings in /dev/shm: every
+    # camera's, including one no longer configured. (Imported here: its metrics need the folder made above.)
+    from linewatch.wire.frame_ring import clear_stale_rings
+
+    clear_stale_rings(run_dir, "*")
     config_path(run_dir).write_text(to_json(cfg))
+
+
+def start_timeout(role: str) -> float:
+    """Seconds a child may take to become ready: a worker loads and warms its model."""
+    return 60.0 if role == "infer" else 15.0
 
 
 class Supervisor:
@@ -73,9 +87,11 @@ class Supervisor:
     def _spawn(self, child: ChildProc) -> None:
         cmd = [sys.executable, "-m", "linewatch", "child", child.role, str(child.index),
                "--run-dir", str(self.cfg.run_dir)]
-        child.proc = subprocess.Popen(cmd, env=os.environ.copy())
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+        child.proc = subprocess.Popen(cmd, env=env)
         child.started_at = time.monotonic()
         child.restart_at = None
+        child.hung_for = None
         log.info("started %s (pid %d)", child.name, child.proc.pid)
 
     def _wait_ready(self, child: ChildProc, timeout: float) -> None:
@@ -91,8 +107,8 @@ class Supervisor:
             raise StartError(f"{child.name} not ready after {timeout:.0f} s")
 
     def run(self) -> int:
-        prepare_run_dir(self.cfg)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.cfg.run_dir / "metrics")
+        prepare_run_dir(self.cfg)
         import zmq
 
         from linewatch import metrics
@@ -103,23 +119,52 @@ class Supervisor:
             signal.signal(sig, lambda s, f: self.stop.set())
         ctx: zmq.Context[Any] = zmq.Context()
         alarms = AlarmSender(ctx, Endpoints(self.cfg.run_dir), "supervisor")
+        notifier = ServiceNotifier()
+        expected = [c.name for c in self.children]
         try:
             for child in self.children:
                 if self.stop.is_set():
                     break
                 self._spawn(child)
-                self._wait_ready(child, 60.0 if child.role == "infer" else 15.0)
+                self._wait_ready(child, start_timeout(child.role))
             log.info("line %s running: http://%s:%d", self.cfg.line, self.cfg.api.host, self.cfg.api.port)
+            if not self.stop.is_set():
+                notifier.ready(f"line {self.cfg.line}: {len(self.children)} processes serving")
             while not self.stop.wait(0.2):
+                self._kill_hung()
                 self._watch(alarms, metrics.RESTARTS)
+                if notifier.enabled:
+                    notifier.beat(down(self.cfg.run_dir, expected))
         except StartError as exc:
             log.error("cannot start the line: %s", exc)
             return 1
         finally:
+            notifier.stopping()
             self._stop_all()
             alarms.close()
             ctx.term()
         return 0
+
+    def _kill_hung(self) -> None:
+        """SIGKILL (a stopped process takes no SIGTERM) each child that is alive but silent: its heartbeat
+        stopped for hang_timeout_s, or it never became ready after a restart. `_watch` then restarts it."""
+        limit = self.cfg.supervisor.hang_timeout_s
+        beats = read_ready(self.cfg.run_dir)
+        now = time.monotonic()
+        for child in self.children:
+            if child.proc is None or child.restart_at is not None or child.hung_for is not None:
+                continue
+            if child.proc.poll() is not None:
+                continue
+            info = beats.get(child.name)
+            if info is not None and info.get("pid") == child.proc.pid:
+                silent = float(info["beat_age_s"])
+            else:  # not ready yet: silent since it started, once its start time is spent
+                silent = now - child.started_at - start_timeout(child.role)
+            if silent > limit:
+                log.error("%s hung: no heartbeat for %.1f s; killing it", child.name, silent)
+                child.hung_for = silent
+                child.proc.kill()
 
     def _watch(self, alarms: Any, restarts: Any) -> None:
         from prometheus_client import multiprocess
@@ -142,7 +187,11 @@ class Supervisor:
             child.restarts += 1
             restarts.labels(child.name).inc()
             how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-            alarms.raise_alarm("process_restart", f"{child.name} died ({how}); restarting in {delay:.1f} s")
+            if child.hung_for is not None:
+                alarms.raise_alarm("process_hang", f"{child.name} hung (no heartbeat for {child.hung_for:.1f} s), "
+                                   f"killed; restarting in {delay:.1f} s")
+            else:
+                alarms.raise_alarm("process_restart", f"{child.name} died ({how}); restarting in {delay:.1f} s")
 
     def _stop_all(self) -> None:
         """Reverse start order: acquire, api/plc/notify/infer/ship, record; what is left after the grace is killed."""
