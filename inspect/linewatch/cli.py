@@ -16,7 +16,7 @@ from linewatch.config import ConfigError, LineConfig, load_config
 #: Modules that add their own subcommands: each has `add_commands(subparsers)`.
 COMMAND_MODULES: tuple[str, ...] = ("linewatch.reports.cli", "linewatch.training.cli", "linewatch.acquire.cli",
                                        "linewatch.failsafe.cli", "linewatch.model.cli",
-                                       "linewatch.data.cli",)
+                                       "linewatch.data.cli", "linewatch.retrain.cli")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -82,7 +82,9 @@ def config_reference() -> str:
             walk(inner, f"{path}[]" if is_list else path)
 
     walk(LineConfig, "")
-    from linewatch.config import EmulatorSource, GenicamSource, ReplaySource
+    from linewatch.config import EmulatorSource, GenicamSource, ReplaySource, RetrainRecipe
+
+    walk(RetrainRecipe, "retrain.recipes.<recipe>")
 
     walk(EmulatorSource, "cameras[].source (type: emulator)")
     walk(GenicamSource, "cameras[].source (type: genicam)")

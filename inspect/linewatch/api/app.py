@@ -32,6 +32,7 @@ from linewatch.api.errors import refusals, validation_refused
 from linewatch.api.methods import AllowedMethods, path_methods
 from linewatch.api.qa import qa_router
 from linewatch.api.resources import ResourceCollector
+from linewatch.api.retrain import retrain_router
 from linewatch.config import LineConfig
 from linewatch.paths import STATIC_DIR
 from linewatch.store import read_rows, row_to_api, select_inspections
@@ -162,6 +163,7 @@ def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
     app.include_router(qa_router(cfg))
     app.include_router(camera_router(cfg))
     app.include_router(drift_router(cfg))
+    app.include_router(retrain_router(cfg))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount("/images", StaticFiles(directory=data_dir / IMAGES_DIR, check_dir=False), name="images")
     app.add_middleware(AllowedMethods, table=path_methods(app))

@@ -29,6 +29,7 @@ from linewatch.config.line import (
 )
 from linewatch.config.loading import _format_error, from_json, load_config, parse_config, to_json
 from linewatch.config.plc import PlcConfig
+from linewatch.config.retrain import GateConfig, RetrainConfig, RetrainRecipe
 from linewatch.config.watch import SIGNAL_NAMES, WatchConfig
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "EmulatorSource",
     "ExposureRuleConfig",
     "FailsafeConfig",
+    "GateConfig",
     "GenicamSource",
     "InferConfig",
     "LineConfig",
@@ -50,6 +52,8 @@ __all__ = [
     "PresenceRuleConfig",
     "RecordConfig",
     "ReplaySource",
+    "RetrainConfig",
+    "RetrainRecipe",
     "ShiftConfig",
     "SourceConfig",
     "StatisticsRuleConfig",

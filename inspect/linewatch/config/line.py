@@ -11,6 +11,7 @@ from linewatch.config.base import _Strict
 from linewatch.config.cameras import MAX_CAMERAS, CameraConfig
 from linewatch.config.failsafe import FailsafeConfig
 from linewatch.config.plc import PlcConfig
+from linewatch.config.retrain import RetrainConfig
 from linewatch.config.watch import WatchConfig
 from linewatch.paths import DEFAULT_MODEL
 
@@ -150,6 +151,8 @@ class LineConfig(_Strict):
     api: ApiConfig = Field(default_factory=ApiConfig, description="Web app: HMI, REST, metrics.")
     plc: PlcConfig = Field(default_factory=PlcConfig, description="Modbus TCP server for the line's PLC.")
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig, description="Restarts and stopping.")
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig,
+                                   description="From reviewed parts to a better model: data, training, the gate.")
     shifts: list[ShiftConfig] = Field(default_factory=_default_shifts, min_length=1, max_length=24,
                                       description="Shift schedule; each row records the shift it was captured in.")
 

@@ -140,6 +140,9 @@ def write_pdf(ex: Extract, data_dir: Path, out: Path) -> None:
         _table(pdf, ["model", "model sha256", "rule set", "parts", "first", "last"],
                [[v["model_name"], (v["model_hash"] or "")[:12], (v["ruleset_hash"] or "")[:12], v["parts"],
                  iso(v["first"]), iso(v["last"])] for v in versions(rows)], [26, 30, 30, 14, 45, 45])
+        from linewatch.reports.bias_page import bias_section
+
+        bias_section(pdf, versions(rows), data_dir, _heading, _table)
     _heading(pdf, "Alarms")
     _table(pdf, ["raised", "kind", "severity", "message", "acknowledged by", "cleared"],
            [[iso(a["t_ns"]), a["kind"], a["severity"], a["message"], a.get("acknowledged_by"),
