@@ -79,7 +79,7 @@ def _call(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[in
 def test_retrain_api_refuses_a_recipe_without_settings_and_an_unknown_run(tmp_path: Path) -> None:
     with served_api(tmp_path) as (url, _):
         status, body = _call("POST", f"{url}/api/retrain", {"actor": "eng"})
-        assert status == 422 and "no retrain settings for recipe 'default'" in json.dumps(body)
+        assert status == 404 and "no retrain settings for recipe 'default'" in json.dumps(body)
         status, _ = _call("GET", f"{url}/api/retrain/20261207T051500Z-3fa9")
         assert status == 404
         status, runs = _call("GET", f"{url}/api/retrain")

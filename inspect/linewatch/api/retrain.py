@@ -37,7 +37,7 @@ def retrain_router(cfg: LineConfig) -> APIRouter:
     started: list[subprocess.Popen[bytes]] = []  # reaped as later requests come
 
     @router.post("/retrain", status_code=202, responses=refusals({
-        409: "A retrain is already running.", 422: "No usable retrain settings for the recipe."}))
+        404: "No usable retrain settings for the recipe.", 409: "A retrain is already running."}))
     def start(request: RetrainRequest) -> dict[str, Any]:
         """Start a retrain of the recipe: base snapshot + reviewed parts -> check -> train -> gate -> promote or
         refuse. Answers at once with the run's id; follow it at `/api/retrain/{run_id}`."""
@@ -46,7 +46,7 @@ def retrain_router(cfg: LineConfig) -> APIRouter:
         try:
             settings(cfg, recipe)
         except RetrainError as exc:
-            raise HTTPException(422, str(exc)) from None
+            raise HTTPException(404, str(exc)) from None
         busy = running(runs_dir)
         if busy is not None:
             raise HTTPException(409, f"retrain run {busy['id']} of recipe {busy['recipe']!r} is running "

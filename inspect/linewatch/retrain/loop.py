@@ -24,6 +24,7 @@ from linewatch.model.registry import Registry, RegistryError
 from linewatch.reports.export import ReportError
 from linewatch.reports.review_export import export_reviews
 from linewatch.retrain.runs import RunLog
+from linewatch.training.backbone import BackboneError
 
 _EPOCH = re.compile(r"^epoch (\d+)/(\d+)\s")  # the trainer's line after each epoch (training/trainer.py)
 REVIEWS_SOURCE = "reviews"  # the reviewed parts' source name inside the new snapshot
@@ -115,7 +116,7 @@ def run_retrain(cfg: LineConfig, recipe: str, run: RunLog) -> dict[str, Any]:
         card = _train(cfg, recipe, rs, reg, snap, run, size, channels)
         run.update(stage="gate", model=card["sha256"])
         return _gate(cfg, recipe, reg, holdout, run, run.folder / run.id / card["file"])
-    except (DataError, RegistryError, RuntimeError, ValueError) as exc:  # the trainer's refusals included
+    except (RegistryError, BackboneError, RuntimeError, ValueError) as exc:  # DataError, DatasetError: ValueErrors
         return run.finish("failed", str(exc))
 
 
