@@ -23,6 +23,7 @@ BASE = {
     "reports": _FOUNDATION | {"wire", "store", "failsafe", "watch"},  # the drift report names the watch's signals
     "watch": _FOUNDATION | {"wire", "model"},
     "data": _FOUNDATION | {"training", "model", "store"},  # dataset reader; lineage: store -> model -> data
+    "retrain": _FOUNDATION | {"data", "training", "model", "reports", "store"},  # the loop over all of them
 }
 
 
