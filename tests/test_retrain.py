@@ -10,6 +10,7 @@ import csv
 import json
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from datetime import date, timedelta
 from pathlib import Path
@@ -108,6 +109,9 @@ def test_reviewed_parts_retrain_a_model_that_is_promoted_on_the_running_line(
     assert new_type >= 15, "the scene brings the new type"
 
     started = _post(f"{ln.url}/api/retrain", {"actor": "engineer-1"})
+    with pytest.raises(urllib.error.HTTPError) as busy:
+        _post(f"{ln.url}/api/retrain", {"actor": "engineer-2"})
+    assert busy.value.code == 409 and started["run_id"] in busy.value.read().decode(), "one run at a time"
     seen: list[dict[str, Any]] = []
 
     def ended() -> bool:
@@ -118,7 +122,8 @@ def test_reviewed_parts_retrain_a_model_that_is_promoted_on_the_running_line(
     run = seen[-1]
     assert run["state"] == "promoted", run
     assert run["reviews"] == len(parts) and run["requested_by"] == "engineer-1"
-    assert any(s["stage"] == "train" and s.get("epoch") for s in seen) or run["epoch"] == [10, 10]
+    assert any(s["stage"] == "train" for s in seen), "progress is followed through the API"
+    assert [s["progress"] for s in seen] == sorted(s["progress"] for s in seen) and run["progress"] == 1.0
     snap = reg.find(run["snapshot"])
     assert snap.parent == base and snap.items == 80 + len(parts)
 
@@ -181,6 +186,7 @@ def test_reviewed_parts_retrain_a_model_that_is_promoted_on_the_running_line(
     out = subprocess.run([sys.executable, "-m", "linewatch", "retrain", "--config", str(tmp_path / "bad.yaml")],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1, out.stderr
+    assert out.stdout.split()[0] == "check", "the progress bar ends where the run stopped"
     label = "good" if kept["truth_label"] == "good" else "defect"
     truncated = f"reviews/{label}/cam0-{kept['stream']}-{kept['seq']:09d}"
     assert truncated in out.stderr and "unreadable or truncated" in out.stderr, out.stderr
