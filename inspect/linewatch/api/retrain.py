@@ -8,6 +8,7 @@ time: a second POST while one runs is refused with 409, naming it.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from typing import Any
@@ -56,10 +57,11 @@ def retrain_router(cfg: LineConfig) -> APIRouter:
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(to_json(cfg))
         log = (cfg.run_dir / f"retrain-{run_id}.log").open("wb")
+        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}  # not one of the line's
         with log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "linewatch", "retrain", "--recipe", recipe, "--config", str(config),
-                 "--actor", request.actor, "--run-id", run_id], stdout=log, stderr=subprocess.STDOUT)
+                 "--actor", request.actor, "--run-id", run_id], stdout=log, stderr=subprocess.STDOUT, env=env)
         started.append(proc)
         first = RunLog(runs_dir, run_id, recipe, request.actor)  # on disk at once: a second POST sees it running
         first.update(pid=proc.pid)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from linewatch.config import LineConfig, RetrainRecipe
-from linewatch.data.check import Finding, Recipe, check
+from linewatch.data.check import Recipe, check, holdout_leaks
 from linewatch.data.items import DataError, Entry, Source, read_source
 from linewatch.data.registry import DataRegistry, Snapshot
 from linewatch.data.trainset import snapshot_dataset
@@ -80,13 +80,6 @@ def training_set(cfg: LineConfig, reg: DataRegistry, base: Snapshot, folder: Pat
     return sorted(entries + added, key=lambda e: (e.source, e.path)), [base_source, *sources]
 
 
-def holdout_leaks(training: list[Entry], holdout: list[Entry]) -> list[Finding]:
-    """A training image that is also in the holdout (the same bytes) would judge the model on what it learnt."""
-    held = {e.sha256: e for e in holdout}
-    return [Finding("error", "holdout_leak", f"{e.key}: the same image as the holdout's {held[e.sha256].key} "
-                    "(leak into the holdout)", (e.key,)) for e in training if e.sha256 in held]
-
-
 def _frame(cfg: LineConfig) -> tuple[tuple[int, int], int]:
     cam = cfg.cameras[0]
     return (cam.width, cam.height), 1 if cam.pixel_format == "Mono8" else 3
@@ -103,7 +96,9 @@ def run_retrain(cfg: LineConfig, recipe: str, run: RunLog) -> dict[str, Any]:
             entries, sources = training_set(cfg, reg, base, Path(tmp) / REVIEWS_SOURCE)
             run.update(stage="check", reviews=sum(s.items for s in sources[1:]), items=len(entries))
             result = check(entries, Recipe(size, channels, rs.val_fraction, rs.seed))
-            errors = result.errors + holdout_leaks(entries, reg.entries(holdout))
+            leaks = holdout_leaks(entries, reg.entries(holdout))
+            errors = result.errors + [f for f in leaks if f.level == "error"]
+            run.update(warnings=[f.message for f in result.warnings + leaks if f.level == "warning"][:50])
             if errors:
                 first = "; ".join(f.message for f in errors[:3]) + (f"; and {len(errors) - 3} more" if len(errors) > 3
                                                                     else "")
