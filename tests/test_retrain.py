@@ -190,5 +190,6 @@ def test_reviewed_parts_retrain_a_model_that_is_promoted_on_the_running_line(
     label = "good" if kept["truth_label"] == "good" else "defect"
     truncated = f"reviews/{label}/cam0-{kept['stream']}-{kept['seq']:09d}"
     assert truncated in out.stderr and "unreadable or truncated" in out.stderr, out.stderr
+    assert f"[inspection {parts[0]['id']}]" in out.stderr, "a reviewed part is named by its inspection row too"
     assert "B/seen.png (leak into the holdout)" in out.stderr, out.stderr
     assert len(reg.snapshots()) == 4, "a refused run makes no snapshot"

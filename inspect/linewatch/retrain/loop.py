@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from linewatch.config import LineConfig, RetrainRecipe
-from linewatch.data.check import Recipe, check, holdout_leaks
+from linewatch.data.check import Finding, Recipe, check, holdout_leaks
 from linewatch.data.items import DataError, Entry, Source, read_source
 from linewatch.data.registry import DataRegistry, Snapshot
 from linewatch.data.trainset import snapshot_dataset
@@ -100,11 +100,8 @@ def run_retrain(cfg: LineConfig, recipe: str, run: RunLog) -> dict[str, Any]:
             errors = result.errors + [f for f in leaks if f.level == "error"]
             run.update(warnings=[f.message for f in result.warnings + leaks if f.level == "warning"][:50])
             if errors:
-                first = "; ".join(f.message for f in errors[:3]) + (f"; and {len(errors) - 3} more" if len(errors) > 3
-                                                                    else "")
-                return run.finish("refused", f"not trained: the data fails its check ({first})",
-                                  findings=[{"code": f.code, "message": f.message, "items": list(f.items)}
-                                            for f in errors])
+                return _refused(run, errors, {e.key: e.review["inspection_id"] for e in entries
+                                              if "inspection_id" in e.review})
             run.update(stage="snapshot")
             snap, _ = reg.snapshot(entries, sources, f"{recipe}-retrain-{run.id}", base.id)
         run.update(stage="train", snapshot=snap.id)
@@ -113,6 +110,18 @@ def run_retrain(cfg: LineConfig, recipe: str, run: RunLog) -> dict[str, Any]:
         return _gate(cfg, recipe, reg, holdout, run, run.folder / run.id / card["file"])
     except (RegistryError, BackboneError, RuntimeError, ValueError) as exc:  # DataError, DatasetError: ValueErrors
         return run.finish("failed", str(exc))
+
+
+def _refused(run: RunLog, errors: list[Finding], inspections: dict[str, str]) -> dict[str, Any]:
+    """Refuse on the check's errors, naming the items and, for a reviewed part, its inspection row (its file in
+    the run's export is gone once the run ends; the row and its kept image stay)."""
+    def named(f: Finding) -> str:
+        rows = [inspections[k] for k in f.items if k in inspections]
+        return f.message + (f" [inspection {', '.join(rows)}]" if rows else "")
+
+    first = "; ".join(named(f) for f in errors[:3]) + (f"; and {len(errors) - 3} more" if len(errors) > 3 else "")
+    return run.finish("refused", f"not trained: the data fails its check ({first})",
+                      findings=[{"code": f.code, "message": named(f), "items": list(f.items)} for f in errors])
 
 
 def _mkdir(path: Path) -> Path:
