@@ -20,7 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from linewatch.api.body import JsonRoute
 from linewatch.api.errors import refusals
 from linewatch.config import LineConfig, to_json
-from linewatch.retrain.loop import RetrainError, settings
 from linewatch.retrain.runs import RUNS_DIR, RunLog, list_runs, new_run_id, read_run, running
 
 RUN_ID = r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{4}$"
@@ -42,6 +41,8 @@ def retrain_router(cfg: LineConfig) -> APIRouter:
     def start(request: RetrainRequest) -> dict[str, Any]:
         """Start a retrain of the recipe: base snapshot + reviewed parts -> check -> train -> gate -> promote or
         refuse. Answers at once with the run's id; follow it at `/api/retrain/{run_id}`."""
+        from linewatch.retrain.loop import RetrainError, settings  # data, training, model: loaded on the first run
+
         started[:] = [p for p in started if p.poll() is None]
         recipe = request.recipe or cfg.recipe
         try:

@@ -25,7 +25,6 @@ from linewatch.model.files import model_files
 from linewatch.model.onnx import Model, ModelError
 from linewatch.model.runtime import SessionSettings, batch_sizes
 from linewatch.paths import MODELS_DIR
-from linewatch.training.bias import regressions as segment_regressions
 from linewatch.training.dataset import Dataset
 
 DEFAULT_ROOT = MODELS_DIR
@@ -207,6 +206,8 @@ class Registry:
                 worse.append(f"accuracy {cand_m['accuracy']:.4f} < {curr_m['accuracy']:.4f} - {tolerance}")
             if cand_m["review_rate"] > curr_m["review_rate"] + tolerance:
                 worse.append(f"REVIEW rate {cand_m['review_rate']:.4f} > {curr_m['review_rate']:.4f} + {tolerance}")
+            from linewatch.training.bias import regressions as segment_regressions  # scipy: only when judging
+
             worse += segment_regressions(cand_m, curr_m, gate.segment_tolerance, gate.segment_min_samples)
             if worse:
                 report["refused"] = worse
