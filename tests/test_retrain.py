@@ -90,7 +90,8 @@ def test_reviewed_parts_retrain_a_model_that_is_promoted_on_the_running_line(
                         "source": {"type": "emulator", "scene": str(new_scene), "seed": 7}}],
               model={"path": str(models / "active" / "default.onnx")}, record={"pass_sample_every": 1},
               retrain={"models": str(models), "recipes": {"default": recipe},
-                       "gate": {"tolerance": 0.05, "segment_min_samples": 20, "segment_tolerance": 0.05}})
+                       # a part is 1 point of the holdout and 2.5 of lot A: room for a part or four of noise
+                       "gate": {"tolerance": 0.05, "segment_min_samples": 20, "segment_tolerance": 0.1}})
     cfg = load_config(ln.config)
 
     # the first model: the base snapshot alone (no store, no review yet), promoted with nothing to compare to
