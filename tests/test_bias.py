@@ -1,9 +1,11 @@
 """The bias audit's numbers (per-segment rates, bootstrap intervals, the largest gap, the gate's per-segment
-regressions), and the retrain API's refusals on a served app with record running."""
+regressions), the retrain API's refusals on a served app with record running, and a run whose process died."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from linewatch.retrain.runs import RunLog, read_run, running
 from linewatch.training.bias import NO_VALUE, audit, describe_gap, regressions
 from tests.api_harness import served_api
 
@@ -96,3 +99,16 @@ def test_retrain_settings_refuse_a_snapshot_that_is_not_an_id(bad: str) -> None:
 
     with pytest.raises(ValidationError, match="base_snapshot"):
         RetrainRecipe(base_snapshot=bad)
+
+
+def test_a_run_whose_process_died_reads_as_failed_and_does_not_block_the_next(tmp_path: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    run = RunLog(tmp_path, "20261207T051500Z-3fa9", "default", "eng")
+    run.update(stage="train", pid=gone.pid)
+    got = read_run(tmp_path, run.id)
+    assert got is not None and got["state"] == "failed" and f"({gone.pid}) ended without an outcome" in got["message"]
+    assert running(tmp_path) is None
+    live = RunLog(tmp_path, "20261207T051600Z-0a0b", "default", "eng")
+    live.update(stage="reviews")  # this process: alive
+    assert running(tmp_path) == read_run(tmp_path, live.id)

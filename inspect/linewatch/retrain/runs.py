@@ -73,10 +73,15 @@ class RunLog:
 
 
 def read_run(folder: Path, run_id: str) -> dict[str, Any] | None:
+    """The run's record; one whose process ended without writing an outcome (killed, out of memory) reads as
+    failed, saying so."""
     try:
         data: dict[str, Any] = json.loads((folder / f"{run_id}.json").read_text())
     except (OSError, ValueError):
         return None
+    if data.get("state") == "running" and not _alive(int(data["pid"])):
+        data |= {"state": "failed", "message": f"the run's process ({data['pid']}) ended without an outcome, "
+                                               f"during {data['stage']}"}
     return data
 
 
@@ -100,7 +105,4 @@ def _alive(pid: int) -> bool:
 
 def running(folder: Path) -> dict[str, Any] | None:
     """The run in progress (its record says running and its process lives), if any: one at a time."""
-    for run in list_runs(folder, 20):
-        if run["state"] == "running" and _alive(int(run["pid"])):
-            return run
-    return None
+    return next((run for run in list_runs(folder, 20) if run["state"] == "running"), None)
