@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from linewatch.data.check import Recipe, check
+from linewatch.data.check import Recipe, check, holdout_leaks
 from linewatch.data.items import REVIEW_COLUMNS, DataError, read_sources
 from linewatch.data.registry import DataRegistry, diff
 from linewatch.emulator.parts import PartEmulator
@@ -248,3 +248,17 @@ def test_size_channels_and_a_changed_object_are_errors(tmp_path: Path) -> None:
         f.write(b"\0")
     r = _cli("check", sid[:12], "--registry", reg.root)
     assert r.returncode == 1 and f"ds/good/{victim.name}:" in r.stdout and "changed since it was hashed" in r.stdout
+
+
+def test_a_training_image_in_the_holdout_is_a_leak_and_a_near_copy_a_warning(tmp_path: Path) -> None:
+    held = read_sources([_parts(tmp_path / "holdout", n=8, seed=5)])[0]
+    train = _parts(tmp_path / "train", n=8, seed=6)
+    shutil.copy(held[0].file, train / "good" / "same.png")
+    img = cv2.imread(str(held[1].file), cv2.IMREAD_UNCHANGED)
+    noise = np.random.default_rng(0).integers(-2, 3, img.shape)
+    cv2.imwrite(str(train / "good" / "near.png"), np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8))
+    findings = holdout_leaks(read_sources([train])[0], held)
+    assert [(f.level, f.items[0]) for f in findings] == [("error", "train/good/same.png"),
+                                                         ("warning", "train/good/near.png")]
+    assert f"the same image as the holdout's {held[0].key} (leak into the holdout)" in findings[0].message
+    assert f"a near-duplicate of the holdout's {held[1].key}" in findings[1].message

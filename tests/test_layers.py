@@ -25,6 +25,7 @@ BASE = {
     "data": _FOUNDATION | {"training", "model", "store"},  # dataset reader; lineage: store -> model -> data
     "auth": _FOUNDATION | {"wire"},  # users, sessions, the permission table and guard, the audit log
     "operations": _FOUNDATION | {"wire", "store"},  # recipe switch and offline, shared by the plc and the api
+    "retrain": _FOUNDATION | {"data", "training", "model", "reports", "store"},  # the loop over all of them
 }
 
 

@@ -78,6 +78,16 @@ def test_a_folder_records_no_snapshot_but_its_options_and_code_version(tmp_path:
     assert meta["linewatch.code_version"].startswith("linewatch ")
 
 
+def test_a_folder_that_fails_its_check_is_not_trained_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = _parts(tmp_path / "bad")
+    cut = sorted((src / "good").iterdir())[1]
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    rc = main(["train", str(src), "--out", str(tmp_path / "m"), *TINY])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"not trained: {src} fails its check" in err
+    assert f"bad/good/{cut.name}: unreadable or truncated image" in err and not (tmp_path / "m").exists()
+
+
 def test_a_snapshot_that_fails_its_check_is_not_trained_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = _parts(tmp_path / "bad")
     cut = sorted((src / "good").iterdir())[1]

@@ -81,7 +81,11 @@ def test_card_has_split_confusion_and_segments(trained: dict) -> None:
     assert set(card["segments"]["lighting"]) == {"dim", "normal"}
     assert card["calibration"]["temperature"] > 0
     md = (out / "CARD.md").read_text()
-    assert card["sha256"] in md and "## Per lighting" in md and "escape rate" in md
+    assert card["sha256"] in md and "### Per lighting" in md and "escape rate" in md
+    dim = card["segments"]["lighting"]["dim"]
+    assert dim["accuracy_ci"][0] <= dim["accuracy"] <= dim["accuracy_ci"][1], "the bootstrap interval holds the rate"
+    assert card["bias"]["confidence"] == 0.95 and card["bias"]["summary"].startswith("largest gap: ")
+    assert "## Bias audit" in md and card["bias"]["summary"] in md
 
 
 def test_folder_of_defect_types(tmp_path: Path) -> None:

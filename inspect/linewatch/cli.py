@@ -17,7 +17,8 @@ from linewatch.config import ConfigError, LineConfig, load_config
 COMMAND_MODULES: tuple[str, ...] = ("linewatch.reports.cli", "linewatch.training.cli", "linewatch.acquire.cli",
                                        "linewatch.failsafe.cli", "linewatch.model.cli",
                                        "linewatch.data.cli", "linewatch.infer.cli",
-                                       "linewatch.ship.cli", "linewatch.auth.cli", "linewatch.plc.cli")
+                                       "linewatch.ship.cli", "linewatch.auth.cli", "linewatch.plc.cli",
+                                       "linewatch.retrain.cli")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -99,7 +100,9 @@ def config_reference() -> str:
             walk(inner, f"{path}[]" if is_list else path)
 
     walk(LineConfig, "")
-    from linewatch.config import EmulatorSource, GenicamSource, ReplaySource
+    from linewatch.config import EmulatorSource, GenicamSource, ReplaySource, RetrainRecipe
+
+    walk(RetrainRecipe, "retrain.recipes.<recipe>")
 
     walk(EmulatorSource, "cameras[].source (type: emulator)")
     walk(GenicamSource, "cameras[].source (type: genicam)")

@@ -35,6 +35,7 @@ from linewatch.api.methods import AllowedMethods, path_methods
 from linewatch.api.notify import notify_router
 from linewatch.api.qa import qa_router
 from linewatch.api.resources import ResourceCollector
+from linewatch.api.retrain import retrain_router
 from linewatch.api.session import session_router
 from linewatch.auth.guard import COOKIE, AuditLog, Guard
 from linewatch.auth.roles import PERMISSIONS, PUBLIC, READ
@@ -190,6 +191,7 @@ def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
     app.include_router(notify_router(cfg))
     audit = AuditLog(cfg)
     app.include_router(session_router(cfg, audit))
+    app.include_router(retrain_router(cfg))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount("/images", StaticFiles(directory=data_dir / IMAGES_DIR, check_dir=False), name="images")
     _document_refusals(app)

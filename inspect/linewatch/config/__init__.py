@@ -33,6 +33,7 @@ from linewatch.config.loading import _format_error, from_json, load_config, pars
 from linewatch.config.notify import HookConfig, MqttConfig, NotifyConfig, SecretError
 from linewatch.config.plc import PlcConfig
 from linewatch.config.remote import RemoteWorkersConfig
+from linewatch.config.retrain import GateConfig, RetrainConfig, RetrainRecipe
 from linewatch.config.ship import ShipConfig
 from linewatch.config.watch import SIGNAL_NAMES, WatchConfig
 
@@ -46,6 +47,7 @@ __all__ = [
     "EmulatorSource",
     "ExposureRuleConfig",
     "FailsafeConfig",
+    "GateConfig",
     "GenicamSource",
     "HookConfig",
     "InferConfig",
@@ -60,6 +62,8 @@ __all__ = [
     "RecordConfig",
     "RemoteWorkersConfig",
     "ReplaySource",
+    "RetrainConfig",
+    "RetrainRecipe",
     "SecretError",
     "SecurityConfig",
     "ShiftConfig",

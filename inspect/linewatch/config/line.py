@@ -13,6 +13,7 @@ from linewatch.config.failsafe import FailsafeConfig
 from linewatch.config.notify import NotifyConfig, unknown_cameras
 from linewatch.config.plc import PlcConfig
 from linewatch.config.remote import RemoteWorkersConfig
+from linewatch.config.retrain import RetrainConfig
 from linewatch.config.ship import ShipConfig
 from linewatch.config.watch import WatchConfig
 from linewatch.paths import DEFAULT_MODEL
@@ -214,6 +215,8 @@ class LineConfig(_Strict):
     notify: NotifyConfig = Field(default_factory=NotifyConfig, description="HTTP hooks and MQTT for plant systems.")
     security: SecurityConfig = Field(default_factory=SecurityConfig, description="Sign-in, sessions, audit log.")
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig, description="Restarts, hangs and stopping.")
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig,
+                                   description="From reviewed parts to a better model: data, training, the gate.")
     shifts: list[ShiftConfig] = Field(default_factory=_default_shifts, min_length=1, max_length=24,
                                       description="Shift schedule; each row records the shift it was captured in.")
 

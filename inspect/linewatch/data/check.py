@@ -219,6 +219,34 @@ def _outliers(stats: dict[str, dict[str, float]], out: list[Finding]) -> None:
         out.append(Finding("warning", "outlier", f"{k}: outlier: {', '.join(reasons)}", (k,)))
 
 
+def _phash(entry: Entry) -> np.ndarray | None:
+    img = _read(entry, [])
+    return None if img is None else imagehash.phash(Image.fromarray(_gray(img)), hash_size=HASH_SIZE).hash.flatten()
+
+
+def holdout_leaks(training: list[Entry], holdout: list[Entry]) -> list[Finding]:
+    """Training images that are also in the holdout the model is judged on: the same bytes (an error: it would be
+    judged on what it learnt) or, as near-duplicates within one set, a perceptual hash within NEAR_DISTANCE bits (a
+    warning). An unreadable image is the check's own finding, not repeated here."""
+    held = {e.sha256: e for e in holdout}
+    out = [Finding("error", "holdout_leak", f"{e.key}: the same image as the holdout's {held[e.sha256].key} "
+                   "(leak into the holdout)", (e.key,)) for e in training if e.sha256 in held]
+    held_hashes = [(e, h) for e in held.values() if (h := _phash(e)) is not None]
+    if not held_hashes:
+        return out
+    bits = np.stack([np.packbits(h) for _, h in held_hashes])
+    for e in training:
+        if e.sha256 in held or (h := _phash(e)) is None:
+            continue
+        distance = np.bitwise_count(bits ^ np.packbits(h)).sum(axis=1)
+        j = int(distance.argmin())
+        if distance[j] <= NEAR_DISTANCE:
+            out.append(Finding("warning", "holdout_near_duplicate", f"{e.key}: a near-duplicate of the holdout's "
+                               f"{held_hashes[j][0].key} (perceptual hash {int(distance[j])} bits apart)",
+                               (e.key, held_hashes[j][0].key)))
+    return out
+
+
 def check(entries: list[Entry], recipe: Recipe | None = None) -> CheckResult:
     """Every check on the entries, in the order the trainer would read them (its split depends on it)."""
     recipe = recipe or Recipe()

@@ -39,8 +39,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
         meta = {}  # the card alone
     # what trained it (snapshot, dataset hash, code version, options): shown where the model or its card says
     made = {k: val for k, val in provenance(v.card, meta).items() if val is not None}
+    bias = v.card.get("bias", {})  # the bias audit's headline; the per-segment table is the card's `segments`
     print(json.dumps({"sha256": v.sha256, "name": v.name, "file": str(v.file), "added": v.added,
-                      "provenance": made, "card": v.card}, indent=2))
+                      "provenance": made, "largest_gap": bias.get("summary"), "card": v.card}, indent=2))
     return 0
 
 
@@ -69,8 +70,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_promote(args: argparse.Namespace) -> int:
     cfg = _line(args)
+    gate = cfg.retrain.gate
+    tolerance = gate.tolerance if args.tolerance is None else args.tolerance
     report = _registry(args).promote(args.ref, args.recipe, Path(args.holdout) if args.holdout else None,
-                                     args.tolerance, cfg.failsafe, cfg.infer.max_batch)
+                                     tolerance, cfg.failsafe, cfg.infer.max_batch, gate)
     if "metrics" in report:
         print(comparison_table(report))
     print(f"promoted {report['candidate'][:12]} for recipe {args.recipe!r}"
@@ -112,9 +115,9 @@ def add_commands(sub: Any) -> None:
     pro.add_argument("ref", help="an .onnx file (added to the registry) or a registered hash/name")
     pro.add_argument("--recipe", default="default")
     pro.add_argument("--holdout", help="the recipe's holdout set (required when a model is already active)")
-    pro.add_argument("--tolerance", type=float, default=0.01,
-                     help="allowed loss in accuracy, escape rate and REVIEW rate")
-    pro.add_argument("--config", help="the line's config: its batch sizes and REVIEW bands (default: built-in)")
+    pro.add_argument("--tolerance", type=float,
+                     help="allowed loss in accuracy, escape rate and REVIEW rate (default: retrain.gate.tolerance)")
+    pro.add_argument("--config", help="the line's config: its batch sizes, REVIEW bands and gate (default: built-in)")
     pro.set_defaults(func=_guard(_cmd_promote))
     rb = msub.add_parser("rollback", help="make the previously active model active again")
     rb.add_argument("--recipe", default="default")

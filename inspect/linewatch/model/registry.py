@@ -3,7 +3,8 @@
 A model is the SHA-256 of its ONNX file. `index.json` names the versions and records which is
 active for each recipe and what was active before (for rollback). Nothing becomes active without
 passing `validate` (file, metadata, input contract) and, when promoting over an active model, the
-holdout comparison: worse escape rate or accuracy beyond the tolerance is refused.
+holdout comparison: worse escape rate or accuracy beyond the tolerance is refused, over the whole holdout and
+within any segment of it (camera, lighting, lot...) with enough parts (training/bias.py).
 """
 
 from __future__ import annotations
@@ -18,18 +19,25 @@ from typing import Any
 
 import numpy as np
 
-from linewatch.config import FailsafeConfig, LineConfig
+from linewatch.config import FailsafeConfig, GateConfig, LineConfig
 from linewatch.model.bands import BandError, defect_band, threshold
 from linewatch.model.files import model_files
 from linewatch.model.onnx import Model, ModelError
 from linewatch.model.runtime import SessionSettings, batch_sizes
 from linewatch.paths import MODELS_DIR
+from linewatch.training.dataset import Dataset
 
 DEFAULT_ROOT = MODELS_DIR
+_GATE = GateConfig()
 
 
 class RegistryError(Exception):
-    """A registry operation is refused; the message says why (and, for the gate, shows the comparison)."""
+    """A registry operation is refused; the message says why (and, for the gate, shows the comparison, which
+    `report` holds as data)."""
+
+    def __init__(self, message: str, report: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass(frozen=True)
@@ -41,15 +49,18 @@ class Version:
     added: str
 
 
-def holdout_metrics(model: Model, holdout: Path, failsafe: FailsafeConfig | None = None) -> dict[str, Any]:
-    """PASS/FAIL/REVIEW metrics of `model` on a labelled holdout (folder or manifest), decided at the bands the
-    line will use with `failsafe` (the default config's when None): model/bands.py."""
+def holdout_metrics(model: Model, holdout: Path | Dataset, failsafe: FailsafeConfig | None = None,
+                    min_samples: int = _GATE.segment_min_samples) -> dict[str, Any]:
+    """PASS/FAIL/REVIEW metrics of `model` on a labelled holdout (folder, manifest, or a dataset already listed: a
+    snapshot's), decided at the bands the line will use with `failsafe` (the default config's when None):
+    model/bands.py; with the bias audit per segment of the holdout's manifest under `segments`."""
+    from linewatch.training.bias import audit
     from linewatch.training.dataset import DatasetError, load_dataset
     from linewatch.training.evaluate import evaluate
 
     info = model.info
     try:
-        ds = load_dataset(holdout)
+        ds = holdout if isinstance(holdout, Dataset) else load_dataset(holdout)
         ds.load((info.width, info.height), info.channels)
     except (DatasetError, OSError, ValueError) as exc:
         raise RegistryError(f"holdout {holdout}: {exc}") from None
@@ -62,7 +73,10 @@ def holdout_metrics(model: Model, holdout: Path, failsafe: FailsafeConfig | None
     defect_idx = [i for i, lab in enumerate(info.labels) if lab in info.defect_labels]
     p_defect = probs[:, defect_idx].sum(axis=1)
     binary = np.stack([1 - p_defect, p_defect], axis=1)
-    return evaluate(binary, (ds.targets != 0).astype(np.int64), ["good", "defect"], band, threshold(info.metadata))
+    is_defect = ds.targets != 0
+    out = evaluate(binary, is_defect.astype(np.int64), ["good", "defect"], band, threshold(info.metadata))
+    found = audit([i.segments for i in ds.items], p_defect, is_defect, band, threshold(info.metadata), min_samples)
+    return {**out, "segments": found["segments"], "largest_gap": found["largest_gap"]}
 
 
 class Registry:
@@ -152,24 +166,27 @@ class Registry:
         if folder != self.root and folder.name.endswith(sha[:12]):
             shutil.rmtree(folder, ignore_errors=True)
 
-    def promote(self, ref: str, recipe: str, holdout: Path | None, tolerance: float = 0.01,
-                failsafe: FailsafeConfig | None = None, max_batch: int | None = None) -> dict[str, Any]:
+    def promote(self, ref: str, recipe: str, holdout: Path | Dataset | None, tolerance: float = _GATE.tolerance,
+                failsafe: FailsafeConfig | None = None, max_batch: int | None = None,
+                gate: GateConfig = _GATE) -> dict[str, Any]:
         """Make a version active for a recipe if it passes the gate; returns the comparison. A candidate file
-        this call added and the gate refused is removed again: a refused promotion leaves the registry as it was."""
+        this call added and the gate refused is removed again: a refused promotion leaves the registry as it was.
+        `tolerance` is the whole holdout's, `gate` gives the segments' (`segment_tolerance`, `segment_min_samples`)."""
         path = Path(ref)
         is_file = path.suffix == ".onnx" and path.exists()
         known = set(self._load()["versions"])
         candidate = self.add(path, max_batch) if is_file else self.find(ref)
         try:
-            return self._gate(candidate, recipe, holdout, tolerance, failsafe, max_batch)
+            return self._gate(candidate, recipe, holdout, tolerance, failsafe, max_batch, gate)
         except RegistryError as exc:
             if candidate.sha256 not in known:
                 self._forget(candidate.sha256)
-                raise RegistryError(f"{exc}\n{candidate.sha256[:12]} was not kept in the registry") from None
+                raise RegistryError(f"{exc}\n{candidate.sha256[:12]} was not kept in the registry",
+                                    exc.report) from None
             raise
 
-    def _gate(self, candidate: Version, recipe: str, holdout: Path | None, tolerance: float,
-              failsafe: FailsafeConfig | None, max_batch: int | None) -> dict[str, Any]:
+    def _gate(self, candidate: Version, recipe: str, holdout: Path | Dataset | None, tolerance: float,
+              failsafe: FailsafeConfig | None, max_batch: int | None, gate: GateConfig) -> dict[str, Any]:
         model = validate(candidate.file, max_batch)
         current = self.active(recipe)
         report: dict[str, Any] = {"recipe": recipe, "candidate": candidate.sha256, "active": None}
@@ -179,8 +196,8 @@ class Registry:
             if holdout is None:
                 raise RegistryError(f"recipe {recipe!r} has an active model: promotion needs --holdout to compare")
             report["active"] = current.sha256
-            cand_m = holdout_metrics(model, holdout, failsafe)
-            curr_m = holdout_metrics(validate(current.file, max_batch), holdout, failsafe)
+            cand_m = holdout_metrics(model, holdout, failsafe, gate.segment_min_samples)
+            curr_m = holdout_metrics(validate(current.file, max_batch), holdout, failsafe, gate.segment_min_samples)
             report["metrics"] = {"candidate": cand_m, "active": curr_m}
             worse = []
             if cand_m["escape_rate"] > curr_m["escape_rate"] + tolerance:
@@ -189,12 +206,15 @@ class Registry:
                 worse.append(f"accuracy {cand_m['accuracy']:.4f} < {curr_m['accuracy']:.4f} - {tolerance}")
             if cand_m["review_rate"] > curr_m["review_rate"] + tolerance:
                 worse.append(f"REVIEW rate {cand_m['review_rate']:.4f} > {curr_m['review_rate']:.4f} + {tolerance}")
+            from linewatch.training.bias import regressions as segment_regressions  # scipy: only when judging
+
+            worse += segment_regressions(cand_m, curr_m, gate.segment_tolerance, gate.segment_min_samples)
             if worse:
                 report["refused"] = worse
                 raise RegistryError("promotion refused: candidate is worse than the active model: " + "; ".join(worse)
-                                    + "\n" + comparison_table(report))
+                                    + "\n" + comparison_table(report), report)
         elif holdout is not None:
-            report["metrics"] = {"candidate": holdout_metrics(model, holdout, failsafe)}
+            report["metrics"] = {"candidate": holdout_metrics(model, holdout, failsafe, gate.segment_min_samples)}
         data = self._load()
         history = data["history"].setdefault(recipe, [])
         if current is not None:
@@ -243,10 +263,21 @@ def validate(onnx_file: Path, max_batch: int | None = None) -> Model:
 
 
 def comparison_table(report: dict[str, Any]) -> str:
+    """The holdout's metrics side by side, then each segment's accuracy and escape rate (with its part count)."""
     metrics = report.get("metrics", {})
     names = [n for n in ("candidate", "active") if n in metrics]
-    rows = ["metric".ljust(20) + "".join(n.rjust(12) for n in names)]
+
+    def cell(m: dict[str, Any], key: str) -> str:
+        return (f"{m[key]:.4f}" if m.get(key) is not None else "n/a").rjust(12)
+
+    rows = ["metric".ljust(28) + "".join(n.rjust(12) for n in names)]
     for key in ("accuracy", "escape_rate", "false_reject_rate", "review_rate", "f1", "auroc"):
-        rows.append(key.ljust(20) + "".join(
-            (f"{metrics[n][key]:.4f}" if metrics[n].get(key) is not None else "n/a").rjust(12) for n in names))
+        rows.append(key.ljust(28) + "".join(cell(metrics[n], key) for n in names))
+    first = metrics[names[0]] if names else {}
+    for col, values in first.get("segments", {}).items():
+        for value, seg in values.items():
+            for key in ("accuracy", "escape_rate"):
+                label = f"{col}={value} {key} (n {seg['count']})"
+                rows.append(label[:27].ljust(28) + "".join(
+                    cell(metrics[n].get("segments", {}).get(col, {}).get(value, {}), key) for n in names))
     return "\n".join(rows)

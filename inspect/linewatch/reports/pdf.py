@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt
 from fpdf import FPDF
 from PIL import Image
 
+from linewatch.reports.bias_page import bias_section
 from linewatch.reports.export import (
     Extract,
     Issuer,
@@ -195,7 +196,7 @@ def write_pdf(ex: Extract, data_dir: Path, out: Path, issuer: Issuer) -> None:
     if not rows:
         pdf.multi_cell(0, 6, "No inspections in this window.", new_x="LMARGIN", new_y="NEXT", align="L")
     else:
-        _sections(pdf, rows)
+        _sections(pdf, rows, data_dir)
     _heading(pdf, "Alarms")
     _table(pdf, ["raised", "kind", "severity", "message", "acknowledged by", "cleared"],
            [[_when(a["t_ns"]), a["kind"], a["severity"], a["message"], a.get("acknowledged_by") or "—",
@@ -205,7 +206,7 @@ def write_pdf(ex: Extract, data_dir: Path, out: Path, issuer: Issuer) -> None:
     pdf.output(str(out))
 
 
-def _sections(pdf: FPDF, rows: list[dict[str, Any]]) -> None:
+def _sections(pdf: FPDF, rows: list[dict[str, Any]], data_dir: Path) -> None:
     items = pareto(rows)
     _heading(pdf, "Defect Pareto by type", room=100)
     pdf.multi_cell(0, 5, "Rejected by the line: parts the line decided FAIL or REVIEW, filed under the deciding "
@@ -226,6 +227,7 @@ def _sections(pdf: FPDF, rows: list[dict[str, Any]]) -> None:
            [[v["model_name"], (v["model_hash"] or "")[:12], (v["ruleset_hash"] or "")[:12], v["parts"],
              _when(v["first"]), _when(v["last"])] for v in versions(rows) if v["model_name"]]
            or [["none", "", "", 0, "", ""]])
+    bias_section(pdf, versions(rows), data_dir, _heading, _table)
     _heading(pdf, "Parts no model looked at")
     _table(pdf, ["decided by", "why", "parts"], [list(n) for n in not_inspected(rows)] or [["none", "", 0]])
 

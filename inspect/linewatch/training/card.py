@@ -34,6 +34,31 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f} %"
 
 
+def _ci(ci: list[float] | None) -> str:
+    return "" if ci is None else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def segment_lines(card: dict[str, Any]) -> list[str]:
+    """The bias audit as Markdown: a table per segment column, rates with their bootstrap interval, and the
+    largest gap between two segments named."""
+    segments = card.get("segments", {})
+    if not segments:
+        return []
+    bias = card.get("bias", {})
+    conf = f"{100 * bias['confidence']:.0f} %" if "confidence" in bias else "no"
+    lines = ["## Bias audit", "", f"Per segment of the validation split, {conf} bootstrap intervals in brackets; "
+             + bias.get("summary", "largest gap: not computed") + ".", ""]
+    for col, values in segments.items():
+        lines += [f"### Per {col}", "", "| value | n | accuracy | escape | false reject | review |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {v} | {s['count']} | {_pct(s['accuracy'])}{_ci(s.get('accuracy_ci'))} | "
+                  f"{_pct(s['escape_rate'])}{_ci(s.get('escape_rate_ci'))} | "
+                  f"{_pct(s['false_reject_rate'])}{_ci(s.get('false_reject_rate_ci'))} | {_pct(s['review_rate'])} |"
+                  for v, s in values.items()]
+        lines.append("")
+    return lines
+
+
 def write_card(card: dict[str, Any], onnx_path: Path) -> dict[str, Any]:
     """Add the file's SHA-256 (its identity) and write card.json + CARD.md next to it."""
     card = {"sha256": file_sha256(onnx_path), **card}
@@ -85,11 +110,6 @@ def write_card(card: dict[str, Any], onnx_path: Path) -> dict[str, Any]:
     if "evaluated_on" in m:
         lines.insert(lines.index("## Validation metrics") + 2, f"Evaluated on {m['evaluated_on']}.")
         lines.insert(lines.index("## Validation metrics") + 3, "")
-    for col, values in card.get("segments", {}).items():
-        lines += [f"## Per {col}", "", "| value | n | accuracy | escape | false reject | review |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {v} | {s['count']} | {_pct(s['accuracy'])} | {_pct(s['escape_rate'])} | "
-                  f"{_pct(s['false_reject_rate'])} | {_pct(s['review_rate'])} |" for v, s in values.items()]
-        lines.append("")
+    lines += segment_lines(card)
     (out / "CARD.md").write_text("\n".join(lines))
     return card

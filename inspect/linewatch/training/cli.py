@@ -29,7 +29,6 @@ def _snapshot_data(args: argparse.Namespace, opts: Any) -> Any:
     """The snapshot's dataset, read in place from the data registry after `data check` passed on it."""
     from linewatch.data.items import DataError
     from linewatch.data.registry import open_registry
-    from linewatch.data.report import summary
     from linewatch.data.trainset import checked_snapshot
 
     ref = _snapshot_ref(args)
@@ -39,14 +38,35 @@ def _snapshot_data(args: argparse.Namespace, opts: Any) -> Any:
                                opts.val_fraction, opts.seed, require_defects=opts.kind == "classifier")
     except DataError as exc:
         raise _Refused(str(exc), 2) from None
-    print(summary(got.check, f"check of snapshot {got.snapshot.id[:12]} ({got.snapshot.name})"))
-    if got.check.errors:
-        first = "; ".join(f.message for f in got.check.errors[:3])
-        raise _Refused(f"not trained: snapshot {got.snapshot.id[:12]} fails its check ({first}"
-                       + (f"; and {len(got.check.errors) - 3} more" if len(got.check.errors) > 3 else "") + ")", 1)
+    _refuse_on_errors(got.check, f"snapshot {got.snapshot.id[:12]}", f" ({got.snapshot.name})")
     print(f"training on snapshot {got.snapshot.id} ({got.snapshot.name}): {got.snapshot.items} item(s), "
           "read from the data registry")
     return got.dataset
+
+
+def _refuse_on_errors(result: Any, what: str, detail: str = "") -> None:
+    """Print the check's summary; refuse to train (exit 1) when it found errors, naming the first ones."""
+    from linewatch.data.report import summary
+
+    print(summary(result, f"check of {what}{detail}"))
+    if result.errors:
+        first = "; ".join(f.message for f in result.errors[:3])
+        more = f"; and {len(result.errors) - 3} more" if len(result.errors) > 3 else ""
+        raise _Refused(f"not trained: {what} fails its check ({first}{more})", 1)
+
+
+def _folder_data(args: argparse.Namespace, opts: Any) -> Path:
+    """DATA as a folder or manifest, after `data check` passed on it in the trainer's order (its split)."""
+    from linewatch.data.check import Recipe, check
+    from linewatch.data.items import DataError, read_sources
+
+    data = Path(args.data)
+    try:
+        entries, _ = read_sources([data], sort=False)
+    except DataError as exc:
+        raise _Refused(str(exc), 2) from None
+    _refuse_on_errors(check(entries, Recipe(val_fraction=opts.val_fraction, seed=opts.seed)), str(data))
+    return data
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -73,7 +93,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print("error: give DATA (a folder, a manifest or data:ID) or --snapshot ID", file=sys.stderr)
         return 2
     try:
-        data = _snapshot_data(args, opts) if _snapshot_ref(args) else Path(args.data)
+        data = _snapshot_data(args, opts) if _snapshot_ref(args) else _folder_data(args, opts)
     except _Refused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from linewatch.training.backbone import BACKBONES, Weights, build_backbone_net, export_backbone_onnx
+from linewatch.training.bias import card_fields
 from linewatch.training.card import write_card
 from linewatch.training.common import (
     DEFAULT_NET_SIZE,
@@ -36,7 +37,6 @@ from linewatch.training.dataset import Dataset, load_dataset, stratified_split
 from linewatch.training.evaluate import choose_band, evaluate
 from linewatch.training.network import InputSpec, build_net, export_onnx, preprocess
 
-MAX_SEGMENT_VALUES = 20
 BN_IMAGES = 512
 FREEZE_FRACTION = 0.3
 BACKBONE_LR_FACTOR = 0.1
@@ -156,24 +156,6 @@ def _temperature(torch: Any, logits: Any, targets: Any) -> float:
     return round(best_t, 4)
 
 
-def _segments(ds: Dataset, idx: np.ndarray, probs: np.ndarray, band: tuple[float, float]) -> dict[str, Any]:
-    """Metrics per value of every segment column (camera, product variant, lighting...)."""
-    assert ds.targets is not None
-    out: dict[str, Any] = {}
-    columns = sorted({k for i in idx for k in ds.items[i].segments})
-    for col in columns:
-        values = sorted({ds.items[i].segments.get(col, "") for i in idx})
-        if len(values) > MAX_SEGMENT_VALUES:
-            continue  # an id column (seq, part), not a segment
-        out[col] = {}
-        for value in values:
-            sel = np.array([ds.items[i].segments.get(col, "") == value for i in idx])
-            m = evaluate(probs[sel], ds.targets[idx][sel], ds.labels, band)
-            keys = ("count", "accuracy", "escape_rate", "false_reject_rate", "review_rate")
-            out[col][value] = {k: m[k] for k in keys}
-    return out
-
-
 def train(data: Path | Dataset, out_dir: Path, opts: TrainOptions, log: Any = print) -> dict[str, Any]:
     """Train on `data` (a folder or manifest, or a dataset already listed: a snapshot's, data/trainset.py), write
     `<out_dir>/<name>.onnx`, `card.json`, `CARD.md`; return the card."""
@@ -291,8 +273,8 @@ def train(data: Path | Dataset, out_dir: Path, opts: TrainOptions, log: Any = pr
         "calibration": {"temperature": temperature, "band": list(band), "target_escape": opts.target_escape,
                         "max_review": opts.max_review},
         "metrics": {**metrics, "onnx_torch_max_abs_diff": parity},
-        "segments": _segments(ds, val_idx, probs, band),
     }
+    card |= card_fields([ds.items[i].segments for i in val_idx], p_defect, ds.targets[val_idx] != 0, band, threshold)
     if pretrained is not None:
         card["backbone"] = pretrained.card()
     return write_card(card, onnx_path)
