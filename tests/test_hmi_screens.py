@@ -256,3 +256,51 @@ def test_a_fail_part_appears_in_rejects_with_its_heatmap(line, tmp_path: Path) -
         assert (shown.get_attribute("src") or "").endswith(f"/api/inspections/{newest}/heatmap.png")
         text = page.locator("#reject-detail").text_content() or ""
         assert "Fail-safe decision log" in text and "FAIL" in text
+
+
+def _since(data_dir: Path, action: str) -> int:
+    """The id of the newest inspection when the latest `action` was committed (parts after it came after it)."""
+    t = db_rows(data_dir, "SELECT max(t_ns) AS t FROM operator_actions WHERE action = ?", (action,))[0]["t"]
+    return int(db_rows(data_dir, "SELECT coalesce(max(id), 0) AS id FROM inspections WHERE t_recorded_ns <= ?",
+                       (t,))[0]["id"])
+
+
+def test_pause_resume_and_a_recipe_change_from_the_control_screen(line) -> None:
+    recipes = [{"name": "A", "job": 1}, {"name": "B", "job": 2, "failsafe": {"review_band": [0.3, 0.7]}}]
+    ln = line(cameras=[{"name": "cam0", "fps": 20}], recipe="A", recipes=recipes).start()
+    add_user(ln.data_dir, OPERATOR, "operator", PIN, load_config(ln.config).security)
+    wait_for(lambda: count_rows(ln.data_dir) >= 20, 60, "the first parts")
+    with browser() as b:
+        page = _open(b, ln.url, screen="control")
+        page.click("#pause-btn")
+        page.wait_for_function("document.getElementById('control-msg').textContent.startsWith('inspection paused')",
+                               timeout=15_000)
+        paused_at = _since(ln.data_dir, "set_offline")
+        wait_for(lambda: count_rows(ln.data_dir) >= paused_at + 20, 30, "parts while paused")
+        page.wait_for_function("document.getElementById('line-state-text').textContent === 'paused'", timeout=15_000)
+        page.click("#resume-btn")
+        page.wait_for_function("document.getElementById('control-msg').textContent === 'inspecting again'",
+                               timeout=15_000)
+        resumed_at = _since(ln.data_dir, "set_offline")
+        wait_for(lambda: count_rows(ln.data_dir) >= resumed_at + 20, 30, "parts after resuming")
+        page.select_option("#recipe-select", "B")
+        assert "review band 0.3-0.7" in (page.locator("#recipe-details").text_content() or "")  # shown first
+        page.click("#recipe-set")
+        page.wait_for_function("document.getElementById('control-msg').textContent.startsWith('recipe B')",
+                               timeout=15_000)
+        switched_at = _since(ln.data_dir, "set_recipe")
+        wait_for(lambda: count_rows(ln.data_dir) >= switched_at + 20, 30, "parts after the switch")
+    rows = db_rows(ln.data_dir, "SELECT id, seq, decided_by, reasons, recipe, ruleset_hash FROM inspections "
+                                "ORDER BY id")
+    assert [r["seq"] for r in rows] == list(range(len(rows))), "every part of the stream has its row"
+    during = [r for r in rows if paused_at + 5 < r["id"] <= resumed_at]  # a few in flight at the switch
+    assert during and all((r["decided_by"], r["reasons"]) == ("not_inspected", '["paused"]') for r in during)
+    after = [r for r in rows if r["id"] > switched_at + 5]
+    assert after and all(r["recipe"] == "B" and r["decided_by"] != "not_inspected" for r in after)
+    before = [r for r in rows if resumed_at + 5 < r["id"] <= switched_at]
+    assert before and all(r["recipe"] == "A" and r["decided_by"] != "not_inspected" for r in before)  # resumed
+    assert {r["ruleset_hash"] for r in before}.isdisjoint({r["ruleset_hash"] for r in after})  # B's own rules
+    audit = db_rows(ln.data_dir, "SELECT actor, action FROM operator_actions WHERE action IN "
+                                 "('set_offline', 'set_recipe') ORDER BY id")
+    assert [(a["actor"], a["action"]) for a in audit] == [(OPERATOR, "set_offline"), (OPERATOR, "set_offline"),
+                                                          (OPERATOR, "set_recipe")]

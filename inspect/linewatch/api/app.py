@@ -31,6 +31,7 @@ from linewatch.api.cameras import camera_router
 from linewatch.api.drift import drift_router
 from linewatch.api.errors import refusals, validation_refused
 from linewatch.api.hmi import add_hmi_routes
+from linewatch.api.line_ops import line_ops_router
 from linewatch.api.methods import AllowedMethods, path_methods
 from linewatch.api.notify import notify_router
 from linewatch.api.qa import qa_router
@@ -188,6 +189,7 @@ def create_app(cfg: LineConfig, stop: threading.Event | None = None) -> FastAPI:
     app.include_router(camera_router(cfg))
     app.include_router(drift_router(cfg))
     app.include_router(add_hmi_routes(cfg))
+    app.include_router(line_ops_router(cfg))
     app.include_router(notify_router(cfg))
     audit = AuditLog(cfg)
     app.include_router(session_router(cfg, audit))

@@ -25,6 +25,7 @@ from linewatch.failsafe.explain import decision_log
 from linewatch.shifts import current_shift
 from linewatch.store import read_rows, row_to_api, select_inspections
 from linewatch.store.actions import ActionNotConfirmed, send_action
+from linewatch.store.queries import offline_cameras
 from linewatch.wire import Endpoints, OperatorAction, now_ns
 from linewatch.wire.ready import child_name, down, line_children, read_ready
 
@@ -81,6 +82,8 @@ def line_state(cfg: LineConfig) -> dict[str, Any]:
     missing = down(run_dir, [child_name(cfg, role, i) for role, i in line_children(cfg)])
     if missing:
         states.append({"state": "process down", "detail": ", ".join(missing)})
+    for camera, reason in sorted(offline_cameras(d).items()):
+        states.append({"state": reason, "detail": f"camera {camera}: parts recorded as not inspected ({reason})"})
     for cam in cfg.cameras:
         last = read_rows(d, "SELECT kind, message FROM alarms WHERE source = ? AND kind IN ('camera_lost', "
                             "'camera_back') ORDER BY id DESC LIMIT 1", (f"acquire[{cam.name}]",))
@@ -123,8 +126,8 @@ def add_hmi_routes(cfg: LineConfig) -> APIRouter:
 
     @router.get("/line")
     def get_line() -> dict[str, Any]:
-        """The line's state (`running`, or the most serious of `process down`, `camera lost`, `model down`,
-        `drift`) with every condition that holds."""
+        """The line's state (`running`, or the most serious of `process down`, `paused`, `offline`, `camera lost`,
+        `model down`, `drift`) with every condition that holds."""
         return line_state(cfg)
 
     @router.get("/review/queue")

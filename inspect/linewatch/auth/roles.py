@@ -45,6 +45,7 @@ PERMISSIONS: dict[tuple[str, str], str] = {
     ("GET", "/api/report"): READ,
     ("GET", "/api/counters"): READ,
     ("GET", "/api/line"): READ,
+    ("GET", "/api/recipes"): READ,
     ("GET", "/api/review/queue"): READ,
     ("GET", "/api/inspections/{inspection_id}"): READ,
     ("GET", "/api/inspections/{inspection_id}/image"): READ,
@@ -57,6 +58,9 @@ PERMISSIONS: dict[tuple[str, str], str] = {
     ("POST", "/api/alarms/{alarm_id}/ack"): "operator",
     ("POST", "/api/cameras/{camera}/trigger"): "operator",
     ("POST", "/api/counters/reset"): "operator",
+    ("POST", "/api/line/pause"): "operator",
+    ("POST", "/api/line/resume"): "operator",
+    ("POST", "/api/line/recipe"): "operator",
     ("POST", "/api/drift/{camera}/relearn"): "engineer",
     ("POST", "/api/retrain"): "engineer",
     ("GET", "/api/retrain"): READ,
@@ -73,7 +77,8 @@ COMMANDS: dict[str, str] = {
     "linewatch users add|list|passwd|disable": "admin (service account)",
     "linewatch tokens add|list|revoke": "admin (service account)",
     "linewatch tls self-signed": "admin (service account)",
-    "linewatch run, report, drift, models, data, train": "engineer (service account)",
+    "linewatch run, report, drift, models, data, train, retrain, plc, worker, ship, fleet":
+        "engineer (service account)",
 }
 
 

@@ -127,7 +127,7 @@ async function refreshStatus() {
   showTrigger();
   document.body.dataset.ready = '1';
 }
-const STATE_ICONS = { running: '●', paused: '⏸', 'camera lost': '⚠', 'model down': '⚠', drift: '≈', 'process down': '⚠' };
+const STATE_ICONS = { running: '●', paused: '⏸', offline: '⏸', 'camera lost': '⚠', 'model down': '⚠', drift: '≈', 'process down': '⚠' };
 async function refreshLine() {
   const l = await getJSON('/api/line');
   const el = $('line-state');
@@ -233,7 +233,8 @@ $('trigger-btn').addEventListener('click', async () => {
 $('period-select').addEventListener('change', (e) => { st.period = e.target.value; renderCounts(); });
 
 // ---- start ----------------------------------------------------------------
-initScreens({ afterLot: () => refreshLot().catch(() => {}), afterReset: () => refreshCounters().catch(() => {}) });
+initScreens({ afterLot: () => refreshLot().catch(() => {}), afterReset: () => refreshCounters().catch(() => {}),
+  afterControl: () => Promise.all([refreshLine(), refreshStatus()]).catch(() => {}) });
 window.addEventListener('hashchange', () => showScreen(location.hash.slice(1)));
 showScreen(location.hash.slice(1));
 setInterval(() => { $('clock').textContent = new Date().toLocaleTimeString(); }, 1000);

@@ -17,6 +17,7 @@ export function showScreen(name) {
   if (screen === 'rejects') loadRejects().catch((e) => console.warn('rejects', e));
   if (screen === 'review') loadReview().catch((e) => console.warn('review', e));
   if (screen === 'alarms') refreshAlarms().catch((e) => console.warn('alarms', e));
+  if (screen === 'control') loadRecipes().catch((e) => console.warn('recipes', e));
 }
 
 // ---- alarms: every active one listed, acknowledged on the server ----------
@@ -198,7 +199,39 @@ function lotProblem(lot) {
   return null;
 }
 
+async function loadRecipes() {
+  const r = await getJSON('/api/recipes');
+  st.recipes = r.recipes;
+  const sel = $('recipe-select');
+  const keep = sel.value || r.in_force;
+  sel.replaceChildren(...r.recipes.map((x) => el('option', { value: x.name }, `${x.name}${x.name === r.in_force ? ' (in force)' : ''}`)));
+  sel.value = keep;
+  showRecipe();
+  const paused = Object.keys(r.offline || {});
+  $('control-state').textContent = paused.length ? `inspection off: ${paused.map((c) => `${c} (${r.offline[c]})`).join(', ')}` : 'inspecting';
+}
+function showRecipe() {   // what the operator confirms: the recipe's model and rules
+  const x = (st.recipes || []).find((r) => r.name === $('recipe-select').value);
+  $('recipe-details').textContent = x ? `job ${x.job} · model ${x.model} · rules: ${x.rules.join(', ')}` : '';
+}
+async function control(url, body, done) {
+  try {
+    await send('POST', url, body);
+    $('control-msg').textContent = done;
+    st.hooks.afterControl?.();
+  } catch (err) { $('control-msg').textContent = `not done: ${err.message}`; }
+  loadRecipes().catch(() => {});
+}
+
 export function initScreens(hooks) {
+  $('recipe-select').addEventListener('change', showRecipe);
+  $('recipe-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const recipe = $('recipe-select').value;
+    control('/api/line/recipe', { recipe }, `recipe ${recipe} in force from the next part`);
+  });
+  $('pause-btn').addEventListener('click', () => control('/api/line/pause', {}, 'inspection paused: parts are recorded as not inspected'));
+  $('resume-btn').addEventListener('click', () => control('/api/line/resume', {}, 'inspecting again'));
   st.hooks = hooks;
   $('alarm-ack').addEventListener('click', () => acknowledge(Number($('alarm-ack').dataset.id)));
   $('review-good').addEventListener('click', () => decide('PASS', null));
