@@ -20,7 +20,8 @@ BASE = {
     "training": _FOUNDATION | {"wire", "model"},
     "model": _FOUNDATION | {"wire", "training"},
     "failsafe": _FOUNDATION | {"wire", "store", "model"},
-    "reports": _FOUNDATION | {"wire", "store", "failsafe", "watch"},  # the drift report names the watch's signals
+    # the drift report names the watch's signals; the QA report lists the audit log
+    "reports": _FOUNDATION | {"wire", "store", "failsafe", "watch", "auth"},
     "watch": _FOUNDATION | {"wire", "model"},
     "data": _FOUNDATION | {"training", "model", "store"},  # dataset reader; lineage: store -> model -> data
     "auth": _FOUNDATION | {"wire"},  # users, sessions, the permission table and guard, the audit log

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
+from linewatch.auth.db import audit
 from linewatch.reports.export import EXPORT_COLUMNS, ReportError, iso, parse_time
 from linewatch.reports.review_export import MANIFEST_COLUMNS
 from linewatch.store import apply_action, insert_alarm, insert_verdicts, open_reader, open_writer, verdict_row
@@ -64,6 +65,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     insert_alarm(db, Alarm("record", "disk_low", "only 12 MB free on the data disk", "critical", T0 + 50 * S))
     insert_alarm(db, Alarm("acquire", "camera_warning", f"camera says {LONG_WORD}", "warning", T0 + 60 * S))
     insert_alarm(db, Alarm("supervisor", "process_restart", "outside the window", "warning", T0 - 3600 * S))
+    audit(d, "ann", "sign_in", "ok", address="10.0.0.7", t_ns=T0 + 30 * S)  # the auth database's log (auth/db.py)
+    audit(d, "ann", "PUT /api/lot", "ok", address="10.0.0.7", target="LOT-A", t_ns=T0 + 31 * S)
+    audit(d, "mallory", "sign_in", "refused 401", address="10.0.0.66", t_ns=T0 + 32 * S)
+    audit(d, "ben", "sign_in", "ok", address="10.0.0.8", t_ns=T0 - 7200 * S)  # before the window
     reviews = {8: ("PASS", None), 33: ("FAIL", "dent"), 4: ("PASS", None), 14: ("FAIL", "scratch")}  # id = seq + 1
     for n, (iid, (decision, label)) in enumerate(reviews.items()):
         apply_action(db, OperatorAction("review", "qa-anna", f"r{n}", {"inspection_id": iid, "decision": decision,
@@ -149,6 +154,8 @@ def test_pdf_pages_render_and_text_carries_every_section(store: Path, tmp_path: 
     rejected = sum(1 for r in rows if r["final"] != "PASS")
     assert f"FAIL and REVIEW images (24 shown, {rejected - 24} left out)" in text
     assert "ground-truth" not in text  # the emulator's truth never reaches the customer's report
+    assert "Audit log (3 entries)" in text  # the window's, not the sign-in two hours before
+    assert "10.0.0.66" in text and "refused 401" in text and "mallory" in text and "10.0.0.8" not in text
     plain = subprocess.run(["pdftotext", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
     words = plain.split()
     for word in (LONG_WORD, "acknowledged", "severity", "cleared", "first-pass"):

@@ -110,6 +110,25 @@ def audit_rows(data_dir: Path, limit: int = 100, since_ns: int | None = None,
     return [{**dict(r), "detail": json.loads(r["detail"]) if r["detail"] else None} for r in rows]
 
 
+def audit_window(data_dir: Path, t_from_ns: int, t_to_ns: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """The audit rows of [t_from_ns, t_to_ns), oldest first (at most `limit`), and how many the window holds.
+    Read-only: a report never creates the audit log, and a data directory without one gives ([], 0)."""
+    path = data_dir / AUTH_DB
+    if not path.exists():
+        return [], 0
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    conn.row_factory = sqlite3.Row
+    try:
+        where, params = "FROM audit WHERE t_ns >= ? AND t_ns < ?", (t_from_ns, t_to_ns)
+        total = int(conn.execute(f"SELECT count(*) {where}", params).fetchone()[0])
+        rows = conn.execute(f"SELECT * {where} ORDER BY id LIMIT ?", (*params, limit)).fetchall()
+    except sqlite3.OperationalError:  # created but not migrated yet: nothing audited
+        return [], 0
+    finally:
+        conn.close()
+    return [{**dict(r), "detail": json.loads(r["detail"]) if r["detail"] else None} for r in rows], total
+
+
 def audit_count(data_dir: Path) -> int:
     """Rows in the audit log (ids only grow: nothing is ever deleted)."""
     with auth_db(data_dir) as conn:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from linewatch.auth.db import audit_window
 from linewatch.store import JSON_COLUMNS, VIEW_COLUMNS, open_reader, select_inspections
 
 FORMATS = ("csv", "json", "pdf")
@@ -84,6 +85,8 @@ class Extract:
     query: Query
     rows: list[dict[str, Any]]
     alarms: list[dict[str, Any]] = field(default_factory=list)
+    audit: list[dict[str, Any]] = field(default_factory=list)  # the window's audit log, oldest first (AUDIT_MAX)
+    audit_total: int = 0  # entries the window holds in all
 
 
 def _open(data_dir: Path, q: Query) -> sqlite3.Connection:
@@ -117,8 +120,11 @@ def iter_rows(conn: sqlite3.Connection, q: Query) -> Iterator[dict[str, Any]]:
         yield {c: d.get(c) for c in EXPORT_COLUMNS}
 
 
+AUDIT_MAX = 300  # audit entries a PDF lists; `GET /api/audit` has them all
+
+
 def load(data_dir: Path, q: Query) -> Extract:
-    """Rows and alarms of the window in memory (the PDF needs them all)."""
+    """Rows, alarms and audit entries of the window in memory (the PDF needs them all)."""
     conn = _open(data_dir, q)
     try:
         rows = list(iter_rows(conn, q))
@@ -127,7 +133,8 @@ def load(data_dir: Path, q: Query) -> Extract:
                                                                                  _stored(q.t_to_ns)])]
     finally:
         conn.close()
-    return Extract(q, rows, alarms)
+    audit, audit_total = audit_window(data_dir, _stored(q.t_from_ns), _stored(q.t_to_ns), AUDIT_MAX)
+    return Extract(q, rows, alarms, audit, audit_total)
 
 
 def write_csv(rows: Iterable[dict[str, Any]], out: Path) -> int:

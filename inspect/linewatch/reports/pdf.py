@@ -2,9 +2,10 @@
 
 Sections: a header naming line, recipe, period and who generated it when; summary; the defect Pareto
 (what the line decided and what reviewers said, never the emulator's ground truth); yield and FAIL
-rate over time; fail-safe overrides by rule; model and rule-set versions in force; parts no model
-looked at, with why; alarms; a gallery of FAIL/REVIEW images that says how it chose them and how many
-it leaves out; a sign-off block. Tables size their columns to their words, so none breaks mid-word.
+rate over time; fail-safe overrides by rule; model and rule-set versions in force and their bias
+audit; parts no model looked at, with why; alarms; the audit log of the window; a gallery of
+FAIL/REVIEW images that says how it chose them and how many it leaves out; a sign-off block. Tables
+size their columns to their words, so none breaks mid-word.
 """
 
 from __future__ import annotations
@@ -201,6 +202,7 @@ def write_pdf(ex: Extract, data_dir: Path, out: Path, issuer: Issuer) -> None:
     _table(pdf, ["raised", "kind", "severity", "message", "acknowledged by", "cleared"],
            [[_when(a["t_ns"]), a["kind"], a["severity"], a["message"], a.get("acknowledged_by") or "—",
              _when(a.get("t_cleared_ns"))] for a in ex.alarms] or [["none", "", "", "", "", ""]])
+    _audit(pdf, ex)
     _gallery(pdf, rows, data_dir)
     _sign_off(pdf)
     pdf.output(str(out))
@@ -230,6 +232,17 @@ def _sections(pdf: FPDF, rows: list[dict[str, Any]], data_dir: Path) -> None:
     bias_section(pdf, versions(rows), data_dir, _heading, _table)
     _heading(pdf, "Parts no model looked at")
     _table(pdf, ["decided by", "why", "parts"], [list(n) for n in not_inspected(rows)] or [["none", "", 0]])
+
+
+def _audit(pdf: FPDF, ex: Extract) -> None:
+    """Who changed what on the line in the window (IEC 62443 CR 2.8): sign-ins, lot, reviews, acknowledgements,
+    recipe and pause, user and token management; refusals too."""
+    shown = len(ex.audit)
+    more = f", the first {shown} listed (all in GET /api/audit)" if ex.audit_total > shown else ""
+    _heading(pdf, f"Audit log ({ex.audit_total} entries{more})")
+    _table(pdf, ["when", "who", "from", "what", "target", "outcome"],
+           [[_when(a["t_ns"]), a["actor"], a.get("address") or "—", a["action"], a.get("target") or "—", a["outcome"]]
+            for a in ex.audit] or [["none", "", "", "", "", ""]])
 
 
 def gallery_pick(rows: list[dict[str, Any]], data_dir: Path) -> tuple[list[dict[str, Any]], int]:
