@@ -94,3 +94,22 @@ def test_cli(models: dict[str, Path], tmp_path: Path) -> None:
     assert cli("promote", str(models["weak"]), "--recipe", "y").returncode == 0
     shutil.rmtree(root / next(p.name for p in root.iterdir() if p.name.startswith("weak")))
     assert cli("promote", "weak", "--recipe", "x").returncode == 2  # its file is gone: refused, not trusted
+
+
+def test_a_model_change_for_a_line_goes_into_its_audit_log(models: dict[str, Path], tmp_path: Path) -> None:
+    from linewatch.auth.db import audit_rows
+
+    line = tmp_path / "line.yaml"
+    line.write_text(f"data_dir: {tmp_path / 'data'}\n")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "linewatch", "models", "--registry", str(tmp_path / "models"),
+                               *args, "--config", str(line)], capture_output=True, text=True, timeout=120)
+
+    assert cli("promote", str(models["good"])).returncode == 0
+    assert cli("promote", str(models["weak"])).returncode == 2  # refused: no holdout for a second model
+    assert cli("rollback").returncode == 2  # nothing earlier to go back to: refused, not audited
+    rows = list(reversed(audit_rows(tmp_path / "data")))
+    assert [(r["action"], r["target"], r["outcome"]) for r in rows] == [("models promote", "default", "ok")]
+    assert rows[0]["actor"].startswith("cli:") and rows[0]["detail"]["was"] is None
+    assert len(rows[0]["detail"]["sha256"]) == 64

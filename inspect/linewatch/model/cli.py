@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 from pathlib import Path
@@ -78,13 +79,24 @@ def _cmd_promote(args: argparse.Namespace) -> int:
         print(comparison_table(report))
     print(f"promoted {report['candidate'][:12]} for recipe {args.recipe!r}"
           + (f" (was {report['active'][:12]})" if report["active"] else ""))
+    _audit(args, cfg, "models promote", args.recipe, {"sha256": report["candidate"], "was": report["active"]})
     return 0
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
+    cfg = _line(args)
     v = _registry(args).rollback(args.recipe)
     print(f"recipe {args.recipe!r} rolled back to {v.sha256[:12]} ({v.name})")
+    _audit(args, cfg, "models rollback", args.recipe, {"sha256": v.sha256})
     return 0
+
+
+def _audit(args: argparse.Namespace, cfg: LineConfig, action: str, recipe: str, detail: dict[str, Any]) -> None:
+    """A model change made for a line (`--config`) goes into that line's audit log, as its sign-ins do."""
+    if args.config:
+        from linewatch.auth.db import audit
+
+        audit(cfg.data_dir, f"cli:{getpass.getuser()}", action, "ok", target=recipe, detail=detail)
 
 
 def _guard(func: Any) -> Any:
@@ -117,8 +129,10 @@ def add_commands(sub: Any) -> None:
     pro.add_argument("--holdout", help="the recipe's holdout set (required when a model is already active)")
     pro.add_argument("--tolerance", type=float,
                      help="allowed loss in accuracy, escape rate and REVIEW rate (default: retrain.gate.tolerance)")
-    pro.add_argument("--config", help="the line's config: its batch sizes, REVIEW bands and gate (default: built-in)")
+    pro.add_argument("--config", help="the line's config: its batch sizes, REVIEW bands and gate (default: built-in); "
+                                      "the promotion goes into its audit log")
     pro.set_defaults(func=_guard(_cmd_promote))
     rb = msub.add_parser("rollback", help="make the previously active model active again")
     rb.add_argument("--recipe", default="default")
+    rb.add_argument("--config", help="the line's config: the change goes into its audit log")
     rb.set_defaults(func=_guard(_cmd_rollback))
