@@ -36,7 +36,7 @@ system-deps:
 	  else echo "install these Debian packages for the tests:$$missing" >&2; exit 1; fi; fi
 
 test: setup-dev lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 # The fast lane while working: lint and every test not marked slow (the full `make test` runs them all).
 check: setup-dev lint
