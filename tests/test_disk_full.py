@@ -52,7 +52,8 @@ def test_full_disk_keeps_a_row_for_every_part_and_resumes(line, small_disk: Path
                       "retention_interval_s": 1}).start()
     record_pid = ln.ready("record")[0]["pid"]
 
-    alarm = wait_for(lambda: _alarms(ln.data_dir, "disk_full"), 30, "the disk_full alarm")[0]
+    # a busy machine (CI runs the image test beside the tests) fills the last 5 MB more slowly
+    alarm = wait_for(lambda: _alarms(ln.data_dir, "disk_full"), 60, "the disk_full alarm")[0]
     assert "No space left on device" in str(alarm["message"]) or "full" in str(alarm["message"]).split("(")[1]
     assert alarm["severity"] == "critical"
     full_at = count_rows(ln.data_dir)
