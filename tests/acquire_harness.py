@@ -12,6 +12,7 @@ import zmq
 from linewatch.acquire.process import Acquire
 from linewatch.config import LineConfig, parse_config
 from linewatch.wire import KIND_ALARM, KIND_ANNOUNCE, KIND_VERDICT, Alarm, Endpoints, FrameHeader, Verdict
+from linewatch.wire.ready import first_frame_waits_for, mark_ready
 
 
 class AcquireRig:
@@ -31,6 +32,8 @@ class AcquireRig:
         self.worker = self.ctx.socket(zmq.PULL)
         if worker:
             self.worker.connect(ep.frames(self.cfg.cameras[0].name))
+        for name in first_frame_waits_for(self.cfg):  # the rig is the store (and the PLC) acquire waits for
+            mark_ready(self.cfg.run_dir, name)
         self.announced: list[FrameHeader] = []
         self.verdicts: list[Verdict] = []
         self.alarms: list[Alarm] = []

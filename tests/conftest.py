@@ -130,7 +130,8 @@ class Line:
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "linewatch", "run", "--config", str(self.config)],
                                          stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        wait_for(lambda: self.ready("acquire") or self._died(), 90, "the line to start")
+        # api starts last (supervisor.start_waves): the line is up when acquire and api both serve
+        wait_for(lambda: (self.ready("acquire") and self.ready("api")) or self._died(), 90, "the line to start")
         assert self.proc.poll() is None, f"line exited early:\n{self.log.read_text()}"
         return self
 

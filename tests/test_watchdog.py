@@ -146,7 +146,7 @@ def test_hung_children_are_replaced_systemd_hears_of_it_and_a_line_killed_whole_
     ln = line(cameras=[{"name": "cam0", "fps": 10}], supervisor={"hang_timeout_s": HANG_S}).start()
     ready_at = wait_for(lambda: [t for t, f in notify_socket.fields() if f == "READY=1"], 10, "READY=1")[0]
     run_dir = ln.data_dir / "run"
-    assert len(ln.ready("")) == 5  # READY=1 came after every child said it serves (acquire, the last, included)
+    assert len(ln.ready("")) == 5  # READY=1 came after every child said it serves (api, the last, included)
     wait_for(lambda: [t for t, f in notify_socket.fields() if f == "WATCHDOG=1" and t > ready_at], 5, "a ping")
     # record first, alone: the others' alarms travel to it
     for group in (["record"], ["acquire[cam0]", "infer[0]", "api", "plc"]):
@@ -202,7 +202,7 @@ def test_hung_children_are_replaced_systemd_hears_of_it_and_a_line_killed_whole_
         second = line(data_dir=str(ln.data_dir), cameras=[{"name": "camB", "fps": 10}])
         second.proc = subprocess.Popen([sys.executable, "-m", "linewatch", "run", "--config", str(second.config)],
                                        start_new_session=True)
-        # its first child serves: the start has prepared its run directory, and no acquire runs yet
+        # its first child serves: the start has prepared its run directory
         wait_for(lambda: _pid(run_dir, "record") not in (None, old_record), 30, "the new line's record")
         assert not [r for r in rings if r.exists()], "a stale ring of this line survived its new start"
         assert other_line.exists()

@@ -43,7 +43,7 @@ from linewatch.wire import (
 from linewatch.wire.channels import AlarmSender
 from linewatch.wire.endpoints import tcp_frames
 from linewatch.wire.frame_ring import FrameRing, RingError, clear_stale_rings, default_slots
-from linewatch.wire.ready import mark_ready
+from linewatch.wire.ready import first_frame_waits_for, mark_ready, wait_until_ready
 
 log = logging.getLogger("acquire")
 GRAB_SLICE_S = 0.1  # longest wait inside the source before the loop checks stop and commands
@@ -326,7 +326,10 @@ class Acquire:
         return header
 
     def _wait_for_worker(self, frames: zmq.Socket[Any], timeout_s: float) -> None:
-        """Start streaming once a worker is connected, so the first parts are not dropped for nothing."""
+        """Start streaming once a worker is connected and the store (and PLC) serve, so the first parts are
+        neither dropped nor unseen for nothing. The supervisor starts acquire beside them, so its own start
+        overlaps theirs (`line.supervisor.start_waves`)."""
+        end = time.monotonic() + timeout_s
         monitor = frames.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         try:
             if not monitor.poll(int(timeout_s * 1000)):
@@ -335,6 +338,10 @@ class Acquire:
         finally:
             frames.disable_monitor()
             monitor.close(linger=0)
+        missing = wait_until_ready(self.cfg.run_dir, first_frame_waits_for(self.cfg), self.stop,
+                                   max(0.0, end - time.monotonic()))
+        if missing:
+            log.warning("%s not serving after %.0f s; streaming anyway", ", ".join(missing), timeout_s)
 
     def _send(self, parts: list[bytes]) -> None:
         try:

@@ -7,6 +7,7 @@ returns when the stop event is set (SIGTERM/SIGINT). The supervisor starts child
 
 from __future__ import annotations
 
+import argparse
 import gc
 import importlib
 import logging
@@ -47,6 +48,20 @@ def setup_logging(tag: str) -> None:
 
 def config_path(run_dir: Path) -> Path:
     return run_dir / "config.json"
+
+
+def child_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`child ROLE INDEX --run-dir DIR`: the internal command one process of the line is started with."""
+    parser.add_argument("role", choices=sorted(ROLES))
+    parser.add_argument("index", type=int)
+    parser.add_argument("--run-dir", required=True)
+    return parser
+
+
+def child_cli(argv: list[str]) -> int:
+    """`python -m linewatch child ...` without the rest of the command line."""
+    args = child_arguments(argparse.ArgumentParser(prog="linewatch child")).parse_args(argv)
+    return child_main(args.role, args.index, Path(args.run_dir))
 
 
 def child_main(role: str, index: int, run_dir: Path) -> int:

@@ -15,7 +15,6 @@ from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
-import onnx
 
 from linewatch.model.files import ModelFilesError, model_files
 from linewatch.watch.reference import SignalReference, from_quantiles
@@ -27,6 +26,8 @@ _PROBABILITIES = np.linspace(0.0025, 0.9975, 201)  # the quantiles a normal dist
 def model_signals(path: Path, model_hash: str, k: float, target_arl: float, parts: int) -> dict[str, SignalReference]:
     """The references the model at `path` supplies, if it is version `model_hash` and carries reference_stats;
     counted as `parts` parts (the training set's size is not in the metadata: the line's reference size)."""
+    import onnx  # here, not at the top: record would pay its 0.7 s import at every start
+
     try:
         if model_files(path).read_by(()).version_hash() != model_hash:
             return {}  # the file changed since: the line's own parts are learnt instead

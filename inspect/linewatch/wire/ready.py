@@ -39,6 +39,21 @@ def line_children(cfg: LineConfig) -> list[tuple[str, int]]:
             *(("acquire", i) for i in range(len(cfg.cameras)))]
 
 
+def first_frame_waits_for(cfg: LineConfig) -> list[str]:
+    """The children a camera's first frame waits for, besides a connected worker: the store that records
+    it and the PLC that is told (its event subscription would miss a result published before it)."""
+    return ["record", *(["plc"] if cfg.plc.enabled else [])]
+
+
+def wait_until_ready(run_dir: Path, names: list[str], stop: threading.Event, timeout_s: float) -> list[str]:
+    """Block until every named child is serving (or `stop`, or the timeout); the names still not serving."""
+    end = time.monotonic() + timeout_s
+    missing = [n for n in names if not (ready_dir(run_dir) / n).exists()]
+    while missing and time.monotonic() < end and not stop.wait(0.01):
+        missing = [n for n in missing if not (ready_dir(run_dir) / n).exists()]
+    return missing
+
+
 def ready_dir(run_dir: Path) -> Path:
     return run_dir / "ready"
 
