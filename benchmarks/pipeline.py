@@ -286,7 +286,7 @@ def bare_session(cfg_dict: dict[str, Any], frames: Path, batches: tuple[int, ...
             times.append(time.perf_counter() - t0)
         per_batch[b] = float(np.median(times))
     best = max(per_batch, key=lambda b: b / per_batch[b])
-    return {"threads": cfg.model.intra_op_threads, "batch_ms": {b: round(t * 1e3, 3) for b, t in per_batch.items()},
+    return {"threads": cfg.cpu_plan.threads, "batch_ms": {b: round(t * 1e3, 3) for b, t in per_batch.items()},
             "best_batch": best, "parts_per_s": round(best / per_batch[best], 1),
             "single_frame_ms": round(per_batch[1] * 1e3, 3),
             "with_failsafe_ms": _with_failsafe(cfg, model, pool, seconds)}

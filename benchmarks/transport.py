@@ -62,7 +62,7 @@ def _shm_sender(run_dir: str, frames: int, hwm: int, w: int, h: int) -> None:
     sock = ctx.socket(zmq.PUSH)
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.connect(ep.frames(CAMERA))
-    ring = FrameRing(Path(run_dir), CAMERA, "s", default_slots(InferConfig(frame_queue=hwm)), w * h, 60.0)
+    ring = FrameRing(Path(run_dir), CAMERA, "s", default_slots(InferConfig(frame_queue=hwm), 1), w * h, 60.0)
     ring.listen(ctx, ep.releases(CAMERA))
     assert ring.releases is not None
     pixels = np.random.default_rng(0).integers(0, 256, (h, w), np.uint8)

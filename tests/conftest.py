@@ -112,8 +112,10 @@ class Line:
         self.data_dir = Path(overrides.get("data_dir", tmp / "data"))
         # the plc process is on by default; concurrent lines must not share 5020, nor one line its two ports
         self.port, self.plc_port = free_ports(2)
+        # one worker unless a test asks for more: `auto` starts one per core, which doubles every line's start
+        # on CI's 2 cores (test_process runs a line on auto)
         cfg: dict[str, Any] = {"data_dir": str(self.data_dir), "api": {"port": self.port},
-                               "plc": {"port": self.plc_port}}
+                               "plc": {"port": self.plc_port}, "infer": {"workers": 1}}
         for key, value in overrides.items():
             cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
         self.config = tmp / "line.yaml"

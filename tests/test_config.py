@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from linewatch.config import ConfigError, LineConfig, load_config, parse_config
+from linewatch.config.line import cpu_plan
 
 
 def test_default_needs_no_file() -> None:
@@ -17,6 +18,17 @@ def test_default_needs_no_file() -> None:
     assert cfg.cameras[0].source.type == "emulator"
     assert cfg.model.path.is_file(), "the bundled reference model ships with the default"
     assert cfg.run_dir == Path("var/run")
+
+
+@pytest.mark.parametrize(("workers", "threads", "cores", "plan"), [
+    ("auto", "auto", 1, (1, 1)), ("auto", "auto", 2, (2, 1)), ("auto", "auto", 8, (8, 1)),
+    ("auto", "auto", 12, (6, 2)), ("auto", "auto", 64, (8, 8)),  # past 8 workers, threads fill the cores
+    (1, "auto", 4, (1, 4)), ("auto", 2, 4, (2, 2)), (3, 1, 2, (3, 1)),
+])
+def test_auto_uses_every_core(workers: int | str, threads: int | str, cores: int, plan: tuple[int, int]) -> None:
+    got = cpu_plan(workers, threads, cores)
+    assert (got.workers, got.threads) == plan
+    assert got.cores == cores
 
 
 @pytest.mark.parametrize(
@@ -30,7 +42,8 @@ def test_default_needs_no_file() -> None:
         ({"cameras": [{"source": {"type": "ftp"}}]}, "cameras[0].source"),
         ({"cameras": []}, "cameras: needs at least 1 item"),
         ({"cameras": [{"name": "a"}, {"name": "a"}]}, "camera names must be unique, repeated: a"),
-        ({"infer": {"workers": -1}}, "infer.workers: must be >= 0 (got -1)"),
+        ({"infer": {"workers": -1}}, "infer.workers: must be >= 0 or must be one of 'auto' (got -1)"),
+        ({"model": {"intra_op_threads": "many"}}, "model.intra_op_threads: Input should be a valid integer"),
         ({"infer": {"wrokers": 2}}, "infer.wrokers: unknown field"),
         ({"failsafe": {"review_band": [0.9, 0.1]}}, "failsafe.review_band: must satisfy"),
         ({"failsafe": {"uncertain_verdict": "MAYBE"}}, "failsafe.uncertain_verdict: must be one of"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import psutil
 import pytest
 
+from linewatch.config.line import cpu_plan
 from linewatch.wire.ready import STALE_S, mark_ready, read_ready, ready_dir
 from tests.conftest import wait_for
 
@@ -62,10 +64,14 @@ print(json.dumps([before, bootstrap_facts()]))
 
 @pytest.mark.slow
 def test_every_child_of_a_real_line_runs_the_bootstrap(line: Any) -> None:
-    ln = line(cameras=[{"name": "cam0", "fps": 10}]).start()  # returns once acquire, the last child, is ready
+    # on `auto` (the default): one single-threaded worker per core this machine lets the line use, up to 8
+    ln = line(cameras=[{"name": "cam0", "fps": 10}], infer={"workers": "auto"}).start()
     run_dir = ln.data_dir / "run"
     ready = read_ready(run_dir)
-    assert sorted(ready) == ["acquire[cam0]", "api", "infer[0]", "plc", "record"]
+    plan = cpu_plan("auto", "auto", len(os.sched_getaffinity(0)))
+    workers = [f"infer[{i}]" for i in range(plan.workers)]
+    assert sorted(ready) == sorted(["acquire[cam0]", "api", *workers, "plc", "record"])
+    assert all(ready[w]["threads"] == plan.threads for w in workers)
     children = {p.pid for p in psutil.Process(ln.proc.pid).children() if p.status() != psutil.STATUS_ZOMBIE}
     for name, info in ready.items():
         assert info["pid"] in children, f"{name} is not a live child of the line's supervisor"

@@ -122,8 +122,9 @@ class Acquire:
         clear_stale_rings(self.cfg.run_dir, self.cam.name)
         slot_bytes = self.cam.width * self.cam.height * (1 if self.cam.pixel_format == "Mono8" else 3)
         try:
-            ring = FrameRing(self.cfg.run_dir, self.cam.name, self.stream, default_slots(self.cfg.infer),
-                             slot_bytes, reclaim_after_s=self.cfg.record.deadline_ms / 1000 + 1.0)
+            slots = default_slots(self.cfg.infer, self.cfg.cpu_plan.workers)
+            ring = FrameRing(self.cfg.run_dir, self.cam.name, self.stream, slots, slot_bytes,
+                             reclaim_after_s=self.cfg.record.deadline_ms / 1000 + 1.0)
         except RingError as exc:
             self.alarms.raise_alarm("frame_ring", f"camera {self.cam.name}: {exc}; frames travel inline", "warning")
             return None

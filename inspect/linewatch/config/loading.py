@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,16 @@ _MESSAGES = {
 }
 
 
+#: The members of a plain union (`int | "auto"`) pydantic names in an error's location: one error per member.
+_UNION_MEMBER = re.compile(r"^(constrained-int|int|float|constrained-float|literal\[.*\])$")
+
+
 def _format_loc(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("emulator", "genicam", "replay"):  # discriminated-union tag pydantic inserts
+        elif part in ("emulator", "genicam", "replay") or _UNION_MEMBER.match(part):  # union tags pydantic inserts
             continue
         else:
             out += f".{part}" if out else str(part)
@@ -38,9 +43,18 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
 
 
 def _format_error(err: Any) -> str:
-    ctx = err.get("ctx") or {}
-    template = _MESSAGES.get(err["type"])
-    msg = template.format(**ctx) if template else str(err["msg"]).removeprefix("Value error, ")
+    return _format_errors([err])
+
+
+def _format_errors(errs: list[Any]) -> str:
+    """One problem: a value's errors (one per member when the field is a union such as `int | "auto"`)."""
+    msgs = []
+    for err in errs:
+        ctx = err.get("ctx") or {}
+        template = _MESSAGES.get(err["type"])
+        msgs.append(template.format(**ctx) if template else str(err["msg"]).removeprefix("Value error, "))
+    msg = " or ".join(dict.fromkeys(msgs))
+    err = errs[0]
     if err["type"] != "missing" and "input" in err and not isinstance(err["input"], dict | list):
         msg += f" (got {err['input']!r})"
     return f"{_format_loc(tuple(err['loc']))}: {msg}"
@@ -75,10 +89,14 @@ def parse_config(data: Any, source: str = "<config>", yaml_root: yaml.Node | Non
     try:
         return LineConfig.model_validate(data)
     except ValidationError as exc:
-        problems = []
+        by_value: dict[str, list[Any]] = {}
         for e in exc.errors():
-            line = _yaml_line(yaml_root, tuple(e["loc"]))
-            problems.append(_format_error(e) + (f" [line {line}]" if line else ""))
+            by_value.setdefault(_format_loc(tuple(e["loc"])), []).append(e)
+        problems = []
+        for errs in by_value.values():
+            line = _yaml_line(yaml_root, tuple(p for p in errs[0]["loc"]
+                                               if not (isinstance(p, str) and _UNION_MEMBER.match(p))))
+            problems.append(_format_errors(errs) + (f" [line {line}]" if line else ""))
         raise ConfigError(source, problems) from None
 
 

@@ -66,7 +66,8 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
 
 def load_model(mc: ModelConfig, settings: SessionSettings | None = None) -> Model:
     """Load and warm up the configured model (every prepared batch size): a model is only handed out whole."""
-    model = Model(mc.path, mc.providers, mc.intra_op_threads, settings)
+    threads = mc.intra_op_threads if isinstance(mc.intra_op_threads, int) else 1  # `auto` without a line: one
+    model = Model(mc.path, mc.providers, threads, settings)
     model.warm_up()
     return model
 

@@ -145,7 +145,8 @@ class Infer:
         mark_ready(self.cfg.run_dir, self.name, model=info.name if info else None,
                    sha256=info.sha256 if info else None, providers=self.model.providers if self.model else [],
                    model_error=self.health.fault if self.model is None else None,
-                   rules_only=self.health.rules_only, fault=self.health.fault, ruleset_hash=self.failsafe.ruleset_hash)
+                   rules_only=self.health.rules_only, fault=self.health.fault, ruleset_hash=self.failsafe.ruleset_hash,
+                   threads=self.session.intra_op_threads)
 
     def _follow_model_file(self, alarms: AlarmSender) -> None:
         loaded = self.watch.poll()

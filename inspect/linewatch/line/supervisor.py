@@ -1,8 +1,9 @@
 """The composition root: `linewatch run` starts the line's processes in order and keeps them alive.
 
-Start: every child but api at once: record, the infer workers (model loaded and warm), plc (when
-enabled), notify (when hooks or MQTT are configured), ship, and acquire, which holds its first frame until
-a worker, the store and the PLC serve; then api (`start_waves`). Stop is the reverse. A child that dies is
+Start: what the first verdict needs at once: record, the first infer worker (model loaded and warm), plc
+(when enabled), notify (when hooks or MQTT are configured), ship, and acquire, which holds its first frame
+until a worker, the store and the PLC serve; then api and the other workers (`start_waves`). Stop is the
+reverse. A child that dies is
 restarted with exponential backoff and an alarm is recorded; so is a child that hangs (alive but
 silent: its heartbeat stopped for `supervisor.hang_timeout_s`), after the supervisor kills it.
 systemd hears of it too (`line.notify`).
@@ -53,12 +54,15 @@ class ChildProc:
 
 
 def resolve_paths(cfg: LineConfig) -> LineConfig:
-    """Absolute paths, so every child sees the same files whatever its working directory."""
+    """Absolute paths, so every child sees the same files whatever its working directory; `auto` workers and
+    threads as numbers, so every child agrees on them (a pinned worker sees fewer cores than the line)."""
     data_dir = cfg.data_dir.resolve()
     run_dir = (cfg.runtime_dir or data_dir / "run").resolve()
+    plan = cfg.cpu_plan
     # absolute(), not resolve(): a registry link (models/active/<recipe>.onnx) must stay a link to watch
-    model = cfg.model.model_copy(update={"path": cfg.model.path.absolute()})
-    return cfg.model_copy(update={"data_dir": data_dir, "runtime_dir": run_dir, "model": model})
+    model = cfg.model.model_copy(update={"path": cfg.model.path.absolute(), "intra_op_threads": plan.threads})
+    infer = cfg.infer.model_copy(update={"workers": plan.workers})
+    return cfg.model_copy(update={"data_dir": data_dir, "runtime_dir": run_dir, "model": model, "infer": infer})
 
 
 def prepare_run_dir(cfg: LineConfig) -> None:
@@ -86,11 +90,12 @@ def start_timeout(role: str) -> float:
 def start_waves(children: list[ChildProc]) -> list[list[ChildProc]]:
     """The children in the groups they start in, each group spawned at once and waited for before the next.
     ZeroMQ lets either end of a socket come first, and acquire holds its first frame until a worker, the
-    store and the PLC serve (`wire.ready.first_frame_waits_for`), so all but api start together and their
-    imports overlap. api comes last: the HMI shows parts from the store, so it misses none by starting
-    later, and its start-up (the heaviest: FastAPI and its routes) no longer delays the first verdict."""
-    return [wave for wave in ([c for c in children if c.role != "api"], [c for c in children if c.role == "api"])
-            if wave]
+    store and the PLC serve (`wire.ready.first_frame_waits_for`), so everything the first verdict needs
+    starts together and their imports overlap. The rest start once it is decided: api (the HMI shows parts
+    from the store, so it misses none by starting later; its start-up is the heaviest, FastAPI and its
+    routes) and the workers after the first (acquire hands frames to those connected)."""
+    later = [c for c in children if c.role == "api" or (c.role == "infer" and c.index > 0)]
+    return [wave for wave in ([c for c in children if c not in later], later) if wave]
 
 
 class Supervisor:

@@ -74,7 +74,7 @@ class SessionSettings:
     def for_line(cls, cfg: LineConfig) -> SessionSettings:
         mc = cfg.model
         cache = mc.cache_dir if mc.cache_dir is not None else cfg.data_dir / "model-cache"
-        return cls(providers=mc.providers, intra_op_threads=mc.intra_op_threads, allow_spinning=mc.allow_spinning,
+        return cls(providers=mc.providers, intra_op_threads=cfg.cpu_plan.threads, allow_spinning=mc.allow_spinning,
                    graph_optimization=mc.graph_optimization,
                    optimized_cache_dir=cache if mc.cache_optimized_graph else None, engine_cache_dir=cache / "trt",
                    fp16=mc.fp16, io_binding=mc.io_binding, cuda_graph=mc.cuda_graph, device_id=mc.device_id,

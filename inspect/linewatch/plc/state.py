@@ -185,7 +185,7 @@ class LineState:
     def refresh_processes(self) -> None:
         """Line health from the ready files the children write (and the supervisor removes when one dies)."""
         infos = read_ready(self.cfg.run_dir)
-        workers = [infos.get(f"infer[{i}]") for i in range(self.cfg.infer.workers)]
+        workers = [infos.get(f"infer[{i}]") for i in range(self.cfg.cpu_plan.workers)]
         self.flags["rules_only"] = any(w and w.get("rules_only") for w in workers)
         acquires = [infos.get(f"acquire[{c.name}]") for c in self.cameras]
         self.flags["line_running"] = "record" in infos and all(workers) and all(acquires)

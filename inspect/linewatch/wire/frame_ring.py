@@ -38,12 +38,12 @@ class RingError(Exception):
     """The ring cannot be created or opened (no shared memory, too small, not a ring)."""
 
 
-def default_slots(infer: InferConfig) -> int:
-    """Enough slots for every frame that can be queued (acquire's and each worker's high-water mark),
+def default_slots(infer: InferConfig, workers: int) -> int:
+    """Enough slots for every frame that can be queued (acquire's and each of the `workers`' high-water mark),
     every batch in a worker's hands, one being written and one spare."""
     if infer.frame_slots:
         return infer.frame_slots
-    return infer.frame_queue * (infer.workers + 1) + infer.workers * infer.max_batch + 2
+    return infer.frame_queue * (workers + 1) + workers * infer.max_batch + 2
 
 
 def ring_path(run_dir: Path, camera: str, stream: str) -> Path:

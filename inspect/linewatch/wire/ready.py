@@ -33,7 +33,7 @@ def child_name(cfg: LineConfig, role: str, index: int) -> str:
 def line_children(cfg: LineConfig) -> list[tuple[str, int]]:
     """(role, index) of every child of the line, in start order: record first (the store must be
     listening), then the workers (model loaded and warm), api, plc, ship, notify, and acquire last."""
-    return [("record", 0), *(("infer", i) for i in range(cfg.infer.workers)), ("api", 0),
+    return [("record", 0), *(("infer", i) for i in range(cfg.cpu_plan.workers)), ("api", 0),
             *([("plc", 0)] if cfg.plc.enabled else []), *([("ship", 0)] if cfg.ship.enabled else []),
             *([("notify", 0)] if cfg.notify.active else []),
             *(("acquire", i) for i in range(len(cfg.cameras)))]
