@@ -123,13 +123,14 @@ def frames_for(side: int, folder: Path, count: int = 32) -> Path:
 
 
 INFER_SETTINGS: dict[str, Any] = {}  # infer.* overrides from the command line (e.g. --frame-queue)
+MODEL_PATH: dict[int, Path] = {}  # side -> the model the line runs, instead of the reference (pipeline_realistic.py)
 
 
 def line_config(tmp: Path, side: int, rate: float, frames: int, workers: int, cpus: list[int],
                 cameras: int = 1) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "data_dir": str(tmp / "data"), "api": {"port": 0},
-        "model": {"path": str(model_for(side, tmp))},
+        "model": {"path": str(MODEL_PATH.get(side) or model_for(side, tmp))},
         "cameras": [{"name": f"cam{i}", "width": side, "height": side, "fps": rate, "max_frames": frames,
                      "source": {"type": "replay", "path": str(tmp / f"frames-{side}"), "loop": True}}
                     for i in range(cameras)],

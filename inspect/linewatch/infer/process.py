@@ -180,8 +180,6 @@ class Infer:
         pull = ctx.socket(zmq.PULL)
         pull.setsockopt(zmq.RCVHWM, self.cfg.infer.frame_queue)
         pull.setsockopt(zmq.LINGER, 0)
-        for cam in self.cfg.cameras:
-            pull.connect(self.endpoints.frames(cam.name))
         out = ctx.socket(zmq.PUSH)
         out.setsockopt(zmq.SNDHWM, 10_000)
         out.setsockopt(zmq.SNDTIMEO, 1000)
@@ -193,6 +191,8 @@ class Infer:
         self.session = SessionSettings.for_line(self.cfg)
         self.cfg = self.line_cfg.for_recipe(current_recipe(self.cfg.data_dir) or self.cfg.recipe)
         self._use_model(self._recipe_model(), alarms)
+        for cam in self.cfg.cameras:  # only now: acquire deals frames to every connected worker, and one still
+            pull.connect(self.endpoints.frames(cam.name))  # loading its model would hold them for seconds
         try:
             while not self.stop.is_set():
                 self._follow_model_file(alarms)
