@@ -8,6 +8,8 @@ import importlib.util
 import json
 import re
 
+import pytest
+
 from linewatch import metrics
 from linewatch.api import resources
 from linewatch.cli import build_parser, config_reference
@@ -135,15 +137,16 @@ def test_results_cite_files_that_exist() -> None:
     assert links and not missing, f"benchmarks/RESULTS.md links to missing results files: {missing}"
 
 
-def test_pipeline_results_match_their_json() -> None:
-    spec = importlib.util.spec_from_file_location("benchmarks_pipeline", REPO / "benchmarks" / "pipeline.py")
+@pytest.mark.parametrize("name", ["pipeline", "pipeline_realistic"])
+def test_pipeline_results_match_their_json(name: str) -> None:
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", REPO / "benchmarks" / f"{name}.py")
     assert spec and spec.loader
     pipeline = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pipeline)
-    expected = pipeline.table(json.loads((REPO / "benchmarks" / "results" / "pipeline.json").read_text()))
+    expected = pipeline.table(json.loads((REPO / "benchmarks" / "results" / f"{name}.json").read_text()))
     assert expected in RESULTS.read_text(), (
-        "benchmarks/RESULTS.md's pipeline tables differ from benchmarks/results/pipeline.json: paste the table "
-        f"that benchmarks/pipeline.py printed (its `table()`):\n{expected}")
+        f"benchmarks/RESULTS.md's tables differ from benchmarks/results/{name}.json: paste the table "
+        f"that benchmarks/{name}.py printed (its `table()`):\n{expected}")
 
 
 def test_results_tables_copied_from_results_files_match_them() -> None:
