@@ -18,7 +18,7 @@ run: setup
 	$(BIN)/linewatch run
 
 $(VENV)/.dev: $(BIN)/linewatch
-	$(BIN)/pip install -q -e '.[dev,train]'
+	$(BIN)/pip install -q -e '.[dev,train,data]'
 	touch $@
 
 setup-dev: $(VENV)/.dev system-deps

@@ -262,3 +262,23 @@ def test_a_training_image_in_the_holdout_is_a_leak_and_a_near_copy_a_warning(tmp
                                                          ("warning", "train/good/near.png")]
     assert f"the same image as the holdout's {held[0].key} (leak into the holdout)" in findings[0].message
     assert f"a near-duplicate of the holdout's {held[1].key}" in findings[1].message
+
+
+def test_without_the_data_extra_a_check_refuses_in_one_line_and_the_registry_still_works(tmp_path: Path) -> None:
+    """The appliance image has no imagehash or SciPy (the `data` extra): `data check` and `data snapshot` say
+    which extra to install, and the registry's other commands (list, show, lineage) run without it."""
+    ds = _parts(tmp_path / "ds", n=6)
+    reg = tmp_path / "reg"
+    _snapshot(DataRegistry(reg), ds, name="before")
+    blocked = "import sys; sys.modules['scipy'] = None; from linewatch.cli import main; sys.exit(main())"
+
+    def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", blocked, "data", *map(str, args)], capture_output=True,
+                              text=True, timeout=120)
+
+    for refused in (run("check", ds), run("snapshot", ds, "--name", "after", "--registry", reg)):
+        assert refused.returncode == 2
+        assert refused.stderr == ("error: data checks need the data extra (scipy is not installed): "
+                                  "pip install 'linewatch[data]'\n")
+    listed = run("list", "--registry", reg)
+    assert listed.returncode == 0 and "before" in listed.stdout, listed.stderr

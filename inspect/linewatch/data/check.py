@@ -16,13 +16,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import cv2
-import imagehash
 import numpy as np
 from PIL import Image
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
-from linewatch.data.items import Entry
+from linewatch.data.items import DataError, Entry
 from linewatch.training.dataset import DatasetError, order_labels, sharpness, stratified_split
 
 #: perceptual hash: 16x16 DCT bits (256). 8x8 (64 bits) puts different emulator parts 2 bits apart; at 16x16
@@ -170,6 +167,9 @@ def _near_duplicates(entries: list[Entry], hashes: dict[str, np.ndarray], sides:
         near = np.flatnonzero(np.bitwise_count(bits[i + 1:] ^ bits[i]).sum(axis=1) <= NEAR_DISTANCE)
         rows += [i] * len(near)
         cols += (i + 1 + near).tolist()
+    from scipy.sparse import coo_matrix  # the data extra (_require_extra)
+    from scipy.sparse.csgraph import connected_components
+
     pairs = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(shas), len(shas)))
     _, component = connected_components(pairs, directed=False)
     members: dict[int, list[str]] = {}
@@ -219,24 +219,43 @@ def _outliers(stats: dict[str, dict[str, float]], out: list[Finding]) -> None:
         out.append(Finding("warning", "outlier", f"{k}: outlier: {', '.join(reasons)}", (k,)))
 
 
-def _phash(entry: Entry) -> np.ndarray | None:
+def _require_extra() -> None:
+    """Refuse in one line when the `data` extra is missing: imagehash and SciPy hash and group near-duplicates.
+    The appliance image leaves them out (deploy/README.md): data is checked where models are trained."""
+    try:
+        import imagehash  # noqa: F401
+        import scipy.sparse.csgraph  # noqa: F401
+    except ImportError as exc:
+        raise DataError(f"data checks need the data extra ({str(exc.name).partition('.')[0]} is not installed): "
+                        "pip install 'linewatch[data]'") from None
+
+
+def _phash(gray: np.ndarray) -> np.ndarray:
+    """The perceptual hash of a grey image, HASH_SIZE² bits."""
+    import imagehash  # the data extra (_require_extra)
+
+    return imagehash.phash(Image.fromarray(gray), hash_size=HASH_SIZE).hash.flatten()
+
+
+def _entry_phash(entry: Entry) -> np.ndarray | None:
     img = _read(entry, [])
-    return None if img is None else imagehash.phash(Image.fromarray(_gray(img)), hash_size=HASH_SIZE).hash.flatten()
+    return None if img is None else _phash(_gray(img))
 
 
 def holdout_leaks(training: list[Entry], holdout: list[Entry]) -> list[Finding]:
     """Training images that are also in the holdout the model is judged on: the same bytes (an error: it would be
     judged on what it learnt) or, as near-duplicates within one set, a perceptual hash within NEAR_DISTANCE bits (a
     warning). An unreadable image is the check's own finding, not repeated here."""
+    _require_extra()
     held = {e.sha256: e for e in holdout}
     out = [Finding("error", "holdout_leak", f"{e.key}: the same image as the holdout's {held[e.sha256].key} "
                    "(leak into the holdout)", (e.key,)) for e in training if e.sha256 in held]
-    held_hashes = [(e, h) for e in held.values() if (h := _phash(e)) is not None]
+    held_hashes = [(e, h) for e in held.values() if (h := _entry_phash(e)) is not None]
     if not held_hashes:
         return out
     bits = np.stack([np.packbits(h) for _, h in held_hashes])
     for e in training:
-        if e.sha256 in held or (h := _phash(e)) is None:
+        if e.sha256 in held or (h := _entry_phash(e)) is None:
             continue
         distance = np.bitwise_count(bits ^ np.packbits(h)).sum(axis=1)
         j = int(distance.argmin())
@@ -249,6 +268,7 @@ def holdout_leaks(training: list[Entry], holdout: list[Entry]) -> list[Finding]:
 
 def check(entries: list[Entry], recipe: Recipe | None = None) -> CheckResult:
     """Every check on the entries, in the order the trainer would read them (its split depends on it)."""
+    _require_extra()
     recipe = recipe or Recipe()
     result = CheckResult(entries)
     out = result.findings
@@ -263,7 +283,7 @@ def check(entries: list[Entry], recipe: Recipe | None = None) -> CheckResult:
                                "sharpness": float(sharpness(gray[None])[0]), "size": float(gray.size),
                                "width": float(gray.shape[1]), "height": float(gray.shape[0])}
         if e.sha256 not in hashes:
-            hashes[e.sha256] = imagehash.phash(Image.fromarray(gray), hash_size=HASH_SIZE).hash.flatten()
+            hashes[e.sha256] = _phash(gray)
     sides = _split_sides(entries, recipe, out)
     _exact_duplicates(entries, sides, out)
     _near_duplicates(entries, hashes, sides, out)

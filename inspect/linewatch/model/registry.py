@@ -206,7 +206,7 @@ class Registry:
                 worse.append(f"accuracy {cand_m['accuracy']:.4f} < {curr_m['accuracy']:.4f} - {tolerance}")
             if cand_m["review_rate"] > curr_m["review_rate"] + tolerance:
                 worse.append(f"REVIEW rate {cand_m['review_rate']:.4f} > {curr_m['review_rate']:.4f} + {tolerance}")
-            from linewatch.training.bias import regressions as segment_regressions  # scipy: only when judging
+            from linewatch.training.bias import regressions as segment_regressions
 
             worse += segment_regressions(cand_m, curr_m, gate.segment_tolerance, gate.segment_min_samples)
             if worse:

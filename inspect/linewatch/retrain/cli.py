@@ -7,6 +7,7 @@ snapshots) or failed (the trainer's or the registry's error, printed).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from typing import Any
@@ -17,6 +18,11 @@ NICE = 10  # added to the retrain process's niceness (the line's processes keep 
 
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
+    missing = [name for name in ("torch", "rich") if importlib.util.find_spec(name) is None]
+    if missing:  # the train extra (PyTorch, rich's progress bar): not in the appliance image
+        print(f"error: retraining needs the train and data extras ({', '.join(missing)} not installed): "
+              "pip install -e '.[train,data]'", file=sys.stderr)
+        return 2
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from linewatch.model.registry import comparison_table

@@ -12,7 +12,6 @@ from itertools import combinations
 from typing import Any
 
 import numpy as np
-from scipy.stats import bootstrap
 
 CONFIDENCE = 0.95
 RESAMPLES = 999
@@ -23,14 +22,20 @@ GAP_METRICS = ("accuracy", "escape_rate", "false_reject_rate")
 
 
 def _interval(hits: np.ndarray) -> list[float] | None:
-    """The bootstrap percentile interval of a rate (the mean of 0/1 outcomes); None under two outcomes."""
+    """The bootstrap percentile interval of a rate (the mean of 0/1 outcomes); None under two outcomes.
+
+    RESAMPLES resamples of the parts with replacement from a fixed seed, the rate of each, and the quantiles
+    of those rates at (1 - CONFIDENCE) / 2 and 1 - that: SciPy's `bootstrap(method="percentile")` with the same
+    generator draws the same resamples (its quantile interpolates in another order: a bound exactly halfway
+    between two 4-decimal values may round the other way)."""
     if len(hits) < 2:
         return None
     if hits.min() == hits.max():  # every resample gives the same rate: the interval is that point
         return [float(hits[0]), float(hits[0])]
-    res = bootstrap((hits.astype(np.float64),), np.mean, confidence_level=CONFIDENCE, n_resamples=RESAMPLES,
-                    method="percentile", rng=np.random.default_rng(0))
-    return [round(float(res.confidence_interval.low), 4), round(float(res.confidence_interval.high), 4)]
+    resampled = hits.astype(np.float64)[np.random.default_rng(0).integers(0, len(hits), (RESAMPLES, len(hits)))]
+    alpha = (1 - CONFIDENCE) / 2
+    low, high = np.quantile(resampled.mean(axis=1), [alpha, 1 - alpha])
+    return [round(float(low), 4), round(float(high), 4)]
 
 
 def _rate(hits: np.ndarray) -> tuple[float | None, list[float] | None]:

@@ -63,9 +63,10 @@ def _folder_data(args: argparse.Namespace, opts: Any) -> Path:
     data = Path(args.data)
     try:
         entries, _ = read_sources([data], sort=False)
+        result = check(entries, Recipe(val_fraction=opts.val_fraction, seed=opts.seed))
     except DataError as exc:
         raise _Refused(str(exc), 2) from None
-    _refuse_on_errors(check(entries, Recipe(val_fraction=opts.val_fraction, seed=opts.seed)), str(data))
+    _refuse_on_errors(result, str(data))
     return data
 
 
@@ -73,7 +74,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         import torch  # noqa: F401
     except ImportError:
-        print("error: training needs the train extra: pip install -e '.[train]'", file=sys.stderr)
+        print("error: training needs the train and data extras: pip install -e '.[train,data]'", file=sys.stderr)
         return 2
     from linewatch.training.backbone import BackboneError
     from linewatch.training.dataset import DatasetError
