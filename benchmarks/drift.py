@@ -58,6 +58,7 @@ import numpy as np
 import yaml
 
 from linewatch.config import FailsafeConfig, WatchConfig
+from linewatch.config.watch import SIGNAL_NAMES
 from linewatch.emulator.parts import SceneEmulator
 from linewatch.emulator.scene import Scenario, Scene, load_scene
 from linewatch.failsafe import FailSafe
@@ -221,6 +222,7 @@ def run_scenarios(line: Line, base: Scene, name: str, seeds: list[int], cfg: Wat
     period = base.encoder_period_s or 0.05
     out: dict[str, list[int | None]] = {s: [] for s in names}
     texts: dict[str, str] = {}
+    by: dict[str, list[str | None]] = {s: [] for s in names}  # the signal that alarmed first, per seed
     early_alarms = []
     for seed in seeds:
         watch = DriftWatch(cfg, lambda key: None)
@@ -243,8 +245,11 @@ def run_scenarios(line: Line, base: Scene, name: str, seeds: list[int], cfg: Wat
                 if found and delay is None:
                     delay = v.seq - CHANGE_AT + 1
                     texts.setdefault(sc, found[0].text)
+                    by[sc].append(found[0].signal)
                     break
             out[sc].append(delay)
+            if delay is None:
+                by[sc].append(None)
             fork.close()
         watch.close()
     result = {}
@@ -252,7 +257,8 @@ def run_scenarios(line: Line, base: Scene, name: str, seeds: list[int], cfg: Wat
         found = sorted(d for d in delays if d is not None)
         median = float(np.median([d if d is not None else np.inf for d in delays]))
         result[sc] = {"delay_parts": None if not np.isfinite(median) else median, "goal": GOALS[sc],
-                      "delays": delays, "detected": f"{len(found)}/{len(delays)}", "example": texts.get(sc)}
+                      "delays": delays, "detected": f"{len(found)}/{len(delays)}", "example": texts.get(sc),
+                      "signals": by[sc]}
     result["before_change"] = {"parts": len(seeds) * CHANGE_AT, "false_alarms": early_alarms}
     return result
 
@@ -353,18 +359,20 @@ def main() -> int:
     ap.add_argument("--scenarios", nargs="*", choices=list(GOALS), default=list(GOALS), help="scenarios run "
                     "(default: all; fewer only with --scene-only, for a quick look)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "drift.json")
+    ap.add_argument("--signals", nargs="*", choices=SIGNAL_NAMES, default=None, help="signals watched (default: "
+                    "the watch's own; fewer only with --scene-only, to see what one signal adds)")
     ap.add_argument("--table", action="store_true", help="print the tables from --out and exit")
     ap.add_argument("--scene-only", action="store_true", help="write this run's scenes to --out, no line cost (a "
                     "part of a run spread over processes; --merge joins them)")
     ap.add_argument("--merge", nargs="*", type=Path, default=None, help="scene-only JSON files to join: the line "
                     "cost is measured and the whole result written to --out")
     args = ap.parse_args()
-    if set(args.scenarios) != set(GOALS) and not args.scene_only:
-        ap.error("--scenarios with fewer than all scenarios needs --scene-only: the result's tables need them all")
+    if (set(args.scenarios) != set(GOALS) or args.signals is not None) and not args.scene_only:
+        ap.error("--scenarios and --signals need --scene-only: the result's tables are for the whole watch")
     if args.table:
         print(table(json.loads(args.out.read_text())))
         return 0
-    cfg = WatchConfig()
+    cfg = WatchConfig() if args.signals is None else WatchConfig(signals=args.signals)
     if args.merge:
         per_scene = {n: s for f in args.merge for n, s in json.loads(f.read_text())["per_scene"].items()}
         return finish(args, cfg, per_scene, 0.0)
