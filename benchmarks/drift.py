@@ -11,20 +11,22 @@ conveyor (a part every 0.4-0.5 s of scene time; the scene's own drifts and scena
 - the line's own code runs each part: the fail-safe (`FailSafe.check_frame` and `decide`; exposure's
   saturation limit raised to 30 % for round-part's polished faces, the dark-spot check, made for the
   default part, off; on metal-surface no presence check and a blur floor of 10), the model
-  (`Model.predict`), the frame's signals (`FrameView.signals`), and the real `DriftWatch` at its
+  (`Model.predict`), the frame's signals (`FrameView.signals`) and its embedding's sketch (the compact classifier
+  exports its pooled features), and the real `DriftWatch` at its
   defaults (`watch` in the config: reference of the first 1,000 parts, ERT 10,000,000 parts, shift of
   interest 0.25 sd), as record feeds it;
 - stationary: 20,000 parts after the reference, from the camera the model was trained on (seed 1,
   frames 100,000 on) with no drift: false alarms counted; CBPE's estimated defect rate (mean calibrated
   p over the parts the model scored) against the emulator's ground truth;
-- scenarios, 10 seeds each (seeds 10-19): the change starts at part 1,200, 200 parts after the
-  reference is complete: `lighting_step` (-10 % at once), `lighting_ramp` (-5 % over 10 minutes of
-  scene time), `camera_bump` (the view shifts by round-part's own bump, 14 and -6 px), and
-  `new_defect_type` (a flaw the model never saw in training appears on 10 % of the parts that had no
-  defect: the scene's `add_defect_rate`). The
-  delay is the parts from the change to the first drift alarm (any signal); not found within twice
-  the goal is `null`. The top-level figure per scenario is the worst scene's median; for
-  `new_defect_type` only scenes whose model separates defects (AUROC >= 0.8 on the stationary run)
+- scenarios, 10 seeds each (the parts of seeds 10-19, seen by the camera the model was trained on: another
+  seed's camera has other dust on its lens, which metal-surface's model, seeing the sheet through it, takes for
+  defects on every part): the change starts at part 1,200, 200 parts after the reference is complete:
+  `lighting_step` (-10 % at once), `lighting_ramp` (-5 % over 10 minutes of scene time), `camera_bump` (the view
+  shifts by round-part's own bump, 14 and -6 px), and `new_defect_type` (a flaw the model never saw in training
+  appears on 10 % of the parts that had no defect: the scene's `add_defect_rate`). The delay is the parts from
+  the change to the first drift alarm (any signal); not found within twice the goal is `null`. The top-level
+  figure per scenario is the worst scene's median; for `new_defect_type` only scenes whose model separates
+  defects (AUROC >= 0.8 on the stationary run)
   count: a model that sees none of a scene's defects cannot show a new one in its score or verdicts.
 
 Cost, on a real line (`linewatch run`, default model and emulator at 256², 100 parts/s for 4,000
@@ -56,6 +58,7 @@ import numpy as np
 import yaml
 
 from linewatch.config import FailsafeConfig, WatchConfig
+from linewatch.config.watch import SIGNAL_NAMES
 from linewatch.emulator.parts import SceneEmulator
 from linewatch.emulator.scene import Scenario, Scene, load_scene
 from linewatch.failsafe import FailSafe
@@ -63,7 +66,7 @@ from linewatch.model.onnx import Model
 from linewatch.pixels import to_line_format
 from linewatch.training.evaluate import auroc
 from linewatch.training.trainer import TrainOptions, train
-from linewatch.watch import DriftWatch
+from linewatch.watch import DriftWatch, sketch
 from linewatch.wire import FrameHeader, Verdict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,6 +102,13 @@ def scenario(scene: Scene, name: str, at_s: float, new_type: str) -> Scene:
          "camera_bump": Scenario(at_s=at_s, shift_px=(14 * SIZE / 256, -6 * SIZE / 256)),
          "new_defect_type": Scenario(at_s=at_s, add_defect=new_type, add_defect_rate=NEW_TYPE_SHARE)}[name]  # type: ignore[arg-type]
     return scene.model_copy(update={"scenarios": [s]})
+
+
+def emulator(scene: Scene, seed: int) -> SceneEmulator:
+    """Parts of `seed` through the lens of the camera the model was trained on (seed 1: its dust)."""
+    emu = SceneEmulator(scene, SIZE, SIZE, seed=seed)
+    emu.camera = SceneEmulator(scene, SIZE, SIZE, seed=1).camera
+    return emu
 
 
 def mono(frame: Any) -> np.ndarray:
@@ -141,10 +151,12 @@ class Line:
                 decision, view = self.failsafe.check_frame(header, px)
                 views.append((decision, view))
                 pixels.append(px)
-            probs = self.model.predict(np.stack(pixels)).probs
-            for (seq, f), (decision, view), p in zip(frames, views, probs, strict=True):
+            pred = self.model.predict(np.stack(pixels))
+            embeddings = pred.embeddings if pred.embeddings is not None else [None] * len(frames)
+            for (seq, f), (decision, view), p, emb in zip(frames, views, pred.probs, embeddings, strict=True):
                 t0 = time.thread_time()
                 signals = view.signals(self.blur_size)
+                embedding = sketch(emb) if emb is not None else None
                 self.signals_s += time.thread_time() - t0
                 self.frames += 1
                 pd = {name: float(x) for name, x in zip(info.labels, p, strict=True)}
@@ -153,7 +165,8 @@ class Line:
                     score = sum(pd[n] for n in info.defect_labels)
                     decision = self.failsafe.decide(view, pd)
                 yield Verdict("cam0", "s", seq, f"p{seq}", decision.final, decision.decided_by, recipe="default",
-                              model_hash=info.sha256, score=score, signals=signals), f.truth
+                              model_hash=info.sha256, score=score, signals=signals,
+                              embedding=embedding if score is not None else None), f.truth
 
 
 def run_stationary(line: Line, scene: Scene, parts: int, cfg: WatchConfig) -> dict[str, Any]:
@@ -203,15 +216,17 @@ def _wait_reference(watch: DriftWatch) -> None:
                 w.pending.result()
 
 
-def run_scenarios(line: Line, base: Scene, name: str, seeds: list[int], cfg: WatchConfig) -> dict[str, Any]:
+def run_scenarios(line: Line, base: Scene, name: str, seeds: list[int], cfg: WatchConfig,
+                  names: list[str]) -> dict[str, Any]:
     """For each seed: learn the reference once, then continue each scenario from the same detector state."""
     period = base.encoder_period_s or 0.05
-    out: dict[str, list[int | None]] = {s: [] for s in GOALS}
+    out: dict[str, list[int | None]] = {s: [] for s in names}
     texts: dict[str, str] = {}
+    by: dict[str, list[str | None]] = {s: [] for s in names}  # the signal that alarmed first, per seed
     early_alarms = []
     for seed in seeds:
         watch = DriftWatch(cfg, lambda key: None)
-        emu = SceneEmulator(base, SIZE, SIZE, seed=seed)
+        emu = emulator(base, seed)
         early = []
         for v, _ in line.verdicts(emu, range(CHANGE_AT)):
             early += watch.observe(v)[1]
@@ -219,18 +234,22 @@ def run_scenarios(line: Line, base: Scene, name: str, seeds: list[int], cfg: Wat
         early_alarms += [a.text for a in early]  # false alarms before any change
         ref = watch.references("cam0")
         assert ref is not None
-        for sc, goal in GOALS.items():
+        for sc in names:
+            goal = GOALS[sc]
             changed = scenario(base, sc, CHANGE_AT * period, NEW_TYPE[name])
             fork = DriftWatch(cfg, lambda key, r=ref: copy.deepcopy(r))  # type: ignore[misc]
-            emu = SceneEmulator(changed, SIZE, SIZE, seed=seed)
+            emu = emulator(changed, seed)
             delay = None
             for v, _ in line.verdicts(emu, range(CHANGE_AT, CHANGE_AT + 2 * goal)):
                 found = fork.observe(v)[1]
                 if found and delay is None:
                     delay = v.seq - CHANGE_AT + 1
                     texts.setdefault(sc, found[0].text)
+                    by[sc].append(found[0].signal)
                     break
             out[sc].append(delay)
+            if delay is None:
+                by[sc].append(None)
             fork.close()
         watch.close()
     result = {}
@@ -238,7 +257,8 @@ def run_scenarios(line: Line, base: Scene, name: str, seeds: list[int], cfg: Wat
         found = sorted(d for d in delays if d is not None)
         median = float(np.median([d if d is not None else np.inf for d in delays]))
         result[sc] = {"delay_parts": None if not np.isfinite(median) else median, "goal": GOALS[sc],
-                      "delays": delays, "detected": f"{len(found)}/{len(delays)}", "example": texts.get(sc)}
+                      "delays": delays, "detected": f"{len(found)}/{len(delays)}", "example": texts.get(sc),
+                      "signals": by[sc]}
     result["before_change"] = {"parts": len(seeds) * CHANGE_AT, "false_alarms": early_alarms}
     return result
 
@@ -336,17 +356,23 @@ def main() -> int:
     ap.add_argument("--stationary-parts", type=int, default=20_000)
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--train-parts", type=int, default=1200)
+    ap.add_argument("--scenarios", nargs="*", choices=list(GOALS), default=list(GOALS), help="scenarios run "
+                    "(default: all; fewer only with --scene-only, for a quick look)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "drift.json")
+    ap.add_argument("--signals", nargs="*", choices=SIGNAL_NAMES, default=None, help="signals watched (default: "
+                    "the watch's own; fewer only with --scene-only, to see what one signal adds)")
     ap.add_argument("--table", action="store_true", help="print the tables from --out and exit")
     ap.add_argument("--scene-only", action="store_true", help="write this run's scenes to --out, no line cost (a "
                     "part of a run spread over processes; --merge joins them)")
     ap.add_argument("--merge", nargs="*", type=Path, default=None, help="scene-only JSON files to join: the line "
                     "cost is measured and the whole result written to --out")
     args = ap.parse_args()
+    if (set(args.scenarios) != set(GOALS) or args.signals is not None) and not args.scene_only:
+        ap.error("--scenarios and --signals need --scene-only: the result's tables are for the whole watch")
     if args.table:
         print(table(json.loads(args.out.read_text())))
         return 0
-    cfg = WatchConfig()
+    cfg = WatchConfig() if args.signals is None else WatchConfig(signals=args.signals)
     if args.merge:
         per_scene = {n: s for f in args.merge for n, s in json.loads(f.read_text())["per_scene"].items()}
         return finish(args, cfg, per_scene, 0.0)
@@ -366,7 +392,8 @@ def main() -> int:
             print(path.stem, "stationary", json.dumps({k: v for k, v in stationary.items() if k != "alarms"}),
                   flush=True)
             t0 = time.monotonic()
-            scenarios = run_scenarios(line, base, path.stem, list(range(10, 10 + args.seeds)), cfg)
+            scenarios = run_scenarios(line, base, path.stem, list(range(10, 10 + args.seeds)), cfg,
+                                      args.scenarios)
             print(path.stem, "scenarios", json.dumps({k: v.get("delays", v) for k, v in scenarios.items()}), flush=True)
             per_scene[path.stem] = {"stationary": stationary, "scenarios": scenarios, "period_s": base.encoder_period_s,
                                     "signals_us_per_frame": round(line.signals_s / line.frames * 1e6, 1),

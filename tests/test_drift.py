@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -156,6 +157,34 @@ def test_defect_rate_rise_and_model_change_learn_a_new_reference() -> None:
     assert seen[0].seq < 1000 + 600
     watch.observe(_verdict(5000, 120.0, model="m2"))
     assert watch.learning_progress("cam0") == (1, 500), "a new model learns its own reference"
+
+
+def test_a_new_defect_type_the_model_fails_alarms_within_the_goal_and_a_stationary_run_does_not() -> None:
+    """As in the drift benchmark's metal-surface: a flaw the model never saw, on 10 % of the parts that had none,
+    which the model fails like its known defects (defect rate 22 % -> 30 %)."""
+    def part(rng: np.random.Generator, new_share: float) -> tuple[str, float]:
+        bad = rng.random() < 0.22 or rng.random() < new_share
+        return ("FAIL", float(rng.uniform(0.9, 1.0))) if bad else ("PASS", float(rng.beta(1, 30)))
+
+    for new_share, alarmed in ((0.0, False), (0.1, True)):
+        rng = np.random.default_rng(17)
+        watch = DriftWatch(WatchConfig(), lambda key: None)
+        for i in range(1000):
+            final, score = part(rng, 0.0)
+            watch.observe(_verdict(i, 120.0 + rng.standard_normal(), final=final, score=score))
+        _settled(watch)
+        found = []
+        for i in range(2000):
+            final, score = part(rng, new_share)
+            found += watch.observe(_verdict(1200 + i, 120.0 + rng.standard_normal(), final=final, score=score))[1]
+        assert bool(found) is alarmed, [a.text for a in found]
+        if alarmed:
+            a = found[0]
+            assert a.signal in ("score", "defect_rate") and a.direction == "up" and a.seq < 1200 + 1500
+            assert re.fullmatch(r"drift: camera cam0, (model score|defect rate \(FAIL or REVIEW\)) \S+( %)? -> \S+"
+                                r"( %| \(\+\d+ %\)), CUSUM over \d+ parts \(recipe , reference of 1000 learned parts\)",
+                                a.text), a.text
+        watch.close()
 
 
 def test_parts_not_inspected_are_not_watched_and_rows_keep_their_signals() -> None:

@@ -71,6 +71,9 @@ def test_training_learns_and_exports_what_the_worker_accepts(trained: dict) -> N
     probs = model.run(np.stack([p.pixels for p in parts]))
     truth = np.array([p.truth["label"] == "defect" for p in parts])
     assert ((probs[:, 1] >= 0.5) == truth).mean() >= 0.75, "fresh parts, not only the validation split"
+    pred = model.predict(np.stack([p.pixels for p in parts[:5]]))  # the pooled features, for the drift watch
+    assert meta["linewatch.outputs"] == "probs, embedding"
+    assert pred.embeddings is not None and pred.embeddings.shape == (5, 64) and np.all(pred.embeddings >= 0)
 
 
 def test_card_has_split_confusion_and_segments(trained: dict) -> None:
@@ -146,13 +149,15 @@ def test_fine_network_exports_space_to_depth_exactly(tmp_path: Path, channels: i
         net[-1].bias[1] -= margin.mean()
         temperature = float(margin.std())
         ref = torch.softmax(net(x) / temperature, dim=1).numpy()
+        features = net[:-1](x).numpy()  # what the head reads: the embedding the drift watch measures
     assert ref[:, 1].std() > 0.05, "spread outputs: a channel mix-up would show"
     export_onnx(net, spec, temperature, {"linewatch.labels": '["good", "defect"]'}, tmp_path / "f.onnx")
     import onnxruntime
 
-    got = onnxruntime.InferenceSession(str(tmp_path / "f.onnx"), providers=["CPUExecutionProvider"]).run(
-        None, {"image": frames})[0]
+    got, embedding = onnxruntime.InferenceSession(str(tmp_path / "f.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"image": frames})
     assert np.abs(ref - got).max() <= 1e-4
+    assert embedding.shape == (4, 128) and np.abs(features - embedding).max() <= 1e-4 * (1 + np.abs(features).max())
 
 
 @pytest.mark.parametrize(

@@ -174,4 +174,6 @@ def export_onnx(net: Any, spec: InputSpec, temperature: float, metadata: dict[st
     g.node("Gemm", ["feat", g.const("fc.w", fc.weight.detach().numpy() / temperature),
                     g.const("fc.b", fc.bias.detach().numpy() / temperature)], "logits", transB=1)
     g.node("Softmax", ["logits"], "probs", axis=1)
-    g.save([("probs", ["N", fc.out_features])], metadata, out)
+    g.node("Identity", ["feat"], "embedding")  # the pooled features the head reads: for drift detection
+    g.save([("probs", ["N", fc.out_features]), ("embedding", ["N", fc.in_features])],
+           {**metadata, "linewatch.outputs": "probs, embedding"}, out)
