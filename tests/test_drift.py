@@ -26,7 +26,7 @@ from linewatch.watch import (
     sketch,
     threshold_for,
 )
-from linewatch.watch.model_reference import model_signals
+from linewatch.watch.model_reference import model_signals, model_signals_apart
 from linewatch.wire import MessageError, OperatorAction, Verdict
 from tests.conftest import REFERENCE_MODEL
 
@@ -266,6 +266,10 @@ def test_a_model_supplies_its_training_images_brightness_and_contrast_as_referen
     assert given["brightness"].cusum.sd == pytest.approx(stats["mean"][1], rel=0.05)
     assert given["contrast"].mean == pytest.approx(stats["std"][0], rel=0.01) and given["contrast"].source == "model"
     assert model_signals(REFERENCE_MODEL, "0" * 64, 0.125, 1e8, 1000) == {}, "another version's figures are not taken"
+    # record reads them in a process of its own (the onnx import would stall its commits): the same figures
+    apart = model_signals_apart(REFERENCE_MODEL, model.info.sha256, 0.125, 1e8, 1000)
+    assert {n: (r.mean, r.cusum.sd, r.source) for n, r in apart.items()} == \
+        {n: (r.mean, r.cusum.sd, r.source) for n, r in given.items()}
 
 
 def test_an_embedding_too_large_to_project_gives_no_sketch_rather_than_an_unstorable_verdict() -> None:

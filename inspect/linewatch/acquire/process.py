@@ -327,9 +327,9 @@ class Acquire:
         return header
 
     def _wait_for_worker(self, frames: zmq.Socket[Any], timeout_s: float) -> None:
-        """Start streaming once a worker is connected and the store (and PLC) serve, so the first parts are
-        neither dropped nor unseen for nothing. The supervisor starts acquire beside them, so its own start
-        overlaps theirs (`line.supervisor.start_waves`)."""
+        """Start streaming once a worker is connected and every local worker, the store (and the PLC) serve,
+        so the first parts are neither dropped nor unseen for nothing. The supervisor starts acquire beside
+        them, so its own start overlaps theirs (`line.supervisor.start_waves`)."""
         end = time.monotonic() + timeout_s
         monitor = frames.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         try:

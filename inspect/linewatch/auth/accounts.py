@@ -7,6 +7,7 @@ and each request checks one). A secret is shown once, when it is made, and never
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -25,9 +26,15 @@ from linewatch.clock import now_ns
 from linewatch.config import SecurityConfig
 
 HASHER = PasswordHasher()  # Argon2id, RFC 9106 low-memory parameters
-_DUMMY = HASHER.hash("not a user")  # checked for an unknown name, so it takes as long as a known one
 TOKEN_PREFIX = "lwt_"
 NAME_PATTERN = r"^[A-Za-z0-9_.@-]{1,64}$"
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked for an unknown name, so it takes as long as a known one; made at the first sign-in, not at
+    import (a hash costs every process that imports this module 0.1 s of CPU at start)."""
+    return HASHER.hash("not a user")
 
 
 class AccountError(ValueError):
@@ -125,7 +132,7 @@ def check_login(data_dir: Path, name: str, secret: str) -> tuple[str | None, str
     with auth_db(data_dir) as conn:
         row = conn.execute("SELECT role, secret_hash, disabled FROM users WHERE name = ?", (name,)).fetchone()
     try:
-        HASHER.verify(row["secret_hash"] if row else _DUMMY, secret)
+        HASHER.verify(row["secret_hash"] if row else _dummy_hash(), secret)
     except (VerificationError, InvalidHashError):
         return None, "unknown user" if row is None else "wrong secret"
     if row is None:

@@ -56,7 +56,7 @@ from linewatch.store.drift import (
 from linewatch.store.images import ImagePolicy, ImageWriter, image_relpath
 from linewatch.watch import DriftAlarm, DriftWatch, Reference, ReferenceError
 from linewatch.watch import Key as DriftKey
-from linewatch.watch.model_reference import model_signals
+from linewatch.watch.model_reference import model_signals_apart
 from linewatch.wire import (
     KIND_ACTION,
     KIND_ALARM,
@@ -107,8 +107,8 @@ class Record:
                 raise
             self.db = open_writer(self.cfg.data_dir)
         self.watch = self._resume_watch()
-        self.drift = DriftWatch(self.cfg.watch, self._stored_reference, partial(model_signals, self.cfg.model.path)
-                                ) if self.cfg.watch.enabled else None
+        supplied = partial(model_signals_apart, self.cfg.model.path)
+        self.drift = DriftWatch(self.cfg.watch, self._stored_reference, supplied) if self.cfg.watch.enabled else None
         if self.drift is not None:
             self.drift.latched = unacknowledged_drift(self.db)
         self.drift_cpu_ns, self._watch_error_at = 0, -1e9

@@ -40,9 +40,10 @@ def line_children(cfg: LineConfig) -> list[tuple[str, int]]:
 
 
 def first_frame_waits_for(cfg: LineConfig) -> list[str]:
-    """The children a camera's first frame waits for, besides a connected worker: the store that records
-    it and the PLC that is told (its event subscription would miss a result published before it)."""
-    return ["record", *(["plc"] if cfg.plc.enabled else [])]
+    """The children a camera's first frame waits for: every local worker (a line restarted mid-shift gets
+    parts at full rate at once, and one worker short it falls behind and times parts out), the store that
+    records them and the PLC that is told (its event subscription would miss a result published before it)."""
+    return ["record", *(f"infer[{i}]" for i in range(cfg.cpu_plan.workers)), *(["plc"] if cfg.plc.enabled else [])]
 
 
 def wait_until_ready(run_dir: Path, names: list[str], stop: threading.Event, timeout_s: float) -> list[str]:
