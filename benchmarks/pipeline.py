@@ -124,13 +124,14 @@ def frames_for(side: int, folder: Path, count: int = 32) -> Path:
 
 INFER_SETTINGS: dict[str, Any] = {}  # infer.* overrides from the command line (e.g. --frame-queue)
 MODEL_PATH: dict[int, Path] = {}  # side -> the model the line runs, instead of the reference (pipeline_realistic.py)
+THREADS: int | str = 1  # model.intra_op_threads of every run: single-threaded workers, as the tables were measured
 
 
 def line_config(tmp: Path, side: int, rate: float, frames: int, workers: int, cpus: list[int],
                 cameras: int = 1) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "data_dir": str(tmp / "data"), "api": {"port": 0},
-        "model": {"path": str(MODEL_PATH.get(side) or model_for(side, tmp))},
+        "model": {"path": str(MODEL_PATH.get(side) or model_for(side, tmp)), "intra_op_threads": THREADS},
         "cameras": [{"name": f"cam{i}", "width": side, "height": side, "fps": rate, "max_frames": frames,
                      "source": {"type": "replay", "path": str(tmp / f"frames-{side}"), "loop": True}}
                     for i in range(cameras)],

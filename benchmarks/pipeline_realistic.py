@@ -206,6 +206,7 @@ def main() -> int:
         P.MODEL_PATH[SIDE] = model
         frames = P.frames_for(SIDE, tmp)
         plan = cpu_plan("auto", "auto")
+        P.THREADS = plan.threads  # the line's `auto`, resolved here so the bare sessions get the same
         base = P.line_config(tmp, SIDE, 10, 100, plan.workers, [])
         b = bare(base, frames, plan.workers)
         print(f"bare: {json.dumps(b)}", flush=True)
