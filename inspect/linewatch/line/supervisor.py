@@ -1,8 +1,8 @@
 """The composition root: `linewatch run` starts the line's processes in order and keeps them alive.
 
-Start: every child but api at once: record, the infer workers (model loaded and warm), plc (when
-enabled), notify (when hooks or MQTT are configured), ship, and acquire, which holds its first frame until
-the workers, the store and the PLC serve; then api (`start_waves`). Stop is the reverse. A child that dies is
+Start: record (it creates and migrates the store); then the infer workers (model loaded and warm), plc
+(when enabled), notify (when hooks or MQTT are configured), ship, and acquire together, acquire holding
+its first frame until the workers and the PLC serve; then api (`start_waves`). Stop is the reverse. A child that dies is
 restarted with exponential backoff and an alarm is recorded; so is a child that hangs (alive but
 silent: its heartbeat stopped for `supervisor.hang_timeout_s`), after the supervisor kills it.
 systemd hears of it too (`line.notify`).
@@ -88,12 +88,15 @@ def start_timeout(role: str) -> float:
 
 def start_waves(children: list[ChildProc]) -> list[list[ChildProc]]:
     """The children in the groups they start in, each group spawned at once and waited for before the next.
-    ZeroMQ lets either end of a socket come first, and acquire holds its first frame until the workers, the
-    store and the PLC serve (`wire.ready.first_frame_waits_for`), so all but api start together and their
-    imports overlap. api comes last: the HMI shows parts from the store, so it misses none by starting
-    later, and its start-up (the heaviest: FastAPI and its routes) no longer delays the first verdict."""
-    return [wave for wave in ([c for c in children if c.role != "api"], [c for c in children if c.role == "api"])
-            if wave]
+    record first: it creates and migrates the store, which plc, notify and ship read as they start (one of
+    them reading a store mid-migration found a column missing). Then all but api together: ZeroMQ lets
+    either end of a socket come first, and acquire holds its first frame until the workers and plc serve
+    (`wire.ready.first_frame_waits_for`), so their imports overlap. api comes last: the HMI shows parts
+    from the store, so it misses none by starting later, and its start-up (the heaviest: FastAPI and its
+    routes) no longer delays the first verdict."""
+    groups = [[c for c in children if c.role == "record"], [c for c in children if c.role not in ("record", "api")],
+              [c for c in children if c.role == "api"]]
+    return [wave for wave in groups if wave]
 
 
 class Supervisor:
