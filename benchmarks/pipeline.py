@@ -157,26 +157,37 @@ class LineDidNotRun(RuntimeError):
     """`linewatch run` exited or recorded nothing: a broken start, not a measurement."""
 
 
+def start_line(run: Path, cfg: dict[str, Any]) -> tuple[subprocess.Popen[bytes], Path]:
+    """`linewatch run` on `cfg` with its data under `run` (log in run/line.log); the process and its store."""
+    cfg["data_dir"] = str(run / "data")
+    (run / "line.yaml").write_text(yaml.safe_dump(cfg))
+    with (run / "line.log").open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "linewatch", "run", "--config", str(run / "line.yaml")],
+                                stdout=log, stderr=subprocess.STDOUT)
+    return proc, run / "data" / "linewatch.db"
+
+
+def count_rows(db: Path) -> int:
+    """Rows in the store so far (0 before record has made it)."""
+    with contextlib.suppress(sqlite3.OperationalError), \
+            contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        return int(conn.execute("SELECT count(*) FROM inspections").fetchone()[0])
+    return 0
+
+
 def _run_line(tmp: Path, side: int, rate: float, seconds: float, workers: int, cpus: list[int] | None,
               cameras: int) -> dict[str, Any]:
     run = tmp / f"run-{side}-{rate:.0f}-{workers}-{len(cpus or [])}-{cameras}-{time.monotonic_ns()}"
     run.mkdir()
     frames = max(100, round(rate * seconds))
     cfg = line_config(tmp, side, rate, frames, workers, cpus or [], cameras)
-    cfg["data_dir"] = str(run / "data")
-    (run / "line.yaml").write_text(yaml.safe_dump(cfg))
-    with (run / "line.log").open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "linewatch", "run", "--config", str(run / "line.yaml")],
-                                stdout=log, stderr=subprocess.STDOUT)
-    db = run / "data" / "linewatch.db"
+    proc, db = start_line(run, cfg)
     end = time.monotonic() + 60 + 2 * frames / rate
     n = 0
     try:
         while n < frames * cameras and time.monotonic() < end and proc.poll() is None:
             time.sleep(0.5)
-            with contextlib.suppress(sqlite3.OperationalError), \
-                    contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:  # may not exist yet
-                n = conn.execute("SELECT count(*) FROM inspections").fetchone()[0]
+            n = count_rows(db)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)

@@ -32,7 +32,6 @@ import multiprocessing as mp
 import os
 import signal
 import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,6 @@ from typing import Any
 import cv2
 import numpy as np
 import psutil
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pipeline as P
@@ -117,13 +115,6 @@ def bare(cfg_dict: dict[str, Any], frames: Path, workers: int) -> dict[str, Any]
             "p99_ms": round(float(np.percentile(times, 99)), 2), "cpu_ms_per_frame": round(cpu_ms, 2)}
 
 
-def _rows(db: Path) -> int:
-    with contextlib.suppress(sqlite3.OperationalError), \
-            contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-        return int(conn.execute("SELECT count(*) FROM inspections").fetchone()[0])
-    return 0
-
-
 def _cpu_by_process(supervisor: psutil.Process) -> dict[str, float]:
     out = {"supervisor": sum(supervisor.cpu_times()[:2])}
     for child in supervisor.children():
@@ -138,21 +129,15 @@ def census(tmp: Path, rate: float, seconds: float, workers: int) -> dict[str, An
     """The line at `rate`: latency of the steady parts and each process's CPU per part over `seconds`."""
     run = tmp / f"census-{rate:.0f}-{time.monotonic_ns()}"
     run.mkdir()
-    cfg = P.line_config(tmp, SIDE, rate, 10**9, workers, [])
-    cfg["data_dir"] = str(run / "data")
-    (run / "line.yaml").write_text(yaml.safe_dump(cfg))
-    with (run / "line.log").open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "linewatch", "run", "--config", str(run / "line.yaml")],
-                                stdout=log, stderr=subprocess.STDOUT)
-    db = run / "data" / "linewatch.db"
+    proc, db = P.start_line(run, P.line_config(tmp, SIDE, rate, 10**9, workers, []))
     try:
         deadline = time.monotonic() + 120
-        while _rows(db) < 2 * rate and time.monotonic() < deadline and proc.poll() is None:
+        while P.count_rows(db) < 2 * rate and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)  # two seconds of parts: every worker has joined and warmed up
         sup = psutil.Process(proc.pid)
-        n0, cpu0 = _rows(db), _cpu_by_process(sup)
+        n0, cpu0 = P.count_rows(db), _cpu_by_process(sup)
         time.sleep(seconds)
-        n1, cpu1 = _rows(db), _cpu_by_process(sup)
+        n1, cpu1 = P.count_rows(db), _cpu_by_process(sup)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -161,7 +146,7 @@ def census(tmp: Path, rate: float, seconds: float, workers: int) -> dict[str, An
         raise SystemExit(f"the line recorded nothing: see {run / 'line.log'}")
     per_part = {k: round((cpu1[k] - cpu0.get(k, 0.0)) * 1e3 / parts, 3) for k in cpu1}
     return {"rate": rate, "parts": parts, "cpu_ms_per_part": per_part,
-            "summary": P.summarise(db, _rows(db), rate)}
+            "summary": P.summarise(db, P.count_rows(db), rate)}
 
 
 def startup(runs: int = 3) -> dict[str, Any]:
@@ -176,7 +161,8 @@ def startup(runs: int = 3) -> dict[str, Any]:
             proc = subprocess.Popen([sys.executable, "-m", "linewatch", "run", "--data-dir", d, "--port", str(port)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
-                while _rows(Path(d) / "linewatch.db") == 0 and time.monotonic() - t0 < 60 and proc.poll() is None:
+                db = Path(d) / "linewatch.db"
+                while P.count_rows(db) == 0 and time.monotonic() - t0 < 60 and proc.poll() is None:
                     time.sleep(0.01)
                 times.append(time.monotonic() - t0)
             finally:

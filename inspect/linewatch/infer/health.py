@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from linewatch.config import ModelConfig, ModelHealthConfig
+from linewatch.config.line import cpu_plan
 from linewatch.model.onnx import Model, ModelError
 from linewatch.model.runtime import SessionSettings
 
@@ -66,8 +67,7 @@ def _signature(path: Path) -> tuple[int, int, int] | None:
 
 def load_model(mc: ModelConfig, settings: SessionSettings | None = None) -> Model:
     """Load and warm up the configured model (every prepared batch size): a model is only handed out whole."""
-    threads = mc.intra_op_threads if isinstance(mc.intra_op_threads, int) else 1  # `auto` without a line: one
-    model = Model(mc.path, mc.providers, threads, settings)
+    model = Model(mc.path, mc.providers, cpu_plan(1, mc.intra_op_threads).threads, settings)
     model.warm_up()
     return model
 

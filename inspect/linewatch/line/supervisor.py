@@ -2,9 +2,9 @@
 
 Start: record (it creates and migrates the store); then the infer workers (model loaded and warm), plc
 (when enabled), notify (when hooks or MQTT are configured), ship, and acquire together, acquire holding
-its first frame until the workers and the PLC serve; then api (`start_waves`). Stop is the reverse. A child that dies is
-restarted with exponential backoff and an alarm is recorded; so is a child that hangs (alive but
-silent: its heartbeat stopped for `supervisor.hang_timeout_s`), after the supervisor kills it.
+its first frame until the workers and the PLC serve; then api (`start_waves`). Stop is the reverse. A
+child that dies is restarted with exponential backoff and an alarm is recorded; so is a child that hangs
+(alive but silent: its heartbeat stopped for `supervisor.hang_timeout_s`), after the supervisor kills it.
 systemd hears of it too (`line.notify`).
 """
 
