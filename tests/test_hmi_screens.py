@@ -292,7 +292,8 @@ def test_pause_resume_and_a_recipe_change_from_the_control_screen(line) -> None:
         wait_for(lambda: count_rows(ln.data_dir) >= switched_at + 20, 30, "parts after the switch")
     rows = db_rows(ln.data_dir, "SELECT id, seq, decided_by, reasons, recipe, ruleset_hash FROM inspections "
                                 "ORDER BY id")
-    assert [r["seq"] for r in rows] == list(range(len(rows))), "every part of the stream has its row"
+    # by seq, not commit order: at the pause a part still in the worker commits after the next, paused one
+    assert sorted(r["seq"] for r in rows) == list(range(len(rows))), "every part of the stream has its row"
     during = [r for r in rows if paused_at + 5 < r["id"] <= resumed_at]  # a few in flight at the switch
     assert during and all((r["decided_by"], r["reasons"]) == ("not_inspected", '["paused"]') for r in during)
     after = [r for r in rows if r["id"] > switched_at + 5]
