@@ -75,6 +75,19 @@ def _manifest(rows: list[dict[str, str]], path: Path) -> Path:
     return path
 
 
+def _frame_ms(path: Path) -> float:
+    """The exported model's p50 per cell on one ONNX Runtime thread (what test-time orientations cost)."""
+    model = Model(path, providers="cpu", intra_op_threads=1)
+    info = model.info
+    cell = np.random.default_rng(0).integers(0, 256, (1, info.height, info.width), np.uint8)
+    times = []
+    for _ in range(30):
+        t = time.perf_counter()
+        model.run(cell)
+        times.append(time.perf_counter() - t)
+    return round(float(np.percentile(times[5:], 50)) * 1000, 2)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--backbone", default="efficientnet-lite0", choices=["efficientnet-lite0", "none"])
@@ -90,6 +103,8 @@ def main() -> int:
     ap.add_argument("--class-weights", action="store_true")
     ap.add_argument("--soft-targets", action="store_true", help="fit the experts' defect probabilities")
     ap.add_argument("--shift", type=int, default=0, help="random translation augmentation, pixels")
+    ap.add_argument("--tta", type=int, default=1, help="as `linewatch train --tta`: orientations averaged (1-8)")
+    ap.add_argument("--fixed-blocks", type=int, default=3, help="as `linewatch train --fixed-blocks`")
     ap.add_argument("--patience", type=int, default=30)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", type=Path, help="keep the model, its card and checkpoint here (default: discarded)")
@@ -111,11 +126,13 @@ def main() -> int:
                                   max_minutes=args.max_minutes, batch=args.batch, lr=args.lr,
                                   label_smoothing=args.label_smoothing, class_weights=args.class_weights,
                                   soft_targets=args.soft_targets, shift_px=args.shift,
-                                  patience=args.patience, seed=args.seed, flips=True, rotate90=True), log=print)
+                                  patience=args.patience, seed=args.seed, flips=True, rotate90=True,
+                                  tta=args.tta, fixed_blocks=args.fixed_blocks), log=print)
         seconds = time.monotonic() - t0
         model = Model(model_dir / "elpv.onnx", providers="cpu")
         test = holdout_metrics(model, _manifest(test_rows, Path(tmp) / "test.csv"))
         total = time.monotonic() - t0
+        frame_ms = _frame_ms(model_dir / "elpv.onnx")
     load = os.getloadavg()
     command = " ".join([".venv/bin/python", "benchmarks/elpv.py", *sys.argv[1:]])
     result = {
@@ -123,6 +140,8 @@ def main() -> int:
         "escape_rate": test["escape_rate"], "false_reject_rate": test["false_reject_rate"],
         "review_rate": test["review_rate"], "band": test["band"], "model_alone": test["model_alone"],
         "minutes": round(total / 60, 1), "train_minutes": round(seconds / 60, 1), "command": command,
+        "tta": args.tta, "fixed_blocks": args.fixed_blocks if args.backbone != "none" else None,
+        "ms_per_cell_1_thread": frame_ms,
         "backbone": args.backbone, "arch": args.arch if args.backbone == "none" else None, "net_size": args.net_size,
         "images": len(rows), "train_count": len(train_rows), "test_count": len(test_rows),
         "epochs_run": card["training"]["epochs_run"], "best_epoch": card["training"]["best_epoch"],

@@ -4,6 +4,7 @@ through `linewatch train` into a model the line loads."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -98,6 +99,46 @@ def test_backbone_none_trains_from_scratch(parts: Path, tmp_path: Path) -> None:
     card = json.loads((out / "card.json").read_text())
     assert "backbone" not in card
     assert "linewatch.backbone" not in Model(out / "scratch.onnx", providers="cpu").info.metadata
+
+
+def test_test_time_orientations_decide_a_part_the_same_however_it_lies(parts: Path, tmp_path: Path) -> None:
+    """--tta 8: the exported graph averages the eight orientations, so a flipped or transposed frame gets the
+    same probabilities (a single-orientation model does not); the CAM stays the frame's own; options that cannot
+    work are refused before training, naming the option."""
+    out = tmp_path / "m"
+    assert main(["train", str(parts), "--out", str(out), "--name", "tta", "--net-size", "32", "--epochs", "1",
+                 "--batch", "16", "--patience", "1", "--rotate90", "--tta", "8", "--fixed-blocks", "0"]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert card["metrics"]["onnx_torch_max_abs_diff"] <= 1e-3 and card["training"]["options"]["tta"] == 8
+    model = Model(out / "tta.onnx", providers="cpu")
+    assert model.info.metadata["linewatch.views"] == "8"
+    frames = np.stack([PartEmulator(FRAME, FRAME, seed=9, defect_rate=0.5).render(i).pixels for i in range(4)])
+    frames[:, :, : FRAME // 2] //= 2  # not symmetric: each orientation looks different
+    turned = [frames[:, :, ::-1], frames[:, ::-1], frames.transpose(0, 2, 1), frames[:, ::-1, ::-1].transpose(0, 2, 1)]
+    pred = model.predict(frames)
+    for other in turned:
+        assert np.abs(model.predict(np.ascontiguousarray(other)).probs - pred.probs).max() <= 1e-4
+    assert pred.anomaly_maps is not None and pred.anomaly_maps.shape == (4, 1, 1)
+    assert pred.embeddings is not None and pred.embeddings.shape == (4, 1280)
+    single = tmp_path / "one"
+    assert main(["train", str(parts), "--out", str(single), "--name", "one", "--net-size", "32", "--epochs", "1",
+                 "--batch", "16", "--patience", "1", "--rotate90", "--fixed-blocks", "0"]) == 0
+    one = Model(single / "one.onnx", providers="cpu")
+    assert np.abs(one.predict(np.ascontiguousarray(turned[0])).probs - one.predict(frames).probs).max() > 1e-4
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--tta", "8"], "--tta 8 shows the model transposed parts: it needs --rotate90"),
+    (["--tta", "2", "--no-flips"], "--tta 2 shows the model mirrored parts, but --no-flips"),
+    (["--tta", "3"], r"--tta 3: choose one of \[1, 2, 4, 8\]"),
+    (["--tta", "2", "--backbone", "none"], "--tta needs a classifier on the pretrained backbone"),
+    (["--fixed-blocks", "17"], "--fixed-blocks 17: the backbone has 16 blocks"),
+])
+def test_impossible_training_options_are_refused_naming_the_option(
+        parts: Path, tmp_path: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", str(parts), "--out", str(tmp_path / "m"), *args]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "m").exists()
 
 
 def _cam_model(out: Path, defect_bias: float = 0.0) -> tuple[object, InputSpec, np.ndarray]:

@@ -24,7 +24,7 @@ from linewatch.config import LineConfig, parse_config
 from linewatch.plc import register_map as pm
 from linewatch.plc.process import Plc
 from linewatch.wire import CameraCommand, Endpoints, MessageError
-from linewatch.wire.camera_client import CameraNoAnswer, request_camera, request_camera_async
+from linewatch.wire.camera_client import CameraLink, CameraNoAnswer, request_camera, request_camera_async
 from tests.acquire_harness import AcquireRig
 from tests.api_harness import bearer
 
@@ -63,9 +63,11 @@ def _plc(cfg: LineConfig, timeout_s: float) -> Iterator[Plc]:
     cfg = cfg.model_copy(update={"plc": cfg.plc.model_copy(update={"command_timeout_s": timeout_s})})
     plc = Plc(cfg, 0, threading.Event())
     plc.zctx = zmq.asyncio.Context()
+    plc.link_cameras()
     try:
         yield plc
     finally:
+        plc.unlink_cameras()
         plc.zctx.term()
 
 
@@ -113,8 +115,11 @@ def test_plc_trigger_goes_through_the_client(tmp_path: Path) -> None:
     rig = AcquireRig(tmp_path, {"name": "c1", "trigger": "software"}).start()
     try:
         with _plc(rig.cfg, 5) as plc:
-            asyncio.run(plc._trigger(0))
-            asyncio.run(plc._trigger(0))
+            async def twice() -> None:  # on one socket, kept open between the triggers
+                await plc._trigger(0)
+                await plc._trigger(0)
+
+            asyncio.run(twice())
         rig.pump_until(lambda: len(rig.frames) >= 2, 5, "two triggered frames")
     finally:
         rig.close()
@@ -123,6 +128,31 @@ def test_plc_trigger_goes_through_the_client(tmp_path: Path) -> None:
         asyncio.run(gone._trigger(0))
     assert gone.state.cameras[0].trigger_status == pm.COMMAND_STATES["failed"]
     assert gone.state.last_error == pm.ERRORS["trigger_timeout"]
+
+
+def test_a_kept_link_drops_an_unanswered_command_and_serves_the_camera_once_it_is_back(tmp_path: Path) -> None:
+    """The plc's link stays open between triggers; one that timed out is closed with its command, so the camera
+    that comes up later takes only the next trigger (seq 0), not the stale one too."""
+    rig = AcquireRig(tmp_path, {"name": "c1", "trigger": "software"})
+    ctx = zmq.asyncio.Context()
+    link = CameraLink(Endpoints(rig.cfg.run_dir), "c1", ctx)
+
+    async def play() -> list[Any]:
+        with pytest.raises(CameraNoAnswer, match=SILENT.format("c1", "c1")):
+            await link.request(TRIGGER, 0.3)
+        rig.start()
+        return [await link.request(CameraCommand(cmd="trigger", part_id=f"P{i}"), 5) for i in range(3)]
+
+    try:
+        replies = asyncio.run(play())
+        rig.pump_until(lambda: len(rig.frames) >= 3, 5, "three triggered frames")
+        rig.pump(0.3)
+    finally:
+        link.close()
+        ctx.term()
+        rig.close()
+    assert [(r.ok, r.seq, r.part_id) for r in replies] == [(True, i, f"P{i}") for i in range(3)]
+    assert [f.part_id for f in rig.frames] == ["P0", "P1", "P2"]
 
 
 def test_cli_trigger_goes_through_the_client(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

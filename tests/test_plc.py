@@ -241,6 +241,13 @@ def test_every_input_register_of_the_map_has_a_value(tmp_path: Path) -> None:
     assert (regs[pm.fixed("count_fail").address], regs[pm.fixed("count_fail").address + 1]) == (0, 3)
     at = pm.camera_address(1, "verdict_seq")
     assert (regs[at], regs[at + 1]) == pm.u32(70_000)
+    # A read renders only the blocks it touches, each whole, with the values of the full render
+    hs = pm.handshake_address(1, "hs_status")
+    for start, count in ((hs, 7), (at, 2), (0, 1), (pm.CAMERA_BASE + pm.CAMERA_STRIDE - 1, 2), (hs - 1, 1)):
+        part = state.input_registers(start, count)
+        assert set(range(start, start + count)) & set(regs) <= set(part), (start, count)
+        assert all(regs[a] == v for a, v in part.items())
+    assert len(state.input_registers(hs, 7)) == pm.HS_INPUT_STRIDE  # that handshake block alone
 
 
 @pytest.mark.slow

@@ -49,6 +49,19 @@ def test_looped_replay_starts_again(dataset: Path) -> None:
     np.testing.assert_array_equal(again.pixels, first[0].pixels)
 
 
+def test_a_looped_folder_is_decoded_once_and_served_from_memory(dataset: Path) -> None:
+    """Later rounds neither read the disk again (the files can go) nor hand out frames the line could change."""
+    cam = _replay(dataset, loop=True)
+    first = [cam.grab(1.0) for _ in range(6)]
+    for png in dataset.glob("*.png"):
+        png.unlink()
+    again = [cam.grab(1.0) for _ in range(6)]
+    for a, b in zip(first, again, strict=True):
+        assert a is not None and b is not None and a.truth == b.truth
+        np.testing.assert_array_equal(a.pixels, b.pixels)
+        assert not b.pixels.flags.writeable
+
+
 def test_replay_of_a_video_file(tmp_path: Path) -> None:
     video = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))

@@ -20,7 +20,7 @@ from linewatch.plc import register_map as pm
 from linewatch.plc.modbus_tcp import PEER
 from linewatch.plc.state import LineState
 from linewatch.wire import CameraCommand, Endpoints, MessageError
-from linewatch.wire.camera_client import CameraNoAnswer, request_camera_async
+from linewatch.wire.camera_client import CameraLink, CameraNoAnswer
 from linewatch.wire.channels import AlarmSender
 
 log = logging.getLogger("plc")
@@ -34,6 +34,7 @@ class HandshakeCommands:
     state: LineState
     endpoints: Endpoints
     zctx: zmq.asyncio.Context
+    links: dict[str, CameraLink]  # each camera's control socket
     alarms: AlarmSender
     plc_beat: tuple[int, float] | None  # the PLC's heartbeat value and when it last changed
     watchdog_fired: bool
@@ -76,8 +77,7 @@ class HandshakeCommands:
         hs, cam = self.state.handshakes[index], self.state.cameras[index]
         error = None
         try:
-            reply = await request_camera_async(self.endpoints, cam.name, CameraCommand(cmd="trigger"),
-                                               self.pc.command_timeout_s, self.zctx)
+            reply = await self.links[cam.name].request(CameraCommand(cmd="trigger"), self.pc.command_timeout_s)
             if reply.seq is not None:
                 hs.acquisition_id = reply.seq
             if not reply.ok:

@@ -45,7 +45,7 @@ from linewatch.wire import (
     check_lot,
     decode_verdict_group,
 )
-from linewatch.wire.camera_client import CameraNoAnswer, request_camera_async
+from linewatch.wire.camera_client import CameraLink, CameraNoAnswer
 from linewatch.wire.channels import AlarmSender
 from linewatch.wire.ready import mark_ready
 
@@ -85,6 +85,7 @@ class Plc(HandshakeCommands):
 
     async def _main(self) -> None:
         self.zctx = zmq.asyncio.Context()
+        self.link_cameras()
         self.sub = self.zctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.RCVHWM, 100_000)
         self.sub.setsockopt(zmq.LINGER, 0)
@@ -120,8 +121,17 @@ class Plc(HandshakeCommands):
             await asyncio.gather(*tasks, return_exceptions=True)
             await server.shutdown()  # type: ignore[no-untyped-call]
             self.alarms.close()
+            self.unlink_cameras()
             self.sub.close()
             self.zctx.term()
+
+    def link_cameras(self) -> None:
+        """Each camera's control socket, open for the whole run (`CameraLink`), on this loop's context."""
+        self.links = {c.name: CameraLink(self.endpoints, c.name, self.zctx) for c in self.cfg.cameras}
+
+    def unlink_cameras(self) -> None:
+        for link in self.links.values():
+            link.close()
 
     def _device(self) -> SimDevice:
         """One block per table, address 0 to the map's last (`register_map.extent`): PLCs read whole blocks, an
@@ -158,7 +168,7 @@ class Plc(HandshakeCommands):
         """The requested addresses as of now. Bits lie 16 to a register of the block, bit 0 first (pymodbus's
         layout without bit addressing): the registers under the request are rewritten whole."""
         if fc == 4:
-            for addr, value in self.state.input_registers().items():
+            for addr, value in self.state.input_registers(address, count).items():
                 registers[addr] = value
             return
         on = self.state.discrete_inputs() if fc == 2 else self._coil_states()
@@ -270,8 +280,7 @@ class Plc(HandshakeCommands):
     async def _trigger(self, index: int) -> None:
         cam = self.state.cameras[index]  # its trigger_status is busy (set by the pulse) until this ends
         try:
-            reply = await request_camera_async(self.endpoints, cam.name, CameraCommand(cmd="trigger"),
-                                               self.pc.command_timeout_s, self.zctx)
+            reply = await self.links[cam.name].request(CameraCommand(cmd="trigger"), self.pc.command_timeout_s)
         except CameraNoAnswer as exc:
             log.warning("%s", exc)
             return self._trigger_done(index, None, "trigger_timeout")

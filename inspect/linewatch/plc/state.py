@@ -11,8 +11,9 @@ cleared conditions are not published as events).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from linewatch.config import LineConfig
@@ -57,6 +58,7 @@ class LineState:
         self.last_alarm_id = 0
         self.flags = dict.fromkeys(("line_running", "rules_only", "critical_alarm", "disk_low",
                                     "alarm_unacknowledged", "drift"), False)
+        self._input_blocks = self._make_input_blocks()
 
     def load_baseline(self) -> None:
         """Counters, latest verdicts, lot and latched alarms as the store has them now."""
@@ -203,22 +205,50 @@ class LineState:
                 "camera_lost": any(c.state == pm.CAMERA_STATES["lost"] for c in self.cameras)}
         return sum(1 << pm.STATUS_BITS[name] for name, on in bits.items() if on)
 
-    def input_registers(self) -> dict[int, int]:
-        """Every input register by address, as of now, laid out by the map (`plc_map`)."""
-        values: dict[str, int | str] = {
+    def input_registers(self, address: int = 0, count: int | None = None) -> dict[int, int]:
+        """The input registers by address, as of now, laid out by the map (`plc_map`): every one, or those of
+        the blocks that `count` registers from `address` touch (a PLC polling one handshake block at its scan
+        rate costs the values of that block only)."""
+        last = address + (count if count is not None else 1 << 16)
+        regs: dict[int, int] = {}
+        for (first, end), render in self._input_blocks:
+            if first < last and address < end:
+                regs.update(render())
+        return regs
+
+    def _make_input_blocks(self) -> list[tuple[tuple[int, int], Callable[[], dict[int, int]]]]:
+        """((first address, end), render) of each block of input registers: the fixed ones, each camera's, each
+        handshake's."""
+        def span(regs: list[pm.Register]) -> tuple[int, int]:
+            return min(r.address for r in regs), max(r.address + r.size for r in regs)
+
+        fixed = [r for r in pm.FIXED if r.table == "input"]
+        blocks: list[tuple[tuple[int, int], Callable[[], dict[int, int]]]] = [
+            (span(fixed), lambda: _layout(fixed, self._fixed_values()))]
+        for i in range(len(self.cameras)):
+            cam_regs, hs_regs = pm.camera_registers(i, "input"), pm.handshake_registers(i, "input")
+            blocks.append((span(cam_regs), partial(self._render, cam_regs, self._camera_values, i)))
+            blocks.append((span(hs_regs), partial(self._render, hs_regs, self._handshake_values, i)))
+        return blocks
+
+    @staticmethod
+    def _render(regs: list[pm.Register], values: Callable[[int], dict[str, int | str]], i: int) -> dict[int, int]:
+        return _layout(regs, values(i))
+
+    def _fixed_values(self) -> dict[str, int | str]:
+        return {
             "status": self.status_word(), "heartbeat": self.heartbeat, "map_version": pm.MAP_VERSION,
             "cameras": len(self.cameras), "last_error": self.last_error, "error_count": self.error_count,
             "lot_status": self.lot_status, "ack_status": self.ack_status, "lot": self.lot,
             **{f"count_{name}": n for name, n in self.counts.items()}}
-        regs = _layout([r for r in pm.FIXED if r.table == "input"], values)
-        for i, cam in enumerate(self.cameras):
-            regs.update(_layout(pm.camera_registers(i, "input"), {
-                "verdict": cam.verdict, "verdict_seq": cam.seq, "decided_by": cam.decided_by,
-                "trigger_status": cam.trigger_status, "trigger_seq": cam.trigger_seq, "camera_state": cam.state}))
-        job = recipe_job(self.cfg, self.recipe)
-        for i, (cam, hs) in enumerate(zip(self.cameras, self.handshakes, strict=True)):
-            regs.update(_layout(pm.handshake_registers(i, "input"), hs.values(self.online(i), cam.software, job)))
-        return regs
+
+    def _camera_values(self, i: int) -> dict[str, int | str]:
+        cam = self.cameras[i]
+        return {"verdict": cam.verdict, "verdict_seq": cam.seq, "decided_by": cam.decided_by,
+                "trigger_status": cam.trigger_status, "trigger_seq": cam.trigger_seq, "camera_state": cam.state}
+
+    def _handshake_values(self, i: int) -> dict[str, int | str]:
+        return self.handshakes[i].values(self.online(i), self.cameras[i].software, recipe_job(self.cfg, self.recipe))
 
 
 def _layout(registers: list[pm.Register], values: Mapping[str, int | str]) -> dict[int, int]:

@@ -13,6 +13,11 @@ per-channel affine (a grey frame is broadcast to three channels), and ends in th
 Every backbone export also outputs its `embedding` (N, D): the pooled features its decision rests on, which
 drift detection compares with the training images'.
 
+Test-time orientations (`views`, `linewatch train --tta`): for a part that may lie flipped or turned (a solar
+cell, a tile), the classifier can decide on 2 (mirrored), 4 (both flips) or 8 (and transposed) orientations of
+each frame at once, its pooled features averaged before the head, so the decision does not hang on one
+orientation. It costs that many times the inference; the CAM is the frame's own orientation's.
+
 The export explains every call: beside `probs` it writes an `anomaly_map` (N, 1, h, w) at the feature map's
 resolution (the network's input / 32), the class-activation map ReLU(sum_c w[k, c] * features[c]) of the defect
 classes k (their strongest at each pixel), divided by its own maximum + CAM_EPS. Per-frame max normalisation
@@ -52,9 +57,10 @@ BN_EPS = 1e-3
 STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
           (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
 BACKBONES = ("efficientnet-lite0", "none")
-# Blocks 0-2 (stride 2 and 4, the largest maps) never train: 40 % less time per fine-tuning step at 224 px on
-# the 2-core CPU (93 -> 56 s an ELPV epoch), so more epochs fit the budget.
+# Blocks 0-2 (stride 2 and 4, the largest maps) never train by default: 40 % less time per fine-tuning step at
+# 224 px on the 2-core CPU (93 -> 56 s an ELPV epoch), so more epochs fit the budget (`--fixed-blocks`).
 FIXED_BLOCKS = 3
+VIEWS = (1, 2, 4, 8)  # test-time orientations: the frame, + mirrored, + flipped upside down, + transposed
 CAM_EPS = 1e-6  # a frame with no defect evidence anywhere gets an all-zero map, not 0 / 0
 
 
@@ -106,11 +112,13 @@ def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def build_backbone_net(torch: Any, channels: int, classes: int, spec: InputSpec, path: Path | None = None) -> Any:
-    """EfficientNet-Lite0 with ImageNet weights (hash-checked first) and a new `classes`-way head."""
+def build_backbone_net(torch: Any, channels: int, classes: int, spec: InputSpec, path: Path | None = None,
+                       fixed_blocks: int = FIXED_BLOCKS) -> Any:
+    """EfficientNet-Lite0 with ImageNet weights (hash-checked first) and a new `classes`-way head; the stem and
+    the first `fixed_blocks` blocks keep their ImageNet weights."""
     weights = verify(path if path is not None else weights_path())
     state = torch.load(weights.path, map_location="cpu", weights_only=True)
-    net = _network(torch, classes, spec)
+    net = _network(torch, classes, spec, fixed_blocks)
     missing, unexpected = net.load_state_dict({k: v for k, v in state.items() if not k.startswith("_fc.")},
                                               strict=False)
     if set(missing) != {"_fc.weight", "_fc.bias", "scale", "shift"} or unexpected:
@@ -120,7 +128,13 @@ def build_backbone_net(torch: Any, channels: int, classes: int, spec: InputSpec,
     return net
 
 
-def _network(torch: Any, classes: int, spec: InputSpec) -> Any:
+def oriented(torch: Any, x: Any, views: int) -> Any:
+    """(views * N, C, S, S): `x` in its first `views` orientations (VIEWS), the export's `_oriented` twin."""
+    out = [x, x.flip(3), x.flip(2), x.flip((2, 3))][:min(views, 4)]
+    return torch.cat(out + [v.transpose(2, 3) for v in out][:views - len(out)])
+
+
+def _network(torch: Any, classes: int, spec: InputSpec, fixed_blocks: int = FIXED_BLOCKS) -> Any:
     nn, F = torch.nn, torch.nn.functional
 
     def conv_bn(cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1) -> tuple[Any, Any]:
@@ -165,11 +179,12 @@ def _network(torch: Any, classes: int, spec: InputSpec) -> Any:
             self._conv_head, self._bn1 = conv_bn(cin, FEATURES)
             self._dropout = nn.Dropout(0.2)
             self._fc = nn.Linear(FEATURES, classes)
+            self.views = 1  # test-time orientations; set after training (training augments instead)
 
         def backbone_parameters(self) -> list[Any]:
-            """The pretrained layers that fine-tune; the stem and the first FIXED_BLOCKS blocks stay as ImageNet
+            """The pretrained layers that fine-tune; the stem and the first `fixed_blocks` blocks stay as ImageNet
             taught them (edges and blobs any image has), which also spares their backward pass."""
-            fixed = ("_conv_stem.", "_bn0.", *(f"_blocks.{i}." for i in range(FIXED_BLOCKS)))
+            fixed = ("_conv_stem.", "_bn0.", *(f"_blocks.{i}." for i in range(fixed_blocks)))
             params = []
             for n, p in self.named_parameters():
                 if n.startswith(fixed):
@@ -185,8 +200,14 @@ def _network(torch: Any, classes: int, spec: InputSpec) -> Any:
                 x = block(x)
             return run(self._conv_head, self._bn1, x)
 
+        def pooled(self, x: Any) -> Any:
+            """(N, 1280): the pooled features, averaged over the test-time orientations (the `embedding`)."""
+            if self.views == 1:
+                return self.features(x).mean((2, 3))
+            return self.features(oriented(torch, x, self.views)).mean((2, 3)).reshape(self.views, len(x), -1).mean(0)
+
         def forward(self, x: Any) -> Any:
-            return self._fc(self._dropout(self.features(x).mean((2, 3))))
+            return self._fc(self._dropout(self.pooled(x)))
 
         def cam(self, x: Any, defects: list[int]) -> Any:
             """The class-activation map of the `defects` rows of the head (N, 1, h, w) in [0, 1]: the export's twin."""
@@ -247,10 +268,22 @@ def export_backbone_onnx(net: Any, spec: InputSpec, temperature: float, metadata
     """Write the eval-mode backbone classifier as ONNX: uint8 frames in, softmax(logits / T) and its CAM out."""
     g = GraphBuilder(spec)
     layers = GraphNet(g, net, spec)
+    views = net.views
+    frame = layers.x
+    if views > 1:
+        layers.x = _oriented(g, frame, views)
     *_, (_, last) = layers.blocks()  # every block
     x = layers.conv(last, net._conv_head, net._bn1)
     g.node("GlobalAveragePool", [x], "gap")
-    g.node("Flatten", ["gap"], "feat")
+    if views == 1:
+        g.node("Flatten", ["gap"], "feat")
+    else:  # (views * N, 1280) -> (views, N, 1280) -> the mean over the views
+        pooled = g.node("Reshape", ["gap", g.const("views.shape", np.array([views, -1, FEATURES], np.int64))],
+                        "gap_views")
+        g.node("ReduceMean", [pooled], "feat", axes=[0], keepdims=0)
+        # the CAM is the frame's own orientation's: the first N rows of the feature maps
+        n = g.node("Shape", ["feat"], "n_frames", start=0, end=1)
+        x = g.node("Slice", [x, g.const("views.zero", np.array([0], np.int64)), n], "features_frame")
     fc = net._fc
     g.node("Gemm", ["feat", g.const("fc.w", fc.weight.detach().numpy() / temperature),
                     g.const("fc.b", fc.bias.detach().numpy() / temperature)], "logits", transB=1)
@@ -265,5 +298,20 @@ def export_backbone_onnx(net: Any, spec: InputSpec, temperature: float, metadata
     g.node("Div", ["cam", "cam_scale"], "anomaly_map")
     g.node("Identity", ["feat"], "embedding")  # the pooled features the head reads: for drift detection
     meta = {**metadata, "linewatch.outputs": "probs, anomaly_map, embedding"}
+    if views > 1:
+        meta["linewatch.views"] = str(views)
     g.save([("probs", ["N", fc.out_features]), ("anomaly_map", ["N", 1, layers.size, layers.size]),
             ("embedding", ["N", FEATURES])], meta, out)
+
+
+def _oriented(g: GraphBuilder, x: str, views: int) -> str:
+    """`oriented` as ONNX nodes: Slice with step -1 flips, Transpose swaps height and width, Concat on the batch."""
+    last = np.array([-1], np.int64)
+    start_end = [g.const("flip.start", last), g.const("flip.end", np.array([np.iinfo(np.int64).min], np.int64))]
+    steps = g.const("flip.step", last)
+    w = g.node("Slice", [x, *start_end, g.const("flip.w", np.array([3], np.int64)), steps], "view_w")
+    h = g.node("Slice", [x, *start_end, g.const("flip.h", np.array([2], np.int64)), steps], "view_h")
+    hw = g.node("Slice", [w, *start_end, g.const("flip.h2", np.array([2], np.int64)), steps], "view_hw")
+    out = [x, w, h, hw][:min(views, 4)]
+    out += [g.node("Transpose", [v], f"view_t{i}", perm=[0, 1, 3, 2]) for i, v in enumerate(out)][:views - len(out)]
+    return g.node("Concat", out, "views", axis=0)

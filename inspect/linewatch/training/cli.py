@@ -78,7 +78,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 2
     from linewatch.training.backbone import BackboneError
     from linewatch.training.dataset import DatasetError
-    from linewatch.training.trainer import TrainOptions, train
+    from linewatch.training.trainer import TrainOptions, options_error, train
 
     size = tuple(int(v) for v in args.frame_size.lower().split("x")) if args.frame_size else None
     opts = TrainOptions(name=args.name, kind=args.kind, net_size=args.net_size, arch=args.arch,
@@ -89,7 +89,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
                         patience=args.patience, max_minutes=args.max_minutes,
                         val_fraction=args.val_fraction, seed=args.seed, flips=not args.no_flips,
                         rotate90=args.rotate90, shift_px=args.shift, target_escape=args.target_escape,
-                        max_review=args.max_review, coreset=args.coreset)
+                        max_review=args.max_review, coreset=args.coreset, tta=args.tta,
+                        fixed_blocks=args.fixed_blocks)
+    problem = options_error(opts)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if not args.data and not args.snapshot:
         print("error: give DATA (a folder, a manifest or data:ID) or --snapshot ID", file=sys.stderr)
         return 2
@@ -151,4 +156,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--max-review", type=float, default=0.05, help="largest share of parts sent to REVIEW")
     p.add_argument("--coreset", type=float, default=0.02,
                    help="patchcore: share of the good images' patches kept in the memory bank")
+    p.add_argument("--tta", type=int, default=1,
+                   help="backbone classifier: decide on 2 (mirrored), 4 (flipped) or 8 (and transposed, needs "
+                        "--rotate90) orientations of each frame, averaged; costs that many times the inference")
+    p.add_argument("--fixed-blocks", type=int, default=3,
+                   help="backbone: its first N blocks keep their ImageNet weights (0: fine-tune every layer, "
+                        "slower steps)")
     p.set_defaults(func=_cmd_train)

@@ -22,7 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from linewatch.training.backbone import BACKBONES, Weights, build_backbone_net, export_backbone_onnx
+from linewatch.training.backbone import (
+    BACKBONES,
+    FIXED_BLOCKS,
+    STAGES,
+    VIEWS,
+    Weights,
+    build_backbone_net,
+    export_backbone_onnx,
+)
 from linewatch.training.bias import card_fields
 from linewatch.training.card import write_card
 from linewatch.training.common import (
@@ -73,6 +81,24 @@ class TrainOptions:
     max_review: float = 0.05
     coreset: float = 0.02  # patchcore: share of the good patches kept in the memory bank
     freeze_fraction: float = FREEZE_FRACTION  # backbone: share of training with only the new head learning
+    fixed_blocks: int = FIXED_BLOCKS  # backbone: its first blocks keep their ImageNet weights (faster steps)
+    tta: int = 1  # backbone classifier: test-time orientations averaged in the exported graph (1, 2, 4, 8)
+
+
+def options_error(opts: TrainOptions) -> str | None:
+    """Why `opts` cannot train, in one line; None when they can."""
+    blocks = sum(stage[0] for stage in STAGES)
+    if opts.tta not in VIEWS:
+        return f"--tta {opts.tta}: choose one of {list(VIEWS)}"
+    if opts.tta > 1 and (opts.kind != "classifier" or opts.backbone == "none"):
+        return "--tta needs a classifier on the pretrained backbone (--kind classifier --backbone efficientnet-lite0)"
+    if opts.tta > 1 and not opts.flips:
+        return f"--tta {opts.tta} shows the model mirrored parts, but --no-flips says the part is not symmetric"
+    if opts.tta == 8 and not opts.rotate90:
+        return "--tta 8 shows the model transposed parts: it needs --rotate90 (the part may lie turned)"
+    if not 0 <= opts.fixed_blocks <= blocks:
+        return f"--fixed-blocks {opts.fixed_blocks}: the backbone has {blocks} blocks (0 trains them all)"
+    return None
 
 
 def _augment(torch: Any, x: Any, opts: TrainOptions, gen: Any) -> Any:
@@ -161,6 +187,9 @@ def train(data: Path | Dataset, out_dir: Path, opts: TrainOptions, log: Any = pr
     `<out_dir>/<name>.onnx`, `card.json`, `CARD.md`; return the card."""
     import torch
 
+    problem = options_error(opts)
+    if problem:
+        raise ValueError(problem)
     if opts.kind == "anomaly":
         from linewatch.training.anomaly import train_anomaly
 
@@ -236,6 +265,8 @@ def train(data: Path | Dataset, out_dir: Path, opts: TrainOptions, log: Any = pr
         interrupted = True
         log(f"interrupted: exporting the best model so far (epoch {stopper.best_epoch})")
     stopper.restore()
+    if opts.tta > 1:  # calibrated and exported as the line will run it: on every orientation
+        net.views = opts.tta
     with torch.no_grad():
         # Weighted training moves each class's optimal logit by log(weight) (Menon et al. 2021, logit adjustment):
         # taken back out of the head's bias, so the calibrated probabilities estimate real defect rates (CBPE).
@@ -287,7 +318,8 @@ def _build(torch: Any, opts: TrainOptions, spec: InputSpec, classes: int) -> tup
         return net, [{"params": list(net.parameters()), "lr_factor": 1.0}]
     if opts.backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {opts.backbone!r}; choose one of {list(BACKBONES)}")
-    net = build_backbone_net(torch, opts.channels, classes, spec).to(memory_format=torch.channels_last)
+    net = build_backbone_net(torch, opts.channels, classes, spec, fixed_blocks=opts.fixed_blocks)
+    net = net.to(memory_format=torch.channels_last)
     return net, [{"params": list(net._fc.parameters()), "lr_factor": 1.0},
                  {"params": net.backbone_parameters(), "lr_factor": BACKBONE_LR_FACTOR}]
 
