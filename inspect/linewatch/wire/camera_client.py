@@ -52,8 +52,8 @@ async def request_camera_async(endpoints: Endpoints, camera: str, command: Camer
 
 class CameraLink:
     """One camera's control socket kept open between requests, for a process that triggers it at a line's rate
-    (the plc): a fresh socket per request costs its connection handshake, about a millisecond of a trigger's
-    way to the camera. Requests take turns. A request not sent or not answered within its timeout closes the
+    (the plc): a fresh socket per request adds its connection handshake to every trigger's way to the camera.
+    Requests take turns. A request not sent or not answered within its timeout closes the
     socket (LINGER 0: the command is dropped with it, never delivered to a camera that comes back later) and
     the next request opens a new one."""
 
