@@ -37,6 +37,9 @@ from linewatch.model.onnx import Model
 from linewatch.model.registry import holdout_metrics
 from linewatch.training.trainer import TrainOptions, train
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ort_session import latency
+
 RESULTS = Path(__file__).resolve().parent / "results" / "elpv.json"
 
 
@@ -75,17 +78,20 @@ def _manifest(rows: list[dict[str, str]], path: Path) -> Path:
     return path
 
 
+class _Cells:
+    """The exported model shaped like ort_session's Runner (square Mono8 frames), so its `latency` times it."""
+
+    def __init__(self, path: Path):
+        self.model = Model(path, providers="cpu", intra_op_threads=1)
+        self.size = self.model.info.width
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        return self.model.run(frames)
+
+
 def _frame_ms(path: Path) -> float:
     """The exported model's p50 per cell on one ONNX Runtime thread (what test-time orientations cost)."""
-    model = Model(path, providers="cpu", intra_op_threads=1)
-    info = model.info
-    cell = np.random.default_rng(0).integers(0, 256, (1, info.height, info.width), np.uint8)
-    times = []
-    for _ in range(30):
-        t = time.perf_counter()
-        model.run(cell)
-        times.append(time.perf_counter() - t)
-    return round(float(np.percentile(times[5:], 50)) * 1000, 2)
+    return round(float(np.percentile(latency(_Cells(path), 30, 1.0), 50)), 2)
 
 
 def main() -> int:

@@ -211,29 +211,21 @@ class LineState:
         rate costs the values of that block only)."""
         last = address + (count if count is not None else 1 << 16)
         regs: dict[int, int] = {}
-        for (first, end), render in self._input_blocks:
+        for first, end, block, values in self._input_blocks:
             if first < last and address < end:
-                regs.update(render())
+                regs.update(_layout(block, values()))
         return regs
 
-    def _make_input_blocks(self) -> list[tuple[tuple[int, int], Callable[[], dict[int, int]]]]:
-        """((first address, end), render) of each block of input registers: the fixed ones, each camera's, each
-        handshake's."""
-        def span(regs: list[pm.Register]) -> tuple[int, int]:
-            return min(r.address for r in regs), max(r.address + r.size for r in regs)
-
-        fixed = [r for r in pm.FIXED if r.table == "input"]
-        blocks: list[tuple[tuple[int, int], Callable[[], dict[int, int]]]] = [
-            (span(fixed), lambda: _layout(fixed, self._fixed_values()))]
+    def _make_input_blocks(self) -> list[tuple[int, int, list[pm.Register], Callable[[], dict[str, int | str]]]]:
+        """(first address, end, registers, their values now) of each block of input registers: the fixed ones,
+        each camera's, each handshake's."""
+        blocks: list[tuple[list[pm.Register], Callable[[], dict[str, int | str]]]] = [
+            ([r for r in pm.FIXED if r.table == "input"], self._fixed_values)]
         for i in range(len(self.cameras)):
-            cam_regs, hs_regs = pm.camera_registers(i, "input"), pm.handshake_registers(i, "input")
-            blocks.append((span(cam_regs), partial(self._render, cam_regs, self._camera_values, i)))
-            blocks.append((span(hs_regs), partial(self._render, hs_regs, self._handshake_values, i)))
-        return blocks
-
-    @staticmethod
-    def _render(regs: list[pm.Register], values: Callable[[int], dict[str, int | str]], i: int) -> dict[int, int]:
-        return _layout(regs, values(i))
+            blocks.append((pm.camera_registers(i, "input"), partial(self._camera_values, i)))
+            blocks.append((pm.handshake_registers(i, "input"), partial(self._handshake_values, i)))
+        return [(min(r.address for r in regs), max(r.address + r.size for r in regs), regs, values)
+                for regs, values in blocks]
 
     def _fixed_values(self) -> dict[str, int | str]:
         return {

@@ -269,9 +269,8 @@ def export_backbone_onnx(net: Any, spec: InputSpec, temperature: float, metadata
     g = GraphBuilder(spec)
     layers = GraphNet(g, net, spec)
     views = net.views
-    frame = layers.x
     if views > 1:
-        layers.x = _oriented(g, frame, views)
+        layers.x = _oriented(g, layers.x, views)
     *_, (_, last) = layers.blocks()  # every block
     x = layers.conv(last, net._conv_head, net._bn1)
     g.node("GlobalAveragePool", [x], "gap")

@@ -39,15 +39,13 @@ def request_camera(endpoints: Endpoints, camera: str, command: CameraCommand, ti
 
 async def request_camera_async(endpoints: Endpoints, camera: str, command: CameraCommand, timeout_s: float,
                                ctx: zmq.asyncio.Context | None = None) -> CameraReply:
-    """`request_camera` for an event loop; `ctx`: the caller's asyncio context (default: the shared one)."""
-    sock = _open(ctx or zmq.asyncio.Context.instance(), endpoints, camera)
+    """`request_camera` for an event loop, on a link of its own; `ctx`: the caller's asyncio context (default: the
+    shared one)."""
+    link = CameraLink(endpoints, camera, ctx or zmq.asyncio.Context.instance())
     try:
-        await sock.send(command.to_bytes())
-        if not await sock.poll(int(timeout_s * 1000)):
-            raise _no_answer(endpoints, camera, timeout_s)
-        return _reply(camera, await sock.recv())
+        return await link.request(command, timeout_s)
     finally:
-        sock.close()
+        link.close()
 
 
 class CameraLink:
