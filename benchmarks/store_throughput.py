@@ -20,6 +20,9 @@ Figures of one run, same machine:
   +images  with a 256x256 FAIL image on every 10th verdict (encoding off the loop)
   paced    record at a steady rate, capture-to-commit latency percentiles without and with a FAIL image
            on every 5th verdict: image encoding must not stall the commit loop
+  png      CPU ms and kB per kept image: `store.images.png_bytes` (SUB filter, run-length deflate) against
+           zlib level 1 with OpenCV's default filters, on 32 emulator frames (256² Mono8) and, with the
+           `bench` extra installed, 32 ELPV cells (300² real EL images)
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import orjson
 import psutil
@@ -244,6 +248,30 @@ def record_process(rows: int, image_every: int, rate: float = 0.0, senders: int 
     return out
 
 
+def kept_png() -> dict[str, Any]:
+    """Encoding cost and size of a kept image, the line's settings against plain zlib level 1."""
+    from linewatch.emulator.parts import PartEmulator
+    from linewatch.store.images import PNG_FAST
+
+    sets = {"emulator_256": [PartEmulator(256, 256, seed=5, defect_rate=0.2).render(i).pixels for i in range(32)]}
+    try:
+        import elpv_dataset
+
+        cells = sorted(Path(elpv_dataset.__file__).parent.rglob("*.png"))[:32]
+        sets["elpv_300"] = [cv2.imread(str(f), cv2.IMREAD_UNCHANGED) for f in cells]
+    except ImportError:
+        pass
+    out: dict[str, Any] = {}
+    for name, frames in sets.items():
+        for setting, params in (("line", PNG_FAST), ("zlib1_default_filters", [cv2.IMWRITE_PNG_COMPRESSION, 1])):
+            t0, size = time.process_time(), 0
+            for _ in range(5):
+                size = sum(len(cv2.imencode(".png", f, params)[1]) for f in frames)
+            out[f"{name}/{setting}"] = {"ms": round((time.process_time() - t0) * 1e3 / (5 * len(frames)), 3),
+                                        "kB": round(size / len(frames) / 1e3, 1)}
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=200_000)
@@ -270,6 +298,7 @@ def main() -> int:
         "record+images": record_process(args.rows // 2, 10, senders=args.senders, per_message=batch),
         "paced": record_process(args.paced_rate * 10, 0, args.paced_rate),
         "paced+images": record_process(args.paced_rate * 10, 5, args.paced_rate),
+        "png": kept_png(),
     }
     out["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
     print(json.dumps(out, indent=1))

@@ -33,6 +33,15 @@ def test_kept_images_png_is_lossless_and_jpeg_follows_quality(tmp_path: Path) ->
     assert (tmp_path / "low.jpg").stat().st_size < (tmp_path / jpg).stat().st_size
 
 
+@pytest.mark.parametrize("shape, dtype", [((64, 80, 3), np.uint8), ((64, 80), np.uint16), ((33, 47, 3), np.uint16)])
+def test_kept_png_is_lossless_for_colour_and_16_bit_frames(tmp_path: Path, shape: tuple[int, ...], dtype: type) -> None:
+    """The fast PNG settings (SUB filter, run-length deflate) keep every pixel of every frame kind the line keeps."""
+    pixels = np.random.default_rng(2).integers(0, np.iinfo(dtype).max, shape, dtype=dtype, endpoint=True)
+    save_kept(tmp_path, "kept.png", pixels)
+    back = cv2.imread(str(tmp_path / "kept.png"), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(back if back.ndim == 2 else cv2.cvtColor(back, cv2.COLOR_BGR2RGB), pixels)
+
+
 def test_image_writer_refuses_when_full_instead_of_blocking(tmp_path: Path) -> None:
     writer = ImageWriter(tmp_path, 90, capacity=2)
     big = np.zeros((2000, 2000), np.uint8)

@@ -141,9 +141,16 @@ def _encode(pixels: np.ndarray, ext: str, params: list[int]) -> bytes:
     return buf.tobytes()
 
 
+#: Lossless PNG made fast: each row filtered against its left neighbour (SUB) and deflated by run-length only.
+#: Against zlib level 1 with OpenCV's adaptive filters it encodes 256² emulator frames 2.3x and 300² ELPV cells
+#: 1.7x faster, and the files come out a little smaller (benchmarks/store_throughput.py, `png`).
+PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE,
+            cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]
+
+
 def png_bytes(pixels: np.ndarray) -> bytes:
-    """Lossless PNG at light compression (fast: kept images and heatmaps are written on the hot path's side)."""
-    return _encode(pixels, ".png", [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    """Lossless PNG, fast (`PNG_FAST`): kept images and heatmaps are written on the hot path's side."""
+    return _encode(pixels, ".png", PNG_FAST)
 
 
 def save_kept(data_dir: Path, relpath: str, pixels: np.ndarray, quality: int = 90) -> None:
