@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import threading
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
+from linewatch.plc.state import OPEN_ALARMS, UNCLEARED_DISK_ALARMS
 from linewatch.reports.export import REVIEW_COLUMNS, Query, iter_rows
 from linewatch.store import (
     JSON_COLUMNS,
@@ -99,10 +101,10 @@ def test_schema_wal_and_migrations_recorded(tmp_path: Path) -> None:
     assert {"inspections", "alarms", "models", "_sqlite_migrations", "operator_actions", "review_decisions",
             "hook_outbox", "commits"} <= set(db.table_names())
     assert "schema_migrations" not in db.table_names()  # sqlite-utils records them, in `_sqlite_migrations`
-    assert applied_version(db) == 6 == len(_applied(db))
+    assert applied_version(db) == 7 == len(_applied(db))
     db.close()
     db = open_writer(tmp_path)  # reopening does not re-run migrations (nor back up)
-    assert db["_sqlite_migrations"].count == 6
+    assert db["_sqlite_migrations"].count == 7
     assert not list(tmp_path.glob("*.bak"))
 
 
@@ -147,7 +149,7 @@ def test_upgrading_a_v1_database_keeps_its_data_and_backs_it_up(tmp_path: Path) 
     db.close()
 
     db = open_writer(tmp_path)  # migrates 1 -> 2 -> ... -> 6
-    assert applied_version(db) == 6 == len(_applied(db))
+    assert applied_version(db) == 7 == len(_applied(db))
     after = db.execute("SELECT * FROM inspections ORDER BY id").fetchall()
     n_v1 = len(before[0])
     assert [tuple(r[:n_v1]) for r in after] == before  # every old value where it was
@@ -176,7 +178,7 @@ def test_upgrading_a_v2_database_adds_stage_times_keeps_its_data_and_backs_it_up
     db.close()
 
     db = open_writer(tmp_path)  # migrates 2 -> 3 -> ... -> 6
-    assert applied_version(db) == 6 == len(_applied(db))
+    assert applied_version(db) == 7 == len(_applied(db))
     after = db.execute("SELECT * FROM inspections ORDER BY id").fetchall()
     n_v2 = len(before[0])
     assert [tuple(r[:n_v2]) for r in after] == before and all(r[n_v2:] == (None,) * 5 for r in after)
@@ -273,3 +275,28 @@ def test_checkpointer_copies_the_wal_back_off_the_writer(tmp_path: Path) -> None
     assert (tmp_path / "linewatch.db").stat().st_size > before + 500_000  # the rows reached the file itself
     assert wal.exists() and reader.execute("SELECT count(*) FROM inspections").fetchone()[0] == 3000
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_the_plcs_alarm_questions_read_an_index_and_count_as_a_full_scan_would(tmp_path: Path) -> None:
+    """The plc asks them every refresh_ms: on a store with every alarm a line ever raised they must read an
+    index (schema v7), not the table, and still give the counts a scan of every alarm gives."""
+    db = open_writer(tmp_path)
+    rng = random.Random(7)
+    kinds = ("disk_low", "disk_full", "drift", "camera_lost", "fail_streak")
+    severities = ("info", "warning", "critical")
+    for i in range(500):
+        db.execute("INSERT INTO alarms (kind, severity, source, message, t_ns, acknowledged_by, t_cleared_ns) "
+                   "VALUES (?, ?, 'record', 'm', ?, ?, ?)",
+                   (rng.choice(kinds), rng.choice(severities), i, rng.choice((None, "op")), rng.choice((None, i + 1))))
+    db.conn.commit()
+    for query in (OPEN_ALARMS, UNCLEARED_DISK_ALARMS):
+        plan = " ".join(row[-1] for row in db.execute(f"EXPLAIN QUERY PLAN {query}").fetchall())
+        assert "USING INDEX idx_alarms_" in plan, plan
+    alarms = [dict(r) for r in db.query("SELECT * FROM alarms")]
+    unack = [a for a in alarms if a["acknowledged_by"] is None]
+    got = dict(zip(("unack", "critical", "drift"), db.execute(OPEN_ALARMS).fetchone(), strict=True))
+    assert got == {"unack": len(unack), "critical": sum(a["severity"] == "critical" for a in unack),
+                   "drift": sum(a["kind"] == "drift" for a in unack)}
+    disk = sum(a["kind"] in ("disk_low", "disk_full") and a["t_cleared_ns"] is None for a in alarms)
+    assert db.execute(UNCLEARED_DISK_ALARMS).fetchone()[0] == disk > 0
+    assert 0 < got["critical"] < got["unack"] < len(alarms) and got["drift"] > 0

@@ -139,6 +139,15 @@ def _migration_6(db: sqlite_utils.Database) -> None:
         pk=("camera", "signal"), not_null={"t_ns"})
 
 
+@_migration("v7_alarm_indexes")
+def _migration_7(db: sqlite_utils.Database) -> None:
+    """Indexes for the alarm questions asked every few hundred ms (the plc's status flags, the api's and MQTT's
+    active count): the unacknowledged alarms, and alarms by kind. Without them each question scanned every alarm
+    a line ever raised: 38 ms of the plc's event loop five times a second at 100,000 alarms."""
+    db.execute("CREATE INDEX idx_alarms_unacknowledged ON alarms(kind, severity) WHERE acknowledged_by IS NULL")
+    db.execute("CREATE INDEX idx_alarms_kind ON alarms(kind, id)")
+
+
 #: The writer's own automatic checkpoint, a backstop: `Checkpointer` copies the WAL back from its thread.
 WAL_BACKSTOP_PAGES = 10_000
 
