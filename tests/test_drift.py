@@ -3,6 +3,7 @@ alarm text, latching, acknowledgement, a stationary run), CBPE, and references s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from linewatch.config import WatchConfig
@@ -28,7 +30,7 @@ from linewatch.watch import (
 )
 from linewatch.watch.model_reference import model_signals, model_signals_apart
 from linewatch.wire import MessageError, OperatorAction, Verdict
-from tests.conftest import REFERENCE_MODEL
+from tests.conftest import REFERENCE_MODEL, wait_for
 
 
 def _simulated_arl(z: np.ndarray, k: float, h: float, runs: int, rng: np.random.Generator) -> float:
@@ -270,6 +272,37 @@ def test_a_model_supplies_its_training_images_brightness_and_contrast_as_referen
     apart = model_signals_apart(REFERENCE_MODEL, model.info.sha256, 0.125, 1e8, 1000)
     assert {n: (r.mean, r.cusum.sd, r.source) for n, r in apart.items()} == \
         {n: (r.mean, r.cusum.sd, r.source) for n, r in given.items()}
+
+
+def test_the_reading_process_does_not_outlive_a_killed_record() -> None:
+    """record killed (SIGKILL) while its helper process reads a model's references: the helper does its one task
+    and exits, and its resource tracker with it, instead of waiting for a next task for ever."""
+    code = ("from linewatch.watch.model_reference import model_signals_apart; import sys; "
+            "model_signals_apart(sys.argv[1], '0' * 64, 0.125, 1e8, 1000); import time; time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", code, str(REFERENCE_MODEL)])
+    try:
+        me = psutil.Process(parent.pid)
+        helpers = wait_for(lambda: [c for c in me.children(recursive=True) if "spawn_main" in " ".join(c.cmdline())],
+                           30, "the helper process")
+        family = me.children(recursive=True)
+    finally:
+        parent.kill()
+        parent.wait(10)
+    assert helpers
+
+    def alive() -> list[psutil.Process]:
+        out = []
+        for p in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    out.append(p)
+        return out
+
+    try:
+        wait_for(lambda: not alive(), 30, "the helper and its resource tracker to exit")
+    finally:
+        for p in alive():  # a failed run leaves no orphan behind
+            p.kill()
 
 
 def test_an_embedding_too_large_to_project_gives_no_sketch_rather_than_an_unstorable_verdict() -> None:
