@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from linewatch.plc.state import OPEN_ALARMS, UNCLEARED_DISK_ALARMS
+from linewatch.plc.state import ALARM_FLAGS
 from linewatch.reports.export import REVIEW_COLUMNS, Query, iter_rows
 from linewatch.store import (
     JSON_COLUMNS,
@@ -148,7 +148,7 @@ def test_upgrading_a_v1_database_keeps_its_data_and_backs_it_up(tmp_path: Path) 
     before = [tuple(r) for r in db.execute("SELECT * FROM inspections ORDER BY id").fetchall()]
     db.close()
 
-    db = open_writer(tmp_path)  # migrates 1 -> 2 -> ... -> 6
+    db = open_writer(tmp_path)  # migrates 1 -> 2 -> ... -> 7
     assert applied_version(db) == 7 == len(_applied(db))
     after = db.execute("SELECT * FROM inspections ORDER BY id").fetchall()
     n_v1 = len(before[0])
@@ -177,7 +177,7 @@ def test_upgrading_a_v2_database_adds_stage_times_keeps_its_data_and_backs_it_up
     before = [tuple(r) for r in db.execute("SELECT * FROM inspections ORDER BY id").fetchall()]
     db.close()
 
-    db = open_writer(tmp_path)  # migrates 2 -> 3 -> ... -> 6
+    db = open_writer(tmp_path)  # migrates 2 -> 3 -> ... -> 7
     assert applied_version(db) == 7 == len(_applied(db))
     after = db.execute("SELECT * FROM inspections ORDER BY id").fetchall()
     n_v2 = len(before[0])
@@ -247,7 +247,7 @@ def test_fail_and_review_rows_are_found_through_their_own_index_which_pass_rows_
     db["inspections"].insert_all({k: v for k, v in r.items() if k not in old} | {"final": f}
                                  for r, f in zip(_rows(300), ["PASS", "PASS", "FAIL"] * 100, strict=True))
     db.close()
-    db = open_writer(tmp_path)  # migrates 3 -> 4 -> 5 -> 6
+    db = open_writer(tmp_path)  # migrates 3 -> 4 -> 5 -> 6 -> 7
     indexes = {r[1]: r for r in db.execute("PRAGMA index_list(inspections)")}
     assert "idx_inspections_final" not in indexes and indexes["idx_inspections_not_pass"][4] == 1  # partial
     assert db.execute("SELECT count(*) FROM inspections INDEXED BY idx_inspections_not_pass "
@@ -289,14 +289,14 @@ def test_the_plcs_alarm_questions_read_an_index_and_count_as_a_full_scan_would(t
                    "VALUES (?, ?, 'record', 'm', ?, ?, ?)",
                    (rng.choice(kinds), rng.choice(severities), i, rng.choice((None, "op")), rng.choice((None, i + 1))))
     db.conn.commit()
-    for query in (OPEN_ALARMS, UNCLEARED_DISK_ALARMS):
-        plan = " ".join(row[-1] for row in db.execute(f"EXPLAIN QUERY PLAN {query}").fetchall())
-        assert "USING INDEX idx_alarms_" in plan, plan
+    plan = [row[-1] for row in db.execute(f"EXPLAIN QUERY PLAN {ALARM_FLAGS}").fetchall()]
+    assert any("USING INDEX idx_alarms_unacknowledged" in p for p in plan), plan
+    assert any("USING INDEX idx_alarms_kind" in p for p in plan), plan
+    assert not any(p == "SCAN alarms" for p in plan), plan
     alarms = [dict(r) for r in db.query("SELECT * FROM alarms")]
     unack = [a for a in alarms if a["acknowledged_by"] is None]
-    got = dict(zip(("unack", "critical", "drift"), db.execute(OPEN_ALARMS).fetchone(), strict=True))
+    got = dict(zip(("unack", "critical", "drift", "disk"), db.execute(ALARM_FLAGS).fetchone(), strict=True))
     assert got == {"unack": len(unack), "critical": sum(a["severity"] == "critical" for a in unack),
-                   "drift": sum(a["kind"] == "drift" for a in unack)}
-    disk = sum(a["kind"] in ("disk_low", "disk_full") and a["t_cleared_ns"] is None for a in alarms)
-    assert db.execute(UNCLEARED_DISK_ALARMS).fetchone()[0] == disk > 0
-    assert 0 < got["critical"] < got["unack"] < len(alarms) and got["drift"] > 0
+                   "drift": sum(a["kind"] == "drift" for a in unack),
+                   "disk": sum(a["kind"] in ("disk_low", "disk_full") and a["t_cleared_ns"] is None for a in alarms)}
+    assert 0 < got["critical"] < got["unack"] < len(alarms) and got["drift"] > 0 and got["disk"] > 0

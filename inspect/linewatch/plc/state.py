@@ -26,12 +26,12 @@ from linewatch.wire.ready import read_ready
 COUNTS = ("total", "pass", "fail", "review", "not_inspected")
 _NOT_INSPECTED = ("timeout", "not_inspected")
 DISK_ALARMS = ("disk_low", "disk_full")  # either sets the disk_low status bit
-# The status flags' alarm questions, asked every plc.refresh_ms: each reads an index (store schema v7), so its
-# cost follows the alarms still open, not every alarm the line ever raised.
-OPEN_ALARMS = ("SELECT count(*) AS unack, coalesce(sum(severity = 'critical'), 0) AS critical, "
-               "coalesce(sum(kind = 'drift'), 0) AS drift FROM alarms WHERE acknowledged_by IS NULL")
-UNCLEARED_DISK_ALARMS = (f"SELECT count(*) AS disk FROM alarms WHERE kind IN {DISK_ALARMS} "
-                         "AND t_cleared_ns IS NULL")
+# The status flags' alarm question, asked every plc.refresh_ms: it reads the store's alarm indexes (schema v7),
+# so its cost follows the alarms still open, not every alarm the line ever raised.
+ALARM_FLAGS = ("SELECT count(*) AS unack, coalesce(sum(severity = 'critical'), 0) AS critical, "
+               "coalesce(sum(kind = 'drift'), 0) AS drift, "
+               f"(SELECT count(*) FROM alarms WHERE kind IN {DISK_ALARMS} AND t_cleared_ns IS NULL) AS disk "
+               "FROM alarms WHERE acknowledged_by IS NULL")
 
 
 @dataclass
@@ -179,12 +179,12 @@ class LineState:
         for r in read_rows(d, "SELECT id, kind, severity, source FROM alarms WHERE id > ? ORDER BY id",
                            (self.last_alarm_id,)):
             self.on_alarm(dict(r))
-        unack, disk = read_rows(d, OPEN_ALARMS), read_rows(d, UNCLEARED_DISK_ALARMS)
-        if unack and disk:
-            self.flags["alarm_unacknowledged"] = unack[0]["unack"] > 0
-            self.flags["critical_alarm"] = unack[0]["critical"] > 0
-            self.flags["drift"] = unack[0]["drift"] > 0
-            self.flags["disk_low"] = disk[0]["disk"] > 0
+        rows = read_rows(d, ALARM_FLAGS)
+        if rows:
+            self.flags["alarm_unacknowledged"] = rows[0]["unack"] > 0
+            self.flags["critical_alarm"] = rows[0]["critical"] > 0
+            self.flags["drift"] = rows[0]["drift"] > 0
+            self.flags["disk_low"] = rows[0]["disk"] > 0
 
     def refresh_processes(self) -> None:
         """Line health from the ready files the children write (and the supervisor removes when one dies)."""

@@ -30,7 +30,7 @@ def model_signals_apart(path: Path, model_hash: str, k: float, target_arl: float
     """`model_signals` in a process of its own: reading the metadata imports onnx, whose import holds the
     GIL for 0.7 s, and in record's calibration thread that stalled every commit behind it (a 350 ms p99).
     The process does this one task and exits: a pool's worker otherwise waits for the next task, and one whose
-    record was killed meanwhile waited for ever (a clean-clone CI run left one behind)."""
+    record was killed meanwhile would wait for ever."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
         return pool.submit(model_signals, path, model_hash, k, target_arl, parts).result()
 
