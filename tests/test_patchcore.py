@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 from linewatch.emulator.parts import PartEmulator
@@ -89,3 +90,45 @@ def test_cli_fits_patchcore(fitted: dict, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     card = json.loads((tmp_path / "card.json").read_text())
     assert card["kind"] == "patchcore" and card["training"]["options"]["coreset"] == 0.05
+
+
+def _marked(rng: np.random.Generator, mark: bool) -> np.ndarray:
+    """A 64² part: a grainy surface with, on a good one, a bright square mark near the top left."""
+    img = rng.normal(110, 12, (64, 64)).clip(0, 255).astype(np.uint8)
+    if mark:
+        y, x = 10 + rng.integers(-2, 3, 2)
+        img[y:y + 16, x:x + 16] = 220
+    return img
+
+
+def _nearest_good_distance(path: Path, images: np.ndarray) -> np.ndarray:
+    """Each image's largest patch distance to the memory bank, read from the exported graph's own `dist_map`."""
+    proto = onnx.load(str(path))
+    proto.graph.output.append(onnx.helper.make_tensor_value_info("dist_map", onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(["dist_map"], {session.get_inputs()[0].name: images})[0].max((1, 2, 3))
+
+
+def test_a_mark_left_out_is_caught_by_where_the_patches_are(tmp_path: Path) -> None:
+    """A part without its printed mark is all plain surface, which good parts show elsewhere: a bank that ignores
+    where a patch lies matches it there; with the patches' place counted, it is farther from the good patches
+    than any good part, and it is not passed."""
+    rng = np.random.default_rng(3)
+    (tmp_path / "good").mkdir()
+    for i in range(30):
+        cv2.imwrite(str(tmp_path / "good" / f"{i:03d}.png"), _marked(rng, True))
+    goods = np.stack([_marked(rng, True) for _ in range(20)])
+    left_out = np.stack([_marked(rng, False) for _ in range(20)])
+    margin = {}
+    for weight in (0.0, 2.0):
+        out = tmp_path / f"w{weight:g}"
+        card = train(tmp_path, out, TrainOptions(name="pc", kind="patchcore", net_size=64, seed=1,
+                                                 position_weight=weight), log=lambda s: None)
+        assert card["memory_bank"]["position_weight"] == weight
+        model = Model(out / "pc.onnx")
+        assert model.info.metadata["linewatch.position_weight"] == f"{weight:g}"
+        margin[weight] = (_nearest_good_distance(out / "pc.onnx", left_out).min()
+                          - _nearest_good_distance(out / "pc.onnx", goods).max())
+        if weight:
+            assert (model.run(left_out)[:, 1] >= card["calibration"]["band"][0]).all()  # REVIEW or FAIL
+    assert margin[2.0] > 0 > margin[0.0], margin  # the place is what separates them

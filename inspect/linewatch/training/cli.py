@@ -89,7 +89,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                         patience=args.patience, max_minutes=args.max_minutes,
                         val_fraction=args.val_fraction, seed=args.seed, flips=not args.no_flips,
                         rotate90=args.rotate90, shift_px=args.shift, target_escape=args.target_escape,
-                        max_review=args.max_review, coreset=args.coreset, tta=args.tta,
+                        max_review=args.max_review, coreset=args.coreset,
+                        position_weight=args.position_weight, tta=args.tta,
                         fixed_blocks=args.fixed_blocks)
     problem = options_error(opts)
     if problem:
@@ -156,6 +157,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--max-review", type=float, default=0.05, help="largest share of parts sent to REVIEW")
     p.add_argument("--coreset", type=float, default=0.02,
                    help="patchcore: share of the good images' patches kept in the memory bank")
+    p.add_argument("--position-weight", type=float, default=2.0,
+                   help="patchcore: how much a patch's place in the frame counts when it is compared with the good "
+                        "ones (0: a patch may match good patches anywhere; for textures and parts that turn freely)")
     p.add_argument("--tta", type=int, default=1,
                    help="backbone classifier: decide on 2 (mirrored), 4 (flipped) or 8 (and transposed, needs "
                         "--rotate90) orientations of each frame, averaged; costs that many times the inference")

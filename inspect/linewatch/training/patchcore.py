@@ -5,12 +5,16 @@ hash-checked): the deeper map is upsampled to the shallower one and the two are 
 is taken on its own: the paper's "locally aware" 3x3 average blurred away thin defects (on the
 metal-surface scene, cracks along the brushing: AUROC 0.978 with it, 0.992 without;
 benchmarks/goodonly.py). The features of the good training images are thinned to a greedy coreset
-(k-center on a fixed random projection) that is the memory bank. A patch's anomaly is its distance to
-the nearest bank entry, the image score the map's maximum; Platt scaling on held-out good images (with
-synthetic anomalies, and half of the real defects when there are some) turns it into p(defect). The
-exported graph holds all of it: backbone stages, patch features, ||a||² - 2ab + ||b||² by MatMul,
-ReduceMin, so the worker runs one graph with the same outputs (`probs`, `anomaly_map`) as the `anomaly`
-kind.
+(k-center on a fixed random projection) that is the memory bank. Each patch also carries its place in the
+frame (two channels: row and column in 1/32 of the frame, times `--position-weight` times the features'
+typical spread), so it is compared mostly with good patches from about the same place: on a part with a
+fixed layout, a printed mark left out leaves plain surface that good parts show elsewhere, and a
+position-blind bank matched it there (the label scene's escapes; docs/models.md). A patch's anomaly is its
+distance to the nearest bank entry, the image score the map's maximum; Platt scaling on held-out good
+images (with synthetic anomalies, and half of the real defects when there are some) turns it into
+p(defect). The exported graph holds all of it: backbone stages, patch features and their places,
+||a||² - 2ab + ||b||² by MatMul, ReduceMin, so the worker runs one graph with the same outputs (`probs`,
+`anomaly_map`) as the `anomaly` kind.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from linewatch.training.network import GraphBuilder, InputSpec
 # stride 8 and 112 at stride 16 above FINE_TAPS_UP_TO px, so the patch grid stays near 32x32.
 FINE_TAPS, COARSE_TAPS, FINE_TAPS_UP_TO = (2, 4), (4, 10), 128
 PROJECTION_DIMS = 64  # k-center greedy runs on this random projection of the features
+POSITION_UNIT = 32  # a patch's place is counted in 1/32 of the frame, whatever the net size
 MIN_BANK = 256
 MAX_BANK = 8192
 PARITY = 1e-3
@@ -48,6 +53,7 @@ PARITY = 1e-3
 # 1.25 the defects in between took label and metal-surface past 5 % REVIEW (7.1 and 6.5 %); 1.15 keeps both
 # under it (4.8 %) with 0.4 % of good parts failed at most (benchmarks/goodonly.py).
 REVIEW_SPAN = 1.15
+EDGE_LOGIT = 8.0  # the good-only band's edges lie at most this far from p = 0.5 in logits (p 0.0003 / 0.9997)
 
 
 def taps_for(net_size: int) -> tuple[int, int]:
@@ -66,6 +72,22 @@ def patch_features(torch: Any, net: Any, x: Any) -> Any:
     shallow, deep = taps
     deep = F.interpolate(deep, size=shallow.shape[2:], mode="bilinear", align_corners=False)
     return torch.cat([shallow, deep], 1)
+
+
+def position_grid(h: int, w: int, weight: float) -> np.ndarray:
+    """(1, 2, h, w) row and column of each patch's centre in 1/POSITION_UNIT of the frame, times `weight`."""
+    rows = (np.arange(h, dtype=np.float32) + 0.5) * POSITION_UNIT / h
+    cols = (np.arange(w, dtype=np.float32) + 0.5) * POSITION_UNIT / w
+    grid = np.stack(np.meshgrid(rows, cols, indexing="ij"))[None]
+    return (grid * np.float32(weight)).astype(np.float32)
+
+
+def located(torch: Any, feats: Any, weight: float) -> Any:
+    """Patch features with their place appended (two channels), as the memory bank holds them."""
+    if not weight:
+        return feats
+    n, _, h, w = feats.shape
+    return torch.cat([feats, torch.from_numpy(position_grid(h, w, weight)).expand(n, -1, -1, -1)], 1)
 
 
 def _stem(torch: Any, net: Any, x: Any) -> Any:
@@ -97,16 +119,18 @@ def coreset(torch: Any, patches: Any, size: int, seed: int) -> Any:
     return torch.tensor(chosen)
 
 
-def score_map(torch: Any, net: Any, bank: Any, x: Any, platt: tuple[float, float]) -> tuple[Any, Any]:
-    """(p_defect (N,), anomaly map (N, 1, net/MAP_STRIDE, net/MAP_STRIDE)) exactly as the graph computes them."""
-    dist = nearest_distance(torch, patch_features(torch, net, x), bank)
+def score_map(torch: Any, net: Any, bank: Any, x: Any, platt: tuple[float, float],
+              where: float) -> tuple[Any, Any]:
+    """(p_defect (N,), anomaly map (N, 1, net/MAP_STRIDE, net/MAP_STRIDE)) exactly as the graph computes them;
+    `where` is the position channels' weight."""
+    dist = nearest_distance(torch, located(torch, patch_features(torch, net, x), where), bank)
     size = x.shape[2] // MAP_STRIDE
     logit = platt[0] * dist + platt[1]
     up = torch.nn.functional.interpolate(logit, size=(size, size), mode="bilinear", align_corners=False)
     return torch.sigmoid(logit.amax(dim=(1, 2, 3))), torch.sigmoid(up)
 
 
-def export_patchcore(net: Any, bank: np.ndarray, spec: InputSpec, platt: tuple[float, float],
+def export_patchcore(net: Any, bank: np.ndarray, spec: InputSpec, platt: tuple[float, float], where: float,
                      meta: dict[str, str], out: Path) -> None:
     g = GraphBuilder(spec)
     layers = GraphNet(g, net, spec)
@@ -120,7 +144,14 @@ def export_patchcore(net: Any, bank: np.ndarray, spec: InputSpec, platt: tuple[f
     deep = _resize(g, taps[1], h, "deep_up")
     feats = g.node("Concat", [taps[0], deep], "patch", axis=1)
     c = bank.shape[1]
-    a = g.node("Reshape", [feats, g.const("flat", np.array([0, c, -1], np.int64))], "patch_flat")
+    located_feats = feats
+    if where:
+        batch = g.node("Slice", [g.node("Shape", [feats], "patch.shape"), g.const("patch.0", np.array([0], np.int64)),
+                                 g.const("patch.1", np.array([1], np.int64))], "patch.n")
+        grid_shape = g.node("Concat", [batch, g.const("grid.chw", np.array([2, h, h], np.int64))], "grid.shape", axis=0)
+        grid = g.node("Expand", [g.const("grid", position_grid(h, h, where)), grid_shape], "grid.n")
+        located_feats = g.node("Concat", [feats, grid], "patch_located", axis=1)
+    a = g.node("Reshape", [located_feats, g.const("flat", np.array([0, c, -1], np.int64))], "patch_flat")
     a = g.node("Transpose", [a], "patches", perm=[0, 2, 1])  # (N, h*w, C)
     aa = g.node("ReduceSumSquare", [a], "aa", axes=[2], keepdims=1)
     ab = g.node("MatMul", [a, g.const("bank.t2", (-2 * bank.T).astype(np.float32))], "m2ab")
@@ -141,7 +172,8 @@ def export_patchcore(net: Any, bank: np.ndarray, spec: InputSpec, platt: tuple[f
     g.node("Concat", ["p_good", "p_defect"], "probs", axis=1)
     g.node("GlobalAveragePool", [feats], "patch_mean")
     g.node("Flatten", ["patch_mean"], "embedding")  # the image's mean patch feature: for drift detection
-    g.save([("probs", ["N", 2]), ("anomaly_map", ["N", 1, m, m]), ("embedding", ["N", c])], meta, out)
+    g.save([("probs", ["N", 2]), ("anomaly_map", ["N", 1, m, m]), ("embedding", ["N", c - (2 if where else 0)])],
+           meta, out)
 
 
 def _resize(g: GraphBuilder, x: str, side: int, out: str) -> str:
@@ -160,9 +192,12 @@ def good_only_band(slope: float, worst_good: float) -> tuple[tuple[float, float]
     band placed for them let 4-14 % of the emulator scenes' defects pass (benchmarks/goodonly.py). Anything
     farther from the good patches than every held-out good part is not passed: it goes to REVIEW, or FAIL."""
     middle = worst_good * REVIEW_SPAN ** 0.5
+    # Synthetic anomalies that every held-out good part is far below make the fitted slope huge; the band's
+    # edges would then round to p = 0 and 1 and every part would land in REVIEW.
+    slope = min(slope, EDGE_LOGIT / max(middle - worst_good, 1e-12))
     intercept = -slope * middle
-    low = 1 / (1 + np.exp(-(slope * worst_good + intercept)))
-    high = 1 / (1 + np.exp(-(slope * worst_good * REVIEW_SPAN + intercept)))
+    low = 0.5 + 0.5 * np.tanh((slope * worst_good + intercept) / 2)  # the logistic, without overflow
+    high = 0.5 + 0.5 * np.tanh((slope * worst_good * REVIEW_SPAN + intercept) / 2)
     return (slope, intercept), (round(float(low), 6), round(float(high), 6))
 
 
@@ -191,6 +226,9 @@ def train_patchcore(data: Path | Dataset, out_dir: Path, opts: Any, log: Any = p
     with torch.no_grad():
         feats = torch.cat([patch_features(torch, net, prepared(torch, ds.images, train_idx[i:i + 16], spec))
                            for i in range(0, len(train_idx), 16)])
+        # the position channels' weight: --position-weight times the features' typical spread (mean channel std)
+        where = opts.position_weight * float(feats.transpose(0, 1).reshape(feats.shape[1], -1).std(1).mean())
+        feats = located(torch, feats, where)
         patches = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
         size = _bank_size(len(patches), opts.coreset)
         bank = patches[coreset(torch, patches, size, opts.seed)].contiguous()
@@ -198,7 +236,8 @@ def train_patchcore(data: Path | Dataset, out_dir: Path, opts: Any, log: Any = p
             f"in {time.monotonic() - t0:.1f} s")
 
         def raw_scores(x: Any) -> Any:
-            return torch.cat([nearest_distance(torch, patch_features(torch, net, x[i:i + 16]), bank).amax((1, 2, 3))
+            return torch.cat([nearest_distance(torch, located(torch, patch_features(torch, net, x[i:i + 16]), where),
+                                                bank).amax((1, 2, 3))
                               for i in range(0, len(x), 16)])
 
         xv = prepared(torch, ds.images, val_idx, spec)
@@ -222,13 +261,15 @@ def train_patchcore(data: Path | Dataset, out_dir: Path, opts: Any, log: Any = p
                              ds.snapshot)
     meta["linewatch.outputs"] = "probs, anomaly_map, embedding"
     meta["linewatch.memory_bank"] = str(size)
+    meta["linewatch.position_weight"] = f"{opts.position_weight:g}"
     onnx_path = out_dir / f"{opts.name}.onnx"
     bank_np = bank.numpy()
-    export_patchcore(net, bank_np, spec, platt, meta, onnx_path)
+    export_patchcore(net, bank_np, spec, platt, where, meta, onnx_path)
     fit_seconds = round(time.monotonic() - t0, 1)
     model = Model(onnx_path, providers="cpu")
     with torch.no_grad():
-        ref_p, ref_map = score_map(torch, net, bank, prepared(torch, ds.images, val_idx[:16], spec), platt)
+        ref_p, ref_map = score_map(torch, net, bank, prepared(torch, ds.images, val_idx[:16], spec), platt,
+                                   where)
     pred = model.predict(ds.images[val_idx[:16]])
     assert pred.anomaly_maps is not None
     parity = max(float(np.abs(pred.probs[:, 1] - ref_p.numpy()).max()),
@@ -246,8 +287,9 @@ def train_patchcore(data: Path | Dataset, out_dir: Path, opts: Any, log: Any = p
         "input": {"layout": spec.layout, "height": spec.height, "width": spec.width, "channels": opts.channels,
                   "dtype": "uint8", "net_size": spec.net_size},
         "backbone": net.weights.card(),
-        "memory_bank": {"size": size, "patches": len(patches), "features": int(bank.shape[1]),
+        "memory_bank": {"size": size, "patches": len(patches), "features": int(bank.shape[1]) - (2 if where else 0),
                         "fraction": round(size / len(patches), 4), "taps": list(taps_for(spec.net_size)),
+                        "position_weight": opts.position_weight, "position_channel_scale": round(where, 6),
                         "projection_dims": PROJECTION_DIMS},
         "data": {"source": ds.source, "dataset_sha256": meta["linewatch.dataset_sha256"], **snapshot_field(ds),
                  "count": len(ds.items),

@@ -80,6 +80,7 @@ class TrainOptions:
     target_escape: float = 0.01
     max_review: float = 0.05
     coreset: float = 0.02  # patchcore: share of the good patches kept in the memory bank
+    position_weight: float = 2.0  # patchcore: how much a patch's place counts (0: anywhere on the part)
     freeze_fraction: float = FREEZE_FRACTION  # backbone: share of training with only the new head learning
     fixed_blocks: int = FIXED_BLOCKS  # backbone: its first blocks keep their ImageNet weights (faster steps)
     tta: int = 1  # backbone classifier: test-time orientations averaged in the exported graph (1, 2, 4, 8)
@@ -96,6 +97,8 @@ def options_error(opts: TrainOptions) -> str | None:
         return f"--tta {opts.tta} shows the model mirrored parts, but --no-flips says the part is not symmetric"
     if opts.tta == 8 and not opts.rotate90:
         return "--tta 8 shows the model transposed parts: it needs --rotate90 (the part may lie turned)"
+    if not 0 <= opts.position_weight < 1000:
+        return f"--position-weight {opts.position_weight:g}: give 0 (place does not count) or a positive weight"
     if not 0 <= opts.fixed_blocks <= blocks:
         return f"--fixed-blocks {opts.fixed_blocks}: the backbone has {blocks} blocks (0 trains them all)"
     return None
