@@ -49,7 +49,9 @@ import zmq
 from linewatch.config import parse_config
 from linewatch.line.supervisor import prepare_run_dir, resolve_paths
 from linewatch.reports.export import Query, load
-from linewatch.store import Checkpointer, insert_verdicts, open_writer, verdict_row
+from linewatch.store.rows import verdict_row
+from linewatch.store.schema import open_writer
+from linewatch.store.writer import Checkpointer, insert_verdicts
 from linewatch.wire import (
     KIND_ANNOUNCE,
     KIND_VERDICT,

@@ -17,9 +17,11 @@ from linewatch.api.app import create_app
 from linewatch.auth.accounts import add_token
 from linewatch.config import LineConfig, parse_config
 from linewatch.line.supervisor import resolve_paths
-from linewatch.store import insert_alarm, insert_verdicts, open_writer, verdict_row
 from linewatch.store.drift import insert_drift_alarm, save_reference, write_state
 from linewatch.store.images import image_relpath, save_kept, save_live
+from linewatch.store.rows import verdict_row
+from linewatch.store.schema import open_writer
+from linewatch.store.writer import insert_alarm, insert_verdicts
 from linewatch.wire import Alarm, Verdict
 from tests.conftest import RecordRig, free_port, wait_for
 

@@ -20,7 +20,8 @@ import paho.mqtt.client as paho
 import sqlite_utils
 from paho.mqtt.enums import CallbackAPIVersion
 
-from linewatch.store import insert_alarm, insert_verdicts, verdict_row
+from linewatch.store.rows import verdict_row
+from linewatch.store.writer import insert_alarm, insert_verdicts
 from linewatch.wire import Alarm, Verdict
 from tests.conftest import wait_for
 

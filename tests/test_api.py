@@ -11,8 +11,10 @@ from fastapi.testclient import TestClient
 
 from linewatch.api.app import create_app
 from linewatch.config import parse_config
-from linewatch.store import insert_alarm, insert_verdicts, open_writer, verdict_row
 from linewatch.store.images import image_relpath, save_kept, save_live
+from linewatch.store.rows import verdict_row
+from linewatch.store.schema import open_writer
+from linewatch.store.writer import insert_alarm, insert_verdicts
 from linewatch.wire import Alarm, Verdict
 
 

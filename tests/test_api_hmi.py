@@ -18,8 +18,11 @@ from linewatch.api.app import create_app
 from linewatch.api.hmi import counters
 from linewatch.config import ShiftConfig, parse_config
 from linewatch.shifts import current_shift
-from linewatch.store import apply_action, insert_verdicts, open_reader, open_writer, verdict_row
 from linewatch.store.images import image_relpath, save_kept
+from linewatch.store.queries import open_reader
+from linewatch.store.rows import verdict_row
+from linewatch.store.schema import open_writer
+from linewatch.store.writer import apply_action, insert_verdicts
 from linewatch.wire import OperatorAction, Verdict
 from tests.api_harness import bearer, served_api
 

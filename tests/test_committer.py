@@ -10,7 +10,9 @@ from typing import Any
 from linewatch.clock import mono_ns
 from linewatch.config.line import RecordConfig
 from linewatch.record.committer import GroupCommitter
-from linewatch.store import ROW_COLUMNS, open_reader, open_writer, verdict_values
+from linewatch.store.queries import open_reader
+from linewatch.store.rows import ROW_COLUMNS, verdict_values
+from linewatch.store.schema import open_writer
 from linewatch.wire import Verdict
 
 

@@ -22,8 +22,10 @@ from linewatch.api.app import create_app
 from linewatch.config import parse_config
 from linewatch.reports.drift import CameraSeries
 from linewatch.reports.drift_page import MAX_POINTS, rolling, thin
-from linewatch.store import apply_action, insert_alarm, insert_verdicts, open_writer, verdict_row
 from linewatch.store.drift import insert_drift_alarm, save_reference, write_state
+from linewatch.store.rows import verdict_row
+from linewatch.store.schema import open_writer
+from linewatch.store.writer import apply_action, insert_alarm, insert_verdicts
 from linewatch.wire import Alarm, OperatorAction, Verdict
 
 T0 = 1_790_000_000_000_000_000  # 2026-09-21, one part a second

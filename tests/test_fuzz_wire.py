@@ -25,8 +25,9 @@ from hypothesis import strategies as st
 
 from linewatch.config import parse_config
 from linewatch.plc.state import LineState
-from linewatch.store import JSON_COLUMNS, ROW_COLUMNS, ActionError, apply_action, insert_alarm, open_writer
-from linewatch.store.rows import verdict_row, verdict_values
+from linewatch.store.rows import JSON_COLUMNS, ROW_COLUMNS, verdict_row, verdict_values
+from linewatch.store.schema import open_writer
+from linewatch.store.writer import ActionError, apply_action, insert_alarm
 from linewatch.wire import (
     MAX_INT64,
     Alarm,

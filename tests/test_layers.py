@@ -93,3 +93,16 @@ def test_no_import_circle() -> None:
         if module not in done:
             visit(module, [module])
     assert circles == []
+
+
+def test_readers_of_the_store_start_without_the_writers_libraries() -> None:
+    """infer, acquire and plc start together on the path to the first verdict: importing them must not load
+    sqlite-utils and the migrations (record's alone), which cost each ~65 ms of a shared core."""
+    import subprocess
+    import sys
+
+    code = ("import sys, linewatch.infer.process, linewatch.acquire.process, linewatch.plc.process; "
+            "print(sorted(m for m in ('sqlite_utils', 'linewatch.store.schema', 'linewatch.store.writer') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

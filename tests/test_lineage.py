@@ -16,7 +16,8 @@ from linewatch.data.items import read_sources
 from linewatch.data.registry import DataRegistry
 from linewatch.model.onnx import Model
 from linewatch.model.registry import Registry
-from linewatch.store import open_writer, register_model
+from linewatch.store.schema import open_writer
+from linewatch.store.writer import register_model
 from linewatch.training.trainer import TrainOptions, train
 from tests.conftest import emulated_parts
 

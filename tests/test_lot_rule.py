@@ -15,7 +15,8 @@ from linewatch.api.qa import LotChange
 from linewatch.config import parse_config
 from linewatch.plc import register_map as pm
 from linewatch.plc.process import Plc
-from linewatch.store import ActionError, apply_action, open_writer
+from linewatch.store.schema import open_writer
+from linewatch.store.writer import ActionError, apply_action
 from linewatch.wire import LOT_MAX_CHARS, LotError, OperatorAction, check_lot
 
 RULE = "lot must be 1-64 characters without leading or trailing spaces or control characters, got {!r}"

@@ -17,8 +17,9 @@ import pytest
 from linewatch.config import ConfigError, LineConfig, parse_config, to_json
 from linewatch.line.supervisor import prepare_run_dir, resolve_paths
 from linewatch.notify.hooks import SIGNATURE_HEADER, HookSender, sign
-from linewatch.store import VIEW_COLUMNS, open_writer
 from linewatch.store.delivery import DeliveryState, read_state
+from linewatch.store.rows import VIEW_COLUMNS
+from linewatch.store.schema import open_writer
 from linewatch.wire.ready import line_children
 from tests.conftest import REPO, db_rows, free_ports, http_json, http_text, metric, start_child, wait_for
 from tests.notify_harness import Receiver, add_alarm, add_verdicts

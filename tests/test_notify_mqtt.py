@@ -13,8 +13,9 @@ from fastapi.testclient import TestClient
 from linewatch.api.app import create_app
 from linewatch.config import parse_config
 from linewatch.line.supervisor import prepare_run_dir, resolve_paths
-from linewatch.store import VIEW_COLUMNS, open_writer
 from linewatch.store.delivery import read_state
+from linewatch.store.rows import VIEW_COLUMNS
+from linewatch.store.schema import open_writer
 from tests.conftest import db_rows, free_ports, start_child, wait_for
 from tests.notify_harness import Mosquitto, Subscriber, add_alarm, add_verdicts
 

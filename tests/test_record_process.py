@@ -15,7 +15,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from linewatch.record.deadlines import MAX_SEQ_GAP
 from linewatch.reports.export import Query, load
-from linewatch.store import JSON_COLUMNS, insert_verdicts, open_writer, verdict_row
+from linewatch.store.rows import JSON_COLUMNS, verdict_row
+from linewatch.store.schema import open_writer
+from linewatch.store.writer import insert_verdicts
 from linewatch.wire import (
     KIND_ALARM,
     KIND_ANNOUNCE,

@@ -19,8 +19,11 @@ import pytest
 from linewatch.auth.db import audit
 from linewatch.reports.export import EXPORT_COLUMNS, ReportError, iso, parse_time
 from linewatch.reports.review_export import MANIFEST_COLUMNS
-from linewatch.store import apply_action, insert_alarm, insert_verdicts, open_reader, open_writer, verdict_row
 from linewatch.store.images import image_relpath, save_kept
+from linewatch.store.queries import open_reader
+from linewatch.store.rows import verdict_row
+from linewatch.store.schema import open_writer
+from linewatch.store.writer import apply_action, insert_alarm, insert_verdicts
 from linewatch.wire import Alarm, OperatorAction, Verdict
 
 T0 = parse_time("2026-03-04T06:00", "t0")

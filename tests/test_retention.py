@@ -13,8 +13,10 @@ import pytest
 from linewatch.config import RecordConfig, ShiftConfig
 from linewatch.record.retention import DAY_NS, DiskLow, Pruned, Retention
 from linewatch.shifts import shift_at
-from linewatch.store import insert_verdicts, mark_pruned, open_writer, verdict_row
 from linewatch.store.images import ImageWriter, archive_bytes, heatmap_relpath, image_relpath, load_overlay, save_kept
+from linewatch.store.rows import verdict_row
+from linewatch.store.schema import open_writer
+from linewatch.store.writer import insert_verdicts, mark_pruned
 from linewatch.wire import Verdict, now_ns
 from tests.conftest import wait_for
 

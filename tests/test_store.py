@@ -12,32 +12,30 @@ import sqlite_utils
 
 from linewatch.plc.state import ALARM_FLAGS
 from linewatch.reports.export import REVIEW_COLUMNS, Query, iter_rows
-from linewatch.store import (
+from linewatch.store.queries import current_lot, open_reader
+from linewatch.store.rows import (
     JSON_COLUMNS,
-    MIGRATIONS,
     ROW_COLUMNS,
     VIEW_COLUMNS,
-    WAL_BACKSTOP_PAGES,
+    committed_values,
+    row_to_api,
+    select_inspections,
+    verdict_row,
+    verdict_values,
+)
+from linewatch.store.schema import MIGRATIONS, WAL_BACKSTOP_PAGES, applied_version, open_writer
+from linewatch.store.writer import (
     ActionError,
     Checkpointer,
-    applied_version,
     apply_action,
     clear_alarms,
-    committed_values,
-    current_lot,
     insert_alarm,
     insert_commit,
     insert_rows,
     insert_verdicts,
     mark_pruned,
     next_commit_id,
-    open_reader,
-    open_writer,
     register_model,
-    row_to_api,
-    select_inspections,
-    verdict_row,
-    verdict_values,
 )
 from linewatch.wire import (
     Alarm,

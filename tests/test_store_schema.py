@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from linewatch.store import DB_NAME, MIGRATIONS, SchemaError, applied_version, insert_alarm, open_writer, verdict_row
+from linewatch.store import DB_NAME
+from linewatch.store.rows import verdict_row
+from linewatch.store.schema import MIGRATIONS, SchemaError, applied_version, open_writer
+from linewatch.store.writer import insert_alarm
 from linewatch.wire import Alarm, Verdict
 
 KNOWN = len(MIGRATIONS.pending(sqlite_utils.Database(memory=True)))  # schema versions this linewatch has

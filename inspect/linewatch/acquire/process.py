@@ -27,7 +27,7 @@ from linewatch import metrics
 from linewatch.acquire.sources import CameraLost, FrameSource, Grabbed, SourceEnded, SourceError, open_source
 from linewatch.clock import Moment, mono_ns
 from linewatch.config import GenicamSource, LineConfig
-from linewatch.store import current_recipe, offline_cameras
+from linewatch.store.queries import current_recipe, offline_cameras
 from linewatch.wire import (
     KIND_ANNOUNCE,
     KIND_VERDICT,

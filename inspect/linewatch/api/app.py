@@ -42,8 +42,9 @@ from linewatch.auth.guard import COOKIE, AuditLog, Guard
 from linewatch.auth.roles import PERMISSIONS, PUBLIC, READ
 from linewatch.config import LineConfig
 from linewatch.paths import STATIC_DIR
-from linewatch.store import current_recipe, read_rows, row_to_api, select_inspections
 from linewatch.store.images import IMAGES_DIR, live_path
+from linewatch.store.queries import current_recipe, read_rows
+from linewatch.store.rows import row_to_api, select_inspections
 from linewatch.wire import KIND_VERDICTS, Endpoints, decode_verdict_group
 from linewatch.wire.ready import child_name, down, line_children, mark_ready, read_ready
 

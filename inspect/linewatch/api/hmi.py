@@ -23,9 +23,9 @@ from linewatch.auth.guard import actor_of
 from linewatch.config import LineConfig
 from linewatch.failsafe.explain import decision_log
 from linewatch.shifts import current_shift
-from linewatch.store import read_rows, row_to_api, select_inspections
 from linewatch.store.actions import ActionNotConfirmed, send_action
-from linewatch.store.queries import offline_cameras
+from linewatch.store.queries import offline_cameras, read_rows
+from linewatch.store.rows import row_to_api, select_inspections
 from linewatch.wire import Endpoints, OperatorAction, now_ns
 from linewatch.wire.ready import child_name, down, line_children, read_ready
 

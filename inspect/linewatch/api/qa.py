@@ -28,9 +28,9 @@ from linewatch.config import LineConfig
 from linewatch.reports.export import Issuer, ReportError, export, parse_time
 from linewatch.reports.export import Query as ReportQuery
 from linewatch.shifts import shift_at
-from linewatch.store import current_lot, open_reader, read_rows
 from linewatch.store.actions import ActionNotConfirmed, send_action
 from linewatch.store.images import load_overlay
+from linewatch.store.queries import current_lot, open_reader, read_rows
 from linewatch.wire import LOT_MAX_CHARS, Endpoints, OperatorAction, check_lot, now_ns
 
 CONFIRM_TIMEOUT_S = 3.0

@@ -18,7 +18,7 @@ from linewatch.data.items import DataError
 from linewatch.data.registry import DataRegistry
 from linewatch.model.onnx import Model, ModelError
 from linewatch.model.registry import Registry, RegistryError
-from linewatch.store import read_rows
+from linewatch.store.queries import read_rows
 
 #: the row's columns the chain shows (the rest of the row is in the HMI and the API)
 ROW_FIELDS = ("id", "camera", "stream", "seq", "part_id", "recipe", "lot", "final", "decided_by", "label", "score",

@@ -43,8 +43,8 @@ from linewatch.infer.batching import BatchPolicy
 from linewatch.infer.health import ModelFileWatch, ModelHealth, load_model
 from linewatch.model.onnx import Model, ModelError, ModelOutputError
 from linewatch.model.runtime import SessionSettings
-from linewatch.store import current_recipe
 from linewatch.store.images import ImagePolicy, png_bytes
+from linewatch.store.queries import current_recipe
 from linewatch.watch import sketch
 from linewatch.wire import (
     KIND_VERDICT,

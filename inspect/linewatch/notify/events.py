@@ -12,7 +12,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from linewatch.store import row_to_api, select_inspections
+from linewatch.store.rows import row_to_api, select_inspections
 
 EventKind = Literal["verdict", "alarm"]
 _TABLES: dict[EventKind, str] = {"verdict": "inspections", "alarm": "alarms"}

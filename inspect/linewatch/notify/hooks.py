@@ -25,8 +25,8 @@ from linewatch import metrics
 from linewatch.clock import now_ns
 from linewatch.config import HookConfig, LineConfig
 from linewatch.notify.events import Event, count_after, last_id, read_events
-from linewatch.store import open_reader
 from linewatch.store.delivery import DeliveryState
+from linewatch.store.queries import open_reader
 from linewatch.wire import Endpoints
 from linewatch.wire.channels import AlarmSender
 

@@ -23,8 +23,8 @@ from linewatch import metrics
 from linewatch.clock import now_ns
 from linewatch.config import LineConfig
 from linewatch.notify.events import EventKind, count_after, last_id, newest_after, read_events
-from linewatch.store import open_reader
 from linewatch.store.delivery import DeliveryState
+from linewatch.store.queries import open_reader
 from linewatch.wire.ready import child_name, down, line_children
 
 log = logging.getLogger("notify")

@@ -33,8 +33,8 @@ from linewatch.plc import register_map as pm
 from linewatch.plc.commands import HandshakeCommands
 from linewatch.plc.modbus_tcp import StrictTcpServer
 from linewatch.plc.state import LineState
-from linewatch.store import read_rows
 from linewatch.store.actions import ActionNotConfirmed, send_action_async
+from linewatch.store.queries import read_rows
 from linewatch.wire import (
     KIND_VERDICTS,
     CameraCommand,

@@ -20,7 +20,7 @@ from linewatch.config import LineConfig
 from linewatch.operations import recipe_job
 from linewatch.plc import register_map as pm
 from linewatch.plc.handshake import Handshake, Result
-from linewatch.store import current_lot, current_recipe, offline_cameras, open_reader, read_rows
+from linewatch.store.queries import current_lot, current_recipe, offline_cameras, open_reader, read_rows
 from linewatch.wire.ready import read_ready
 
 COUNTS = ("total", "pass", "fail", "review", "not_inspected")

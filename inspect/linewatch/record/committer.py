@@ -25,8 +25,9 @@ import sqlite_utils
 from linewatch import metrics
 from linewatch.clock import mono_ns, now_ns
 from linewatch.config.line import RecordConfig
-from linewatch.store import ROW_COLUMNS, CommitRow, committed_values, insert_commit, insert_rows, register_model
 from linewatch.store.disk import is_disk_full
+from linewatch.store.rows import ROW_COLUMNS, committed_values
+from linewatch.store.writer import CommitRow, insert_commit, insert_rows, register_model
 
 log = logging.getLogger("record")
 _COL = {name: i for i, name in enumerate(ROW_COLUMNS)}

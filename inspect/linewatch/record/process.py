@@ -30,20 +30,6 @@ from linewatch.record.committer import GroupCommitter
 from linewatch.record.deadlines import MAX_SEQ_GAP, DeadlineWatch, Key
 from linewatch.record.retention import DiskLow, Retention
 from linewatch.shifts import ShiftClock
-from linewatch.store import (
-    JSON_COLUMNS,
-    ROW_COLUMNS,
-    ActionError,
-    Checkpointer,
-    apply_action,
-    clear_alarms,
-    current_lot,
-    insert_alarm,
-    mark_pruned,
-    next_commit_id,
-    open_writer,
-    verdict_values,
-)
 from linewatch.store.disk import DiskReserve, is_disk_full
 from linewatch.store.drift import (
     insert_drift_alarm,
@@ -54,6 +40,18 @@ from linewatch.store.drift import (
     write_state,
 )
 from linewatch.store.images import ImagePolicy, ImageWriter, image_relpath
+from linewatch.store.queries import current_lot
+from linewatch.store.rows import JSON_COLUMNS, ROW_COLUMNS, verdict_values
+from linewatch.store.schema import open_writer
+from linewatch.store.writer import (
+    ActionError,
+    Checkpointer,
+    apply_action,
+    clear_alarms,
+    insert_alarm,
+    mark_pruned,
+    next_commit_id,
+)
 from linewatch.watch import DriftAlarm, DriftWatch, Reference, ReferenceError
 from linewatch.watch import Key as DriftKey
 from linewatch.watch.model_reference import model_signals_apart

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from linewatch.config import RecordConfig
-from linewatch.store import open_reader
 from linewatch.store.images import archive_bytes, heatmap_relpath
+from linewatch.store.queries import open_reader
 from linewatch.wire import Alarm, now_ns
 
 log = logging.getLogger("retention")

@@ -16,7 +16,7 @@ from typing import Any
 
 from fpdf import FPDF
 
-from linewatch.store import read_rows
+from linewatch.store.queries import read_rows
 
 
 def _ci(ci: list[float] | None) -> str:

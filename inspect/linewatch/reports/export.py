@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from linewatch.auth.db import audit_window
-from linewatch.store import JSON_COLUMNS, VIEW_COLUMNS, open_reader, select_inspections
+from linewatch.store.queries import open_reader
+from linewatch.store.rows import JSON_COLUMNS, VIEW_COLUMNS, select_inspections
 
 FORMATS = ("csv", "json", "pdf")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

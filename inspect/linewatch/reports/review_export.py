@@ -13,7 +13,7 @@ import sqlite3
 from pathlib import Path
 
 from linewatch.reports.export import ReportError, iso
-from linewatch.store import open_reader
+from linewatch.store.queries import open_reader
 
 MANIFEST = "manifest.csv"
 MANIFEST_COLUMNS = ("path", "label", "decision", "inspection_id", "camera", "stream", "seq", "part_id", "final",

@@ -6,11 +6,12 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlite_utils
+from linewatch.store import DB_NAME
 
-from linewatch.store.schema import DB_NAME
+if TYPE_CHECKING:
+    import sqlite_utils  # record's connection type; readers do not load it
 
 
 def open_reader(data_dir: Path) -> sqlite3.Connection:

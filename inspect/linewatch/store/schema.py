@@ -17,9 +17,9 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from linewatch.clock import now_ns
+from linewatch.store import DB_NAME
 
 log = logging.getLogger("store")
-DB_NAME = "linewatch.db"
 
 
 class SchemaError(RuntimeError):

@@ -18,8 +18,8 @@ from typing import Any
 import sqlite_utils
 
 from linewatch.clock import now_ns
+from linewatch.store import DB_NAME
 from linewatch.store.rows import ROW_COLUMNS
-from linewatch.store.schema import DB_NAME
 from linewatch.wire import Alarm, LotError, OperatorAction, check_lot
 
 log = logging.getLogger("store")
