@@ -4,7 +4,11 @@ each other, and no import circle exists (module-level imports, as Python runs th
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import REPO
 
@@ -95,14 +99,17 @@ def test_no_import_circle() -> None:
     assert circles == []
 
 
-def test_readers_of_the_store_start_without_the_writers_libraries() -> None:
-    """infer, acquire and plc start together on the path to the first verdict: importing them must not load
-    sqlite-utils and the migrations (record's alone), which cost each ~65 ms of a shared core."""
-    import subprocess
-    import sys
-
-    code = ("import sys, linewatch.infer.process, linewatch.acquire.process, linewatch.plc.process; "
-            "print(sorted(m for m in ('sqlite_utils', 'linewatch.store.schema', 'linewatch.store.writer') "
-            "if m in sys.modules))")
+@pytest.mark.parametrize(("process", "not_loaded"), [
+    ("infer", ("sqlite_utils", "linewatch.store.schema", "linewatch.store.writer")),
+    ("acquire", ("sqlite_utils", "linewatch.store.schema", "linewatch.store.writer")),
+    ("plc", ("sqlite_utils", "linewatch.store.schema", "linewatch.store.writer")),
+    ("record", ("linewatch.failsafe", "linewatch.model.onnx", "onnxruntime")),
+])
+def test_a_process_starts_without_the_libraries_of_others(process: str, not_loaded: tuple[str, ...]) -> None:
+    """The processes start on the path to the first verdict (record alone, then infer, acquire and plc together
+    on shared cores): the store's readers do not load sqlite-utils and the migrations (record's alone, ~65 ms
+    each), and record does not load the fail-safe's rules and model code (~150 ms)."""
+    code = (f"import sys, linewatch.{process}.process; "
+            f"print(sorted(m for m in {not_loaded!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]", out.stdout

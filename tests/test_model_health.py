@@ -14,10 +14,10 @@ import pytest
 from onnx import TensorProto, helper
 
 from linewatch.config import ModelConfig, ModelHealthConfig, StreakConfig
-from linewatch.failsafe.streaks import StreakWatch
 from linewatch.infer.health import ModelFileWatch, ModelHealth
 from linewatch.model.files import file_sha256
 from linewatch.model.onnx import Model, ModelError
+from linewatch.record.streaks import StreakWatch
 from linewatch.wire import KIND_ALARM, KIND_VERDICT, Verdict
 from tests.conftest import REFERENCE_MODEL, InferRig, wait_for
 

@@ -25,10 +25,10 @@ import zmq
 from linewatch import metrics
 from linewatch.clock import mono_ns
 from linewatch.config import LineConfig
-from linewatch.failsafe.streaks import StreakWatch
 from linewatch.record.committer import GroupCommitter
 from linewatch.record.deadlines import MAX_SEQ_GAP, DeadlineWatch, Key
 from linewatch.record.retention import DiskLow, Retention
+from linewatch.record.streaks import StreakWatch
 from linewatch.shifts import ShiftClock
 from linewatch.store.disk import DiskReserve, is_disk_full
 from linewatch.store.drift import (
