@@ -99,10 +99,11 @@ def test_no_import_circle() -> None:
     assert circles == []
 
 
+_STORE_WRITING = ("sqlite_utils", "linewatch.store.schema", "linewatch.store.writer")
+
+
 @pytest.mark.parametrize(("process", "not_loaded"), [
-    ("infer", ("sqlite_utils", "linewatch.store.schema", "linewatch.store.writer")),
-    ("acquire", ("sqlite_utils", "linewatch.store.schema", "linewatch.store.writer")),
-    ("plc", ("sqlite_utils", "linewatch.store.schema", "linewatch.store.writer")),
+    ("infer", _STORE_WRITING), ("acquire", _STORE_WRITING), ("plc", _STORE_WRITING),
     ("record", ("linewatch.failsafe", "linewatch.model.onnx", "onnxruntime")),
 ])
 def test_a_process_starts_without_the_libraries_of_others(process: str, not_loaded: tuple[str, ...]) -> None:

@@ -120,17 +120,17 @@ def coreset(torch: Any, patches: Any, size: int, seed: int) -> Any:
 
 
 def score_map(torch: Any, net: Any, bank: Any, x: Any, platt: tuple[float, float],
-              where: float) -> tuple[Any, Any]:
+              position_scale: float) -> tuple[Any, Any]:
     """(p_defect (N,), anomaly map (N, 1, net/MAP_STRIDE, net/MAP_STRIDE)) exactly as the graph computes them;
-    `where` is the position channels' weight."""
-    dist = nearest_distance(torch, located(torch, patch_features(torch, net, x), where), bank)
+    `position_scale` is the position channels' absolute weight."""
+    dist = nearest_distance(torch, located(torch, patch_features(torch, net, x), position_scale), bank)
     size = x.shape[2] // MAP_STRIDE
     logit = platt[0] * dist + platt[1]
     up = torch.nn.functional.interpolate(logit, size=(size, size), mode="bilinear", align_corners=False)
     return torch.sigmoid(logit.amax(dim=(1, 2, 3))), torch.sigmoid(up)
 
 
-def export_patchcore(net: Any, bank: np.ndarray, spec: InputSpec, platt: tuple[float, float], where: float,
+def export_patchcore(net: Any, bank: np.ndarray, spec: InputSpec, platt: tuple[float, float], position_scale: float,
                      meta: dict[str, str], out: Path) -> None:
     g = GraphBuilder(spec)
     layers = GraphNet(g, net, spec)
@@ -145,11 +145,11 @@ def export_patchcore(net: Any, bank: np.ndarray, spec: InputSpec, platt: tuple[f
     feats = g.node("Concat", [taps[0], deep], "patch", axis=1)
     c = bank.shape[1]
     located_feats = feats
-    if where:
+    if position_scale:
         batch = g.node("Slice", [g.node("Shape", [feats], "patch.shape"), g.const("patch.0", np.array([0], np.int64)),
                                  g.const("patch.1", np.array([1], np.int64))], "patch.n")
         grid_shape = g.node("Concat", [batch, g.const("grid.chw", np.array([2, h, h], np.int64))], "grid.shape", axis=0)
-        grid = g.node("Expand", [g.const("grid", position_grid(h, h, where)), grid_shape], "grid.n")
+        grid = g.node("Expand", [g.const("grid", position_grid(h, h, position_scale)), grid_shape], "grid.n")
         located_feats = g.node("Concat", [feats, grid], "patch_located", axis=1)
     a = g.node("Reshape", [located_feats, g.const("flat", np.array([0, c, -1], np.int64))], "patch_flat")
     a = g.node("Transpose", [a], "patches", perm=[0, 2, 1])  # (N, h*w, C)
@@ -172,8 +172,8 @@ def export_patchcore(net: Any, bank: np.ndarray, spec: InputSpec, platt: tuple[f
     g.node("Concat", ["p_good", "p_defect"], "probs", axis=1)
     g.node("GlobalAveragePool", [feats], "patch_mean")
     g.node("Flatten", ["patch_mean"], "embedding")  # the image's mean patch feature: for drift detection
-    g.save([("probs", ["N", 2]), ("anomaly_map", ["N", 1, m, m]), ("embedding", ["N", c - (2 if where else 0)])],
-           meta, out)
+    embedding = c - (2 if position_scale else 0)  # the backbone's features, without the position channels
+    g.save([("probs", ["N", 2]), ("anomaly_map", ["N", 1, m, m]), ("embedding", ["N", embedding])], meta, out)
 
 
 def _resize(g: GraphBuilder, x: str, side: int, out: str) -> str:
@@ -227,8 +227,9 @@ def train_patchcore(data: Path | Dataset, out_dir: Path, opts: Any, log: Any = p
         feats = torch.cat([patch_features(torch, net, prepared(torch, ds.images, train_idx[i:i + 16], spec))
                            for i in range(0, len(train_idx), 16)])
         # the position channels' weight: --position-weight times the features' typical spread (mean channel std)
-        where = opts.position_weight * float(feats.transpose(0, 1).reshape(feats.shape[1], -1).std(1).mean())
-        feats = located(torch, feats, where)
+        features = feats.shape[1]
+        position_scale = opts.position_weight * float(feats.transpose(0, 1).reshape(features, -1).std(1).mean())
+        feats = located(torch, feats, position_scale)
         patches = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
         size = _bank_size(len(patches), opts.coreset)
         bank = patches[coreset(torch, patches, size, opts.seed)].contiguous()
@@ -236,8 +237,8 @@ def train_patchcore(data: Path | Dataset, out_dir: Path, opts: Any, log: Any = p
             f"in {time.monotonic() - t0:.1f} s")
 
         def raw_scores(x: Any) -> Any:
-            return torch.cat([nearest_distance(torch, located(torch, patch_features(torch, net, x[i:i + 16]), where),
-                                                bank).amax((1, 2, 3))
+            return torch.cat([nearest_distance(torch, located(torch, patch_features(torch, net, x[i:i + 16]),
+                                                              position_scale), bank).amax((1, 2, 3))
                               for i in range(0, len(x), 16)])
 
         xv = prepared(torch, ds.images, val_idx, spec)
@@ -264,12 +265,12 @@ def train_patchcore(data: Path | Dataset, out_dir: Path, opts: Any, log: Any = p
     meta["linewatch.position_weight"] = f"{opts.position_weight:g}"
     onnx_path = out_dir / f"{opts.name}.onnx"
     bank_np = bank.numpy()
-    export_patchcore(net, bank_np, spec, platt, where, meta, onnx_path)
+    export_patchcore(net, bank_np, spec, platt, position_scale, meta, onnx_path)
     fit_seconds = round(time.monotonic() - t0, 1)
     model = Model(onnx_path, providers="cpu")
     with torch.no_grad():
         ref_p, ref_map = score_map(torch, net, bank, prepared(torch, ds.images, val_idx[:16], spec), platt,
-                                   where)
+                                   position_scale)
     pred = model.predict(ds.images[val_idx[:16]])
     assert pred.anomaly_maps is not None
     parity = max(float(np.abs(pred.probs[:, 1] - ref_p.numpy()).max()),
@@ -287,9 +288,9 @@ def train_patchcore(data: Path | Dataset, out_dir: Path, opts: Any, log: Any = p
         "input": {"layout": spec.layout, "height": spec.height, "width": spec.width, "channels": opts.channels,
                   "dtype": "uint8", "net_size": spec.net_size},
         "backbone": net.weights.card(),
-        "memory_bank": {"size": size, "patches": len(patches), "features": int(bank.shape[1]) - (2 if where else 0),
+        "memory_bank": {"size": size, "patches": len(patches), "features": int(features),
                         "fraction": round(size / len(patches), 4), "taps": list(taps_for(spec.net_size)),
-                        "position_weight": opts.position_weight, "position_channel_scale": round(where, 6),
+                        "position_weight": opts.position_weight, "position_channel_scale": round(position_scale, 6),
                         "projection_dims": PROJECTION_DIMS},
         "data": {"source": ds.source, "dataset_sha256": meta["linewatch.dataset_sha256"], **snapshot_field(ds),
                  "count": len(ds.items),
