@@ -148,3 +148,18 @@ def test_readyz_names_a_stopped_worker_while_healthz_stays_ok(line) -> None:
         os.kill(worker, signal.SIGCONT)
     assert wait_for(lambda: _readyz(ln.url) == (200, {"status": "ready", "down": []}), 15, "ready again")
     ln.stop()
+
+
+def test_every_child_runs_numpys_blas_on_one_thread_unless_the_operator_says_otherwise() -> None:
+    """OpenBLAS starts a spinning thread per core: in record the drift watch's calibration then took both cores
+    from the inference workers. A child's environment holds it to one thread; an operator's setting stands."""
+    from linewatch.line.supervisor import child_environment
+
+    parent = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    count_threads = "import os, numpy; print(len(os.listdir('/proc/self/task')))"
+    env = child_environment({**parent, "NOTIFY_SOCKET": "/run/systemd/notify"})
+    assert "NOTIFY_SOCKET" not in env, "only the supervisor talks to systemd"
+    threads = subprocess.run([sys.executable, "-c", count_threads], env=env, capture_output=True, text=True,
+                             check=True).stdout
+    assert int(threads) == 1, "numpy started BLAS threads in a child"
+    assert child_environment({**parent, "OPENBLAS_NUM_THREADS": "4"})["OPENBLAS_NUM_THREADS"] == "4"

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +99,22 @@ def start_waves(children: list[ChildProc]) -> list[list[ChildProc]]:
     return [wave for wave in groups if wave]
 
 
+SINGLE_THREADED_BLAS = {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def child_environment(parent: Mapping[str, str]) -> dict[str, str]:
+    """A child's environment: the supervisor's, less systemd's notify socket and watchdog (the supervisor alone
+    talks to systemd), with NumPy's BLAS on one thread unless the operator set it. Why: OpenBLAS starts a
+    thread per core and spins them on every call; the drift watch's calibration (a few hundred small solves in
+    record) then took both cores for about half a second, and the workers' inference waited for a core (the
+    line's p99 at 50 % load doubled while it ran). One thread did the same work in less wall time. The line's
+    parallelism is its processes, as for OpenCV (`line.child.single_threaded_opencv`)."""
+    env = {k: v for k, v in parent.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+    for name, value in SINGLE_THREADED_BLAS.items():
+        env.setdefault(name, value)
+    return env
+
+
 class Supervisor:
     def __init__(self, cfg: LineConfig):
         self.cfg = resolve_paths(cfg)
@@ -108,8 +124,7 @@ class Supervisor:
     def _spawn(self, child: ChildProc) -> None:
         cmd = [sys.executable, "-m", "linewatch", "child", child.role, str(child.index),
                "--run-dir", str(self.cfg.run_dir)]
-        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-        child.proc = subprocess.Popen(cmd, env=env)
+        child.proc = subprocess.Popen(cmd, env=child_environment(os.environ))
         child.started_at = time.monotonic()
         child.restart_at = None
         child.hung_for = None

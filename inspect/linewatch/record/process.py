@@ -54,7 +54,7 @@ from linewatch.store.writer import (
 )
 from linewatch.watch import DriftAlarm, DriftWatch, Reference, ReferenceError
 from linewatch.watch import Key as DriftKey
-from linewatch.watch.model_reference import model_signals_apart
+from linewatch.watch.model_reference import model_signals
 from linewatch.wire import (
     KIND_ACTION,
     KIND_ALARM,
@@ -105,7 +105,7 @@ class Record:
                 raise
             self.db = open_writer(self.cfg.data_dir)
         self.watch = self._resume_watch()
-        supplied = partial(model_signals_apart, self.cfg.model.path)
+        supplied = partial(model_signals, self.cfg.model.path)
         self.drift = DriftWatch(self.cfg.watch, self._stored_reference, supplied) if self.cfg.watch.enabled else None
         if self.drift is not None:
             self.drift.latched = unacknowledged_drift(self.db)

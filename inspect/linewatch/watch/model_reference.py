@@ -9,42 +9,30 @@ for the training images.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
 
-from linewatch.model.files import ModelFilesError, model_files
+from linewatch.model.files import ModelFilesError, metadata_props, model_files
 from linewatch.watch.reference import SignalReference, from_quantiles
 
 log = logging.getLogger("watch")
 _PROBABILITIES = np.linspace(0.0025, 0.9975, 201)  # the quantiles a normal distribution is stored as
 
 
-def model_signals_apart(path: Path, model_hash: str, k: float, target_arl: float,
-                        parts: int) -> dict[str, SignalReference]:
-    """`model_signals` in a process of its own: reading the metadata imports onnx, whose import holds the
-    GIL for 0.7 s, and in record's calibration thread that stalled every commit behind it (a 350 ms p99).
-    The process does this one task and exits: a pool's worker otherwise waits for the next task, and one whose
-    record was killed meanwhile would wait for ever."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
-        return pool.submit(model_signals, path, model_hash, k, target_arl, parts).result()
-
-
 def model_signals(path: Path, model_hash: str, k: float, target_arl: float, parts: int) -> dict[str, SignalReference]:
     """The references the model at `path` supplies, if it is version `model_hash` and carries reference_stats;
     counted as `parts` parts (the training set's size is not in the metadata: the line's reference size)."""
-    import onnx  # here, not at the top: record would pay its 0.7 s import at every start
-
     try:
-        if model_files(path).read_by(()).version_hash() != model_hash:
+        graph = path.resolve().read_bytes()
+        if model_files(path, graph).read_by(()).version_hash(hashlib.sha256(graph).hexdigest()) != model_hash:
             return {}  # the file changed since: the line's own parts are learnt instead
-        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    except (OSError, ModelFilesError, onnx.onnx_cpp2py_export.checker.ValidationError, ValueError) as exc:
+        meta = metadata_props(graph)
+    except (OSError, ModelFilesError, ValueError) as exc:
         log.warning("model %s: no drift reference read from its metadata (%s); learning it on the line", path, exc)
         return {}
     try:
