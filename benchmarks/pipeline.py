@@ -196,8 +196,10 @@ def _run_line(tmp: Path, side: int, rate: float, seconds: float, workers: int, c
     return summarise(db, frames * cameras, rate * cameras)
 
 
-def summarise(db: Path, frames: int, rate: float) -> dict[str, Any]:
-    """Drops, rate and capture-to-commit latency from the store; stage times from each row's timings."""
+def summarise(db: Path, frames: int, rate: float, window: slice | None = None) -> dict[str, Any]:
+    """Drops, rate and capture-to-commit latency from the store; stage times from each row's timings. Latency
+    and stages are over the parts after the first second, or over `window` (rows in seq order) when given: a
+    measurement window that leaves out the line's warm-up."""
     conn = sqlite3.connect(db)
     conn.row_factory = sqlite3.Row
     has = {r["name"] for r in conn.execute("PRAGMA table_info(inspections)")}
@@ -216,6 +218,9 @@ def summarise(db: Path, frames: int, rate: float) -> dict[str, Any]:
     decided = [r for r in rows if r not in failed and r["t_received_ns"]]
     first = {r["camera"]: r["t_capture_ns"] for r in reversed(rows) if r["t_capture_ns"]}
     steady = [r for r in decided if r["t_capture_ns"] - first[r["camera"]] > 1e9] or decided  # 1st s warms up
+    if window is not None:
+        inside = {(r["camera"], r["stream"], r["seq"]) for r in rows[window]}
+        steady = [r for r in steady if (r["camera"], r["stream"], r["seq"]) in inside]
     out: dict[str, Any] = {
         "rate_asked": round(rate, 1), "rate_achieved": round(achieved, 1), "frames": frames, "rows": len(rows),
         "missing": frames - len(rows), "not_inspected": len(failed),

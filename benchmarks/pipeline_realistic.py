@@ -126,7 +126,8 @@ def _cpu_by_process(supervisor: psutil.Process) -> dict[str, float]:
 
 
 def census(tmp: Path, rate: float, seconds: float, workers: int) -> dict[str, Any]:
-    """The line at `rate`: latency of the steady parts and each process's CPU per part over `seconds`."""
+    """The line at `rate`: latency of the parts and each process's CPU per part over the same `seconds`, after
+    two seconds of parts (the start-up's last imports and the sessions' first runs are the start-up's figure)."""
     run = tmp / f"census-{rate:.0f}-{time.monotonic_ns()}"
     run.mkdir()
     proc, db = P.start_line(run, P.line_config(tmp, SIDE, rate, 10**9, workers, []))
@@ -146,7 +147,7 @@ def census(tmp: Path, rate: float, seconds: float, workers: int) -> dict[str, An
         raise SystemExit(f"the line recorded nothing: see {run / 'line.log'}")
     per_part = {k: round((cpu1[k] - cpu0.get(k, 0.0)) * 1e3 / parts, 3) for k in cpu1}
     return {"rate": rate, "parts": parts, "cpu_ms_per_part": per_part,
-            "summary": P.summarise(db, P.count_rows(db), rate)}
+            "summary": P.summarise(db, P.count_rows(db), rate, window=slice(n0, n1))}
 
 
 def startup(runs: int = 3) -> dict[str, Any]:
