@@ -81,6 +81,10 @@ PLC_CLIENTS_REFUSED = Counter(
     "linewatch_plc_clients_refused", "Modbus TCP connections closed unanswered: their address is not in "
     "plc.clients.", ["address"]
 )
+REMOTE_WORKERS_REFUSED = Counter(
+    "linewatch_remote_workers_refused", "Connections to infer.remote's ports refused: the worker's key is not "
+    "enrolled.", ["process"]
+)
 PLC_RESULTS_OVERRUN = Counter(
     "linewatch_plc_results_overrun", "Results not queued for the PLC because the camera's results buffer was "
     "full (their rows are recorded all the same).", ["camera"]

@@ -79,8 +79,13 @@ class Acquire:
         self.frames.setsockopt(zmq.LINGER, 0)
         self.frames.setsockopt(zmq.SNDBUF, frame_sndbuf(self.cam.width * self.cam.height * 3))
         self.frames.bind(self.endpoints.frames(self.cam.name))
+        zap = None
         remote = self.cfg.infer.remote
-        if remote.enabled:  # remote workers take this camera's frames over TCP too
+        if remote.enabled:  # remote workers take this camera's frames over TCP too: enrolled ones, unless auth none
+            if remote.auth == "curve":
+                from linewatch.wire.remote_keys import serve_remote
+
+                zap = serve_remote(self.frames, self.cfg.remote_keys_dir, f"acquire[{self.cam.name}]")
             self.frames.bind(tcp_frames(remote.host, remote.port, self.index))
         self._wait_for_worker(self.frames, timeout_s=10.0)
         self.to_record = ctx.socket(zmq.PUSH)
@@ -113,6 +118,8 @@ class Acquire:
                 sock.close()
             if self.ring is not None:
                 self.ring.close()
+            if zap is not None:
+                zap.stop()
             ctx.term()
 
     def _open_ring(self, ctx: zmq.Context[Any]) -> FrameRing | None:

@@ -337,3 +337,8 @@ class LineConfig(_Strict):
     @property
     def run_dir(self) -> Path:
         return self.runtime_dir if self.runtime_dir is not None else self.data_dir / "run"
+
+    @property
+    def remote_keys_dir(self) -> Path:
+        """The line's key pair and the enrolled remote workers' keys (`wire/remote_keys.py`)."""
+        return self.infer.remote.keys_dir or self.data_dir / "remote-keys"

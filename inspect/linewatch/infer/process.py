@@ -29,6 +29,7 @@ import threading
 import time
 from dataclasses import dataclass
 from itertools import groupby
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -84,11 +85,13 @@ class _Job:
 
 class Infer:
     """One worker. A child of the line by default; `remote` = (host, port) of a line's `infer.remote` makes it a
-    remote worker (`linewatch worker`): frames and record over TCP, its ready file in its own run_dir."""
+    remote worker (`linewatch worker`): frames and record over TCP, its ready file in its own run_dir; with
+    `keys` (its own secret key file, the line's public key file) every connection is a CurveZMQ client."""
 
     def __init__(self, cfg: LineConfig, index: int, stop: threading.Event, remote: tuple[str, int] | None = None,
-                 name: str | None = None):
+                 name: str | None = None, keys: tuple[Path, Path] | None = None):
         self.cfg, self.line_cfg, self.index, self.stop = cfg, cfg, index, stop
+        self.remote, self.keys = remote, keys
         # by recipe, loaded on its first part, with the model file's signature when it was loaded
         self.models: dict[str, tuple[Model | ModelError, Any]] = {}
         self.name = f"infer[{name if name is not None else index}]"
@@ -177,6 +180,10 @@ class Infer:
 
     def run(self) -> None:
         ctx: zmq.Context[Any] = zmq.Context()
+        if self.keys is not None:
+            from linewatch.wire.remote_keys import join_remote
+
+            join_remote(ctx, *self.keys)
         pull = ctx.socket(zmq.PULL)
         pull.setsockopt(zmq.RCVHWM, self.cfg.infer.frame_queue)
         pull.setsockopt(zmq.LINGER, 0)
@@ -185,6 +192,11 @@ class Infer:
         out.setsockopt(zmq.SNDTIMEO, 1000)
         out.setsockopt(zmq.LINGER, 2000)
         out.connect(self.endpoints.record)
+        if self.remote is not None:
+            from linewatch.wire.remote_keys import report_refusals
+
+            report_refusals(pull, "frames")
+            report_refusals(out, "verdicts")
         alarms = AlarmSender(ctx, self.endpoints, self.name)
         self.frames = FrameReader(ctx, self.endpoints)  # pixels inline or in a camera's shared-memory ring
         self._pin(alarms)  # before the model loads, so ONNX Runtime's threads inherit the core

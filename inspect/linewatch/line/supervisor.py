@@ -60,7 +60,9 @@ def resolve_paths(cfg: LineConfig) -> LineConfig:
     plan = cfg.cpu_plan
     # absolute(), not resolve(): a registry link (models/active/<recipe>.onnx) must stay a link to watch
     model = cfg.model.model_copy(update={"path": cfg.model.path.absolute(), "intra_op_threads": plan.threads})
-    infer = cfg.infer.model_copy(update={"workers": plan.workers})
+    keys = (cfg.infer.remote.keys_dir or data_dir / "remote-keys").resolve()
+    infer = cfg.infer.model_copy(update={"workers": plan.workers,
+                                         "remote": cfg.infer.remote.model_copy(update={"keys_dir": keys})})
     return cfg.model_copy(update={"data_dir": data_dir, "runtime_dir": run_dir, "model": model, "infer": infer})
 
 
@@ -78,6 +80,14 @@ def prepare_run_dir(cfg: LineConfig) -> None:
     from linewatch.wire.frame_ring import clear_stale_rings
 
     clear_stale_rings(run_dir, "*")
+    remote = cfg.infer.remote
+    if remote.enabled and remote.auth == "curve":
+        from linewatch.wire.remote_keys import LINE_KEY, WORKERS, ensure_line_keys
+
+        if ensure_line_keys(cfg.remote_keys_dir):
+            log.warning("remote workers: the line's key pair is made; give %s to each worker host and enrol a "
+                        "worker by copying its public key (`linewatch worker-key NAME`) into %s",
+                        cfg.remote_keys_dir / LINE_KEY, cfg.remote_keys_dir / WORKERS)
     config_path(run_dir).write_text(to_json(cfg))
 
 

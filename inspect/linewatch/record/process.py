@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from functools import partial
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -76,6 +76,9 @@ from linewatch.wire import (
 from linewatch.wire.endpoints import tcp_record
 from linewatch.wire.ready import mark_ready
 
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
+
 log = logging.getLogger("record")
 
 _COL = {name: i for i, name in enumerate(ROW_COLUMNS)}
@@ -127,8 +130,7 @@ class Record:
         inbound.setsockopt(zmq.RCVHWM, 100_000)
         inbound.setsockopt(zmq.LINGER, 0)
         inbound.bind(self.endpoints.record)
-        if self.cfg.infer.remote.enabled:  # verdicts and alarms of remote workers
-            inbound.bind(tcp_record(self.cfg.infer.remote.host, self.cfg.infer.remote.port))
+        zap = self._bind_remote(inbound)
         self.events = ctx.socket(zmq.PUB)
         self.events.setsockopt(zmq.SNDHWM, 10_000)
         self.events.setsockopt(zmq.LINGER, 0)
@@ -155,9 +157,22 @@ class Record:
                 self.drift.close()
             inbound.close()
             self.events.close()
+            if zap is not None:
+                zap.stop()
             ctx.term()
             self.checkpointer.join(5)
             self.db.close()
+
+    def _bind_remote(self, inbound: zmq.Socket[Any]) -> ThreadAuthenticator | None:
+        """Verdicts and alarms of remote workers on TCP, from enrolled workers only unless auth is none."""
+        remote = self.cfg.infer.remote
+        if not remote.enabled:
+            return None
+        from linewatch.wire.remote_keys import serve_remote  # here: a line without remote workers never loads it
+
+        zap = serve_remote(inbound, self.cfg.remote_keys_dir, "record") if remote.auth == "curve" else None
+        inbound.bind(tcp_record(remote.host, remote.port))
+        return zap
 
     def _resume_watch(self) -> DeadlineWatch:
         """The deadline watch as the store left it: each stream's highest seq, and the holes below it (parts
