@@ -133,6 +133,8 @@ def test_test_time_orientations_decide_a_part_the_same_however_it_lies(parts: Pa
     (["--tta", "3"], r"--tta 3: choose one of \[1, 2, 4, 8\]"),
     (["--tta", "2", "--backbone", "none"], "--tta needs a classifier on the pretrained backbone"),
     (["--fixed-blocks", "17"], "--fixed-blocks 17: the backbone has 16 blocks"),
+    (["--kind", "patchcore", "--position-weight", "-1"], "--position-weight -1: give 0 .place does not count. or a"),
+    (["--kind", "patchcore", "--position-weight", "nan"], "--position-weight nan: give 0"),
 ])
 def test_impossible_training_options_are_refused_naming_the_option(
         parts: Path, tmp_path: Path, args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

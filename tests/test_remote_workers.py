@@ -25,7 +25,7 @@ import zmq.auth
 from linewatch.config import ConfigError, parse_config
 from linewatch.wire import KIND_VERDICT, Verdict
 from linewatch.wire.endpoints import EndpointError, RemoteEndpoints, parse_connect
-from linewatch.wire.remote_keys import LINE_KEY, WORKERS, ensure_line_keys
+from linewatch.wire.remote_keys import LINE_KEY, WORKERS, EnrolledWorkers, ensure_line_keys, make_pair
 from tests.conftest import REPO, count_rows, db_rows, http_text, metric, wait_for
 
 FRAMES = 200
@@ -176,6 +176,27 @@ def test_only_an_enrolled_worker_gets_frames_and_has_its_verdicts_recorded(line,
     assert not got_frames, "a plain ZeroMQ client was given a frame"
     assert refused >= 2, "record and acquire count the stranger's refused connections"
     assert "the line refused this worker's key" in (tmp_path / "worker-stranger.log").read_text()
+
+
+def test_enrolment_follows_the_workers_folder_without_a_restart(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """The check record and acquire run at each connection: a key added, replaced or removed in workers/ counts
+    from the next connection; a file that is not a key enrols nobody and is named in the log."""
+    ensure_line_keys(tmp_path)
+    check = EnrolledWorkers(tmp_path / WORKERS, "record")
+    first, _ = make_pair(tmp_path / "made", "w1")
+    second, _ = make_pair(tmp_path / "made2", "w1")
+    key1, key2 = zmq.auth.load_certificate(first)[0], zmq.auth.load_certificate(second)[0]
+    assert not check.callback("*", key1), "nobody is enrolled yet"
+    shutil.copy(first, tmp_path / WORKERS / "w1.key")
+    assert check.callback("*", key1)
+    time.sleep(0.01)
+    shutil.copy(second, tmp_path / WORKERS / "w1.key")  # the worker's key replaced under the same name
+    assert check.callback("*", key2) and not check.callback("*", key1)
+    (tmp_path / WORKERS / "w1.key").unlink()
+    (tmp_path / WORKERS / "junk.key").write_text("not a key\n")
+    assert not check.callback("*", key2)
+    assert "junk.key" in caplog.text and "enrols no worker" in caplog.text
 
 
 def test_a_line_refuses_unauthenticated_remote_workers_on_a_reachable_address() -> None:

@@ -18,6 +18,7 @@ worker's next connection (one already made lasts until it drops: CurveZMQ checks
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -78,29 +79,30 @@ def load_secret(path: Path) -> tuple[bytes, bytes]:
 
 
 class EnrolledWorkers:
-    """The ZAP check of a CurveZMQ server: a client key is allowed when a file in `folder` holds it. The folder is
-    read again when it changes, so enrolling or removing a worker needs no restart."""
+    """The ZAP check of a CurveZMQ server: a client key is allowed when a file in `folder` holds it. The files are
+    read again when one is added, removed or rewritten, so enrolling or removing a worker needs no restart."""
 
     def __init__(self, folder: Path, role: str):
         self.folder, self.role = folder, role
         self.keys: dict[bytes, str] = {}
-        self._read_at: int | None = None
+        self._read: tuple[tuple[str, int], ...] | None = None
         self._logged: dict[bytes, float] = {}
 
     def _reload(self) -> None:
-        try:
-            changed = self.folder.stat().st_mtime_ns
-        except OSError:
-            changed = -1
-        if changed == self._read_at:
+        files = sorted(self.folder.glob("*.key"))  # none when the folder is missing: every worker is refused
+        stamp = []
+        for path in files:
+            with contextlib.suppress(OSError):  # removed meanwhile
+                stamp.append((path.name, path.stat().st_mtime_ns))
+        if tuple(stamp) == self._read:
             return
         keys: dict[bytes, str] = {}
-        for path in sorted(self.folder.glob("*.key")) if changed != -1 else []:
+        for path in files:
             try:
                 keys[load_pair(path)[0]] = path.stem
             except RemoteKeyError as exc:
                 log.error("remote workers: %s; that file enrols no worker", exc)
-        self.keys, self._read_at = keys, changed
+        self.keys, self._read = keys, tuple(stamp)
 
     def callback(self, domain: str, key: bytes) -> bool:
         from linewatch import metrics
