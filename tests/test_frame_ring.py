@@ -88,7 +88,7 @@ def test_ring_full_drops_frames_as_not_inspected_and_released_slots_come_back(tm
 
 
 _WORKER = """
-import sys, time
+import os, sys, time
 from pathlib import Path
 import numpy as np, zmq
 from linewatch.emulator.parts import PartEmulator
@@ -107,9 +107,9 @@ while True:
     if not hold:
         ok = ok and reader.finish(h) is None
         reader.flush()
-    print(h.seq, h.slot, ok, flush=True)
+    os.write(1, f"{h.seq} {h.slot} {ok}\\n".encode())  # one write a line: a SIGKILL never leaves half of one
     if hold and n >= hold:
-        print("holding", flush=True)
+        os.write(1, b"holding\\n")
         time.sleep(600)
 """
 
@@ -130,7 +130,9 @@ class _Worker:
             self.lines.append(line.strip())
 
     def frames(self) -> list[tuple[int, int, bool]]:
-        return [(int(a), int(b), c == "True") for a, b, c in (ln.split() for ln in self.lines if ln != "holding")]
+        lines = [ln.split() for ln in self.lines if ln != "holding"]
+        assert all(len(fields) == 3 for fields in lines), f"the worker wrote something else: {self.lines}"
+        return [(int(a), int(b), c == "True") for a, b, c in lines]
 
     def kill(self) -> None:
         if self.proc.poll() is None:
