@@ -17,6 +17,7 @@ from linewatch.emulator.parts import PartEmulator
 from linewatch.model.onnx import Model
 from linewatch.training.backbone import WEIGHTS_SHA256
 from linewatch.training.evaluate import auroc
+from linewatch.training.patchcore import SCORE_PATCHES
 from linewatch.training.trainer import TrainOptions, train
 
 FRAME = 128
@@ -77,6 +78,22 @@ def test_patchcore_scores_defects_above_good_parts(fitted: dict, tmp_path: Path)
     is_defect = np.array(["defect" in str(p.parent.name) for p in sorted(test.glob("*/*.png"))])
     p = Model(fitted["out"] / "pc.onnx").run(np.stack(images))[:, 1]
     assert (a := auroc(p, is_defect)) is not None and a > 0.9, a
+
+
+def test_the_image_score_is_the_mean_of_the_five_largest_patch_scores(fitted: dict, tmp_path: Path) -> None:
+    """p(defect) is the sigmoid of the mean of the SCORE_PATCHES largest calibrated patch scores (the graph's own
+    `map_logit`), not of the largest alone: one odd patch on a good part weighs a fifth."""
+    proto = onnx.load(str(fitted["out"] / "pc.onnx"))
+    proto.graph.output.append(onnx.helper.make_tensor_value_info("map_logit", onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    test = _parts(tmp_path, seed=78, goods=4, defects=4)
+    images = np.stack([cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in sorted(test.glob("*/*.png"))])
+    probs, logits = session.run(["probs", "map_logit"], {session.get_inputs()[0].name: images})
+    top = np.sort(logits.reshape(len(images), -1), 1)[:, -SCORE_PATCHES:]
+    assert np.allclose(probs[:, 1], 1 / (1 + np.exp(-top.mean(1))), atol=1e-5)
+    assert not np.allclose(probs[:, 1], 1 / (1 + np.exp(-top[:, -1])), atol=1e-3), "the largest alone"
+    assert fitted["card"]["memory_bank"]["score_patches"] == SCORE_PATCHES
+    assert Model(fitted["out"] / "pc.onnx").info.metadata["linewatch.score_patches"] == str(SCORE_PATCHES)
 
 
 def test_patchcore_map_matches_pytorch(fitted: dict) -> None:
