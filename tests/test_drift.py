@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from linewatch.config import WatchConfig
-from linewatch.model.files import metadata_props
+from linewatch.model.files import metadata_props, model_files
 from linewatch.model.onnx import Model
 from linewatch.watch import (
     SKETCH_DIMS,
@@ -279,10 +279,14 @@ def test_a_models_metadata_is_read_as_onnx_reads_it_without_importing_onnx(path:
     a two-field schema, not the onnx import (0.7 s of a core) and a parse of every tensor."""
     import onnx
 
-    assert metadata_props(path.read_bytes()) == \
-        {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    code = ("import sys; from pathlib import Path; from linewatch.model.files import metadata_props; "
-            "meta = metadata_props(Path(sys.argv[1]).read_bytes()); print(len(meta), 'onnx' in sys.modules)")
+    proto = onnx.load(str(path), load_external_data=False)
+    assert metadata_props(path.read_bytes()) == {p.key: p.value for p in proto.metadata_props}
+    weights = {e.value for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+               for e in t.external_data if e.key == "location"}
+    assert set(model_files(path).external_data) == weights  # the anomalib export keeps them in model.onnx.data
+    code = ("import sys; from pathlib import Path; from linewatch.model.files import metadata_props, model_files; "
+            "meta = metadata_props(Path(sys.argv[1]).read_bytes()); model_files(Path(sys.argv[1])); "
+            "print(len(meta), 'onnx' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout
     assert out.split()[1] == "False", "onnx was imported"
     with pytest.raises(ValueError, match="not an ONNX model"):

@@ -153,13 +153,18 @@ def test_readyz_names_a_stopped_worker_while_healthz_stays_ok(line) -> None:
 def test_every_child_runs_numpys_blas_on_one_thread_unless_the_operator_says_otherwise() -> None:
     """OpenBLAS starts a spinning thread per core: in record the drift watch's calibration then took both cores
     from the inference workers. A child's environment holds it to one thread; an operator's setting stands."""
+    from linewatch.api.retrain import training_environment
     from linewatch.line.supervisor import child_environment
 
-    parent = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    parent = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "LINEWATCH_BLAS_DEFAULTED")}
     count_threads = "import os, numpy; print(len(os.listdir('/proc/self/task')))"
     env = child_environment({**parent, "NOTIFY_SOCKET": "/run/systemd/notify"})
     assert "NOTIFY_SOCKET" not in env, "only the supervisor talks to systemd"
     threads = subprocess.run([sys.executable, "-c", count_threads], env=env, capture_output=True, text=True,
                              check=True).stdout
     assert int(threads) == 1, "numpy started BLAS threads in a child"
-    assert child_environment({**parent, "OPENBLAS_NUM_THREADS": "4"})["OPENBLAS_NUM_THREADS"] == "4"
+    own = child_environment({**parent, "OPENBLAS_NUM_THREADS": "4"})
+    assert own["OPENBLAS_NUM_THREADS"] == "4" and "LINEWATCH_BLAS_DEFAULTED" not in own
+    # a retrain the api starts is no process of the line: BLAS on every core again, an operator's setting kept
+    assert "OPENBLAS_NUM_THREADS" not in training_environment(env)
+    assert training_environment(own)["OPENBLAS_NUM_THREADS"] == "4"

@@ -184,8 +184,9 @@ def test_enrolment_follows_the_workers_folder_without_a_restart(tmp_path: Path,
     from the next connection; a file that is not a key enrols nobody and is named in the log."""
     ensure_line_keys(tmp_path)
     check = EnrolledWorkers(tmp_path / WORKERS, "record")
-    first, _ = make_pair(tmp_path / "made", "w1")
+    first, secret = make_pair(tmp_path / "made", "w1")
     second, _ = make_pair(tmp_path / "made2", "w1")
+    assert secret.stat().st_mode & 0o777 == 0o600 and (tmp_path.stat().st_mode & 0o777) == 0o700
     key1, key2 = zmq.auth.load_certificate(first)[0], zmq.auth.load_certificate(second)[0]
     assert not check.callback("*", key1), "nobody is enrolled yet"
     shutil.copy(first, tmp_path / WORKERS / "w1.key")

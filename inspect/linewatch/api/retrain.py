@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -21,6 +22,7 @@ from linewatch.api.body import JsonRoute
 from linewatch.api.errors import refusals
 from linewatch.auth.guard import actor_of
 from linewatch.config import LineConfig, to_json
+from linewatch.config.line import BLAS_DEFAULTED, BLAS_THREADS
 from linewatch.retrain.runs import RUNS_DIR, RunLog, list_runs, new_run_id, read_run, running
 
 RUN_ID = r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{4}$"
@@ -30,6 +32,15 @@ class RetrainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     recipe: str | None = Field(None, max_length=64, description="Recipe to retrain (default: the line's).")
 
+
+
+def training_environment(parent: Mapping[str, str]) -> dict[str, str]:
+    """The api's environment for a retrain run, which is not one of the line's processes: no metrics folder of
+    the line's, and BLAS on every core again unless the operator set its threads (`config.line.BLAS_DEFAULTED`)."""
+    env = {k: v for k, v in parent.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    if env.pop(BLAS_DEFAULTED, None):
+        env.pop(BLAS_THREADS, None)
+    return env
 
 def retrain_router(cfg: LineConfig) -> APIRouter:
     router = APIRouter(prefix="/api", route_class=JsonRoute)
@@ -59,7 +70,7 @@ def retrain_router(cfg: LineConfig) -> APIRouter:
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(to_json(cfg))
         log = (cfg.run_dir / f"retrain-{run_id}.log").open("wb")
-        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}  # not one of the line's
+        env = training_environment(os.environ)
         with log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "linewatch", "retrain", "--recipe", recipe, "--config", str(config),

@@ -20,6 +20,12 @@ from linewatch.config.ship import ShipConfig
 from linewatch.config.watch import WatchConfig
 from linewatch.paths import DEFAULT_MODEL
 
+# The line's processes run NumPy's BLAS (OpenBLAS in NumPy's wheels) on one thread (`line.supervisor.
+# child_environment`); BLAS_DEFAULTED marks that default as the supervisor's, so a training run the api starts
+# takes it off again (api/retrain.py). MKL's variable is left alone: it would hold torch to one thread too.
+BLAS_THREADS = "OPENBLAS_NUM_THREADS"
+BLAS_DEFAULTED = "LINEWATCH_BLAS_DEFAULTED"
+
 
 @dataclass(frozen=True)
 class CpuPlan:

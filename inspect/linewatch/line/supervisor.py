@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from linewatch.config import LineConfig, to_json
+from linewatch.config.line import BLAS_DEFAULTED, BLAS_THREADS
 from linewatch.line.child import config_path
 from linewatch.line.notify import ServiceNotifier
 from linewatch.wire.ready import child_name, down, line_children, read_ready, ready_dir
@@ -109,19 +110,17 @@ def start_waves(children: list[ChildProc]) -> list[list[ChildProc]]:
     return [wave for wave in groups if wave]
 
 
-SINGLE_THREADED_BLAS = {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
 def child_environment(parent: Mapping[str, str]) -> dict[str, str]:
     """A child's environment: the supervisor's, less systemd's notify socket and watchdog (the supervisor alone
     talks to systemd), with NumPy's BLAS on one thread unless the operator set it. Why: OpenBLAS starts a
     thread per core and spins them on every call; the drift watch's calibration (a few hundred small solves in
     record) then took both cores for about half a second, and the workers' inference waited for a core (the
     line's p99 at 50 % load doubled while it ran). One thread did the same work in less wall time. The line's
-    parallelism is its processes, as for OpenCV (`line.child.single_threaded_opencv`)."""
+    parallelism is its processes, as for OpenCV (`line.child.single_threaded_opencv`). A retrain the api starts
+    is not a process of the line: it drops this default again (`BLAS_DEFAULTED`, `api/retrain.py`)."""
     env = {k: v for k, v in parent.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-    for name, value in SINGLE_THREADED_BLAS.items():
-        env.setdefault(name, value)
+    if BLAS_THREADS not in env:
+        env[BLAS_THREADS], env[BLAS_DEFAULTED] = "1", "1"
     return env
 
 

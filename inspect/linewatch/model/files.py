@@ -15,6 +15,7 @@ import hashlib
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 SIDECAR_SUFFIX = ".yaml"
 LEGACY_ANOMALIB_METADATA = "metadata.json"
@@ -64,62 +65,75 @@ class ModelFiles:
 
 
 def external_data_locations(graph: bytes) -> tuple[str, ...]:
-    """The files an ONNX graph keeps tensors in (its initializers' `location` entries).
-
-    A graph whose bytes lack the word `location` has none (protobuf stores the key as plain text), so the
-    usual one-file model is answered without importing onnx: that import alone costs a worker 0.7 s at start."""
+    """The files an ONNX graph keeps tensors in (its initializers' `location` entries), read with protobuf alone
+    (`_onnx_message`). A graph whose bytes lack the word `location` has none (protobuf stores the key as plain
+    text): the usual one-file model is answered without parsing it."""
     if b"location" not in graph:
         return ()
-    import onnx
-
     try:
-        model = onnx.load_model_from_string(graph)
-    except Exception:  # not a protobuf onnx reads: ONNX Runtime will say what is wrong with it
+        model = _parsed(graph, "ModelTensors")
+    except ValueError:  # not a protobuf message: ONNX Runtime will say what is wrong with it
         return ()
     found: set[str] = set()
     for tensor in model.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        if tensor.data_location == _EXTERNAL:
             found.update(e.value for e in tensor.external_data if e.key == "location")
     return tuple(sorted(found))
 
 
 def metadata_props(graph: bytes) -> dict[str, str]:
-    """An ONNX graph's `metadata_props` (key -> value), read with protobuf alone.
+    """An ONNX graph's `metadata_props` (key -> value), read with protobuf alone (`_onnx_message`). Raises
+    ValueError when the bytes are not a protobuf message."""
+    return {entry.key: entry.value for entry in _parsed(graph, "ModelMetadata").metadata_props}
 
-    Why not `onnx.load`: the onnx import holds its process for 0.7 s and parses every tensor. record reads a
-    model's training-image figures here when it learns a drift reference, beside the running line: through onnx
-    that took a helper process about 1.7 s of a core, and the inference workers waited for that core. A schema
-    naming only ModelProto's field 14 (StringStringEntryProto: key 1, value 2) reads the same entries in ~20 ms
-    for a 13 MB graph. Raises ValueError when the bytes are not a protobuf message."""
+
+_EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
+
+
+def _parsed(graph: bytes, kind: str) -> Any:
     from google.protobuf.message import DecodeError
 
-    message = _metadata_message()()
+    message = _onnx_message(kind)()
     try:
         message.ParseFromString(graph)
     except DecodeError as exc:
         raise ValueError(f"not an ONNX model: {exc}") from exc
-    return {entry.key: entry.value for entry in message.metadata_props}
+    return message
 
 
 @cache
-def _metadata_message() -> type:
-    """ModelProto with its metadata_props alone (every other field is skipped as unknown)."""
+def _onnx_message(kind: str) -> type:
+    """ONNX's ModelProto with the few fields linewatch reads, every other field skipped as unknown: `ModelMetadata`
+    (field 14, metadata_props) or `ModelTensors` (graph 7 -> initializer 5 -> external_data 13, data_location 14).
+
+    Why not `onnx.load`: the onnx import holds its process for 0.7 s and parses every tensor. record reads a
+    model's training-image figures when it learns a drift reference, beside the running line: through onnx that
+    took a helper process about 1.7 s of a core, and the inference workers waited for that core; a worker paid
+    the import at every start of a model with external weights. With this schema a 13 MB graph's metadata is
+    read in ~20 ms."""
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-    proto = descriptor_pb2.FileDescriptorProto(name="linewatch_onnx_metadata.proto", package="linewatch_onnx",
-                                               syntax="proto2")
-    entry = proto.message_type.add(name="StringStringEntryProto")
-    for name, number in (("key", 1), ("value", 2)):
-        entry.field.add(name=name, number=number, type=descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
-                        label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL)
-    model = proto.message_type.add(name="ModelProto")
-    model.field.add(name="metadata_props", number=14, type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
-                    label=descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED,
-                    type_name=".linewatch_onnx.StringStringEntryProto")
+    field = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(name="linewatch_onnx.proto", package="linewatch_onnx", syntax="proto2")
+
+    def message(name: str, *fields: tuple[str, int, int, int, str]) -> None:
+        m = proto.message_type.add(name=name)
+        for field_name, number, kind_, label, type_name in fields:
+            m.field.add(name=field_name, number=number, type=kind_, label=label, **(
+                {"type_name": f".linewatch_onnx.{type_name}"} if type_name else {}))
+
+    one, many, text, sub, int32 = field.LABEL_OPTIONAL, field.LABEL_REPEATED, field.TYPE_STRING, field.TYPE_MESSAGE, \
+        field.TYPE_INT32
+    message("StringStringEntryProto", ("key", 1, text, one, ""), ("value", 2, text, one, ""))
+    message("ModelMetadata", ("metadata_props", 14, sub, many, "StringStringEntryProto"))
+    message("TensorProto", ("external_data", 13, sub, many, "StringStringEntryProto"),
+            ("data_location", 14, int32, one, ""))
+    message("GraphProto", ("initializer", 5, sub, many, "TensorProto"))
+    message("ModelTensors", ("graph", 7, sub, one, "GraphProto"))
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
-    message: type = message_factory.GetMessageClass(pool.FindMessageTypeByName("linewatch_onnx.ModelProto"))
-    return message
+    found: type = message_factory.GetMessageClass(pool.FindMessageTypeByName(f"linewatch_onnx.{kind}"))
+    return found
 
 
 def model_files(path: Path, graph: bytes | None = None) -> ModelFiles:

@@ -45,6 +45,7 @@ class RemoteKeyError(Exception):
 def ensure_line_keys(keys_dir: Path) -> bool:
     """The line's key pair and the enrolment folder, made if missing (private: mode 0700 / 0600). True if made."""
     keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    keys_dir.chmod(0o700)  # the secret key lives here
     (keys_dir / WORKERS).mkdir(mode=0o700, exist_ok=True)
     if (keys_dir / LINE_SECRET).is_file():
         return False
@@ -55,8 +56,12 @@ def ensure_line_keys(keys_dir: Path) -> bool:
 def make_pair(folder: Path, name: str) -> tuple[Path, Path]:
     """A new pair as NAME.key (public) and NAME.key_secret (mode 0600) in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    public, secret = zmq.auth.create_certificates(folder, name)
-    os.chmod(secret, 0o600)
+    umask = os.umask(0o077)  # the secret is never readable by others, not even between writing and a chmod
+    try:
+        public, secret = zmq.auth.create_certificates(folder, name)
+    finally:
+        os.umask(umask)
+    os.chmod(public, 0o644)
     return Path(public), Path(secret)
 
 
@@ -85,7 +90,7 @@ class EnrolledWorkers:
     def __init__(self, folder: Path, role: str):
         self.folder, self.role = folder, role
         self.keys: dict[bytes, str] = {}
-        self._read: tuple[tuple[str, int], ...] | None = None
+        self._read: tuple[tuple[str, int, int, int, int], ...] | None = None
         self._logged: dict[bytes, float] = {}
 
     def _reload(self) -> None:
@@ -93,7 +98,8 @@ class EnrolledWorkers:
         stamp = []
         for path in files:
             with contextlib.suppress(OSError):  # removed meanwhile
-                stamp.append((path.name, path.stat().st_mtime_ns))
+                st = path.stat()  # a copy still being written has another size or change time when it is done
+                stamp.append((path.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
         if tuple(stamp) == self._read:
             return
         keys: dict[bytes, str] = {}
@@ -113,6 +119,10 @@ class EnrolledWorkers:
         metrics.REMOTE_WORKERS_REFUSED.labels(self.role).inc()
         now = time.monotonic()
         if now - self._logged.get(key, -_REFUSAL_LOG_S) >= _REFUSAL_LOG_S:
+            if len(self._logged) >= 1000:  # strangers trying ever new keys do not grow it without bound
+                self._logged = {k: t for k, t in self._logged.items() if now - t < _REFUSAL_LOG_S}
+                if len(self._logged) >= 1000:  # a flood: counted, logged again once it has passed
+                    return False
             self._logged[key] = now
             log.warning("%s: refused a remote worker whose key %s is not enrolled in %s", self.role,
                         key.decode(errors="replace"), self.folder)
