@@ -17,6 +17,10 @@ of emulator BMP frames (benchmarks/pipeline.py's replay: the camera costs a fram
   pipeline.py's `max_rate`), `throughput_vs_bare`; at 50 % of it, capture-to-committed latency p99 and the
   CPU of every process over the steady window per part (psutil); `line_cpu_ms_per_part_outside_model` is
   all of it less the model's bare CPU per frame.
+- wake-ups: every thread's voluntary context switches per part over the same window (each a wait for a
+  message or a timer that ended), and beside it what one wake-up costs on this machine: the thread CPU a
+  process spends per message when woken by a 1.3 kB ZeroMQ message (blocking poll, then receive) at the
+  census rate and at ten times it (a VM's idle vCPU makes a wake-up from idle several times dearer).
 - start-up: seconds from `linewatch run` (the embedded default, fresh data dir) to the first row in the
   store, median of three.
 
@@ -43,6 +47,7 @@ from typing import Any
 import cv2
 import numpy as np
 import psutil
+import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pipeline as P
@@ -125,6 +130,54 @@ def _cpu_by_process(supervisor: psutil.Process) -> dict[str, float]:
     return out
 
 
+def _wakeups(supervisor: psutil.Process) -> int:
+    """Voluntary context switches of every thread of the line so far."""
+    total = 0
+    for proc in [supervisor, *supervisor.children()]:
+        for status in Path(f"/proc/{proc.pid}/task").glob("*/status"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                total += int(status.read_text().split("voluntary_ctxt_switches:")[1].split()[0])
+    return total
+
+
+def _publish(endpoint: str, rate: float, seconds: float) -> None:
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.bind(endpoint)
+    time.sleep(0.5)  # the subscriber connects
+    end, body = time.monotonic() + seconds, os.urandom(1300)
+    while time.monotonic() < end:
+        pub.send_multipart([b"verdicts", body])
+        time.sleep(1 / rate)
+    pub.close(linger=0)
+    ctx.term()
+
+
+def wakeup_cpu_us(tmp: Path, rate: float, seconds: float = 4.0) -> float:
+    """Thread CPU a subscriber spends per message when each message wakes it (blocking poll, receive)."""
+    endpoint = f"ipc://{tmp / 'wakeup.ipc'}"
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.subscribe(b"")
+    sub.connect(endpoint)
+    pub = mp.get_context("spawn").Process(target=_publish, args=(endpoint, rate, seconds + 1.5))
+    pub.start()
+    n, cpu0, end = 0, 0.0, time.monotonic() + seconds + 1.0
+    with contextlib.suppress(zmq.Again):
+        while time.monotonic() < end and sub.poll(2000):
+            sub.recv_multipart()
+            n += 1
+            if n == 20:  # connected and warm
+                cpu0 = time.thread_time()
+    cpu = time.thread_time() - cpu0
+    pub.join()
+    sub.close(linger=0)
+    ctx.term()
+    if n <= 20:
+        raise SystemExit("the wake-up probe received no messages")
+    return round(cpu / (n - 20) * 1e6, 1)
+
+
 def census(tmp: Path, rate: float, seconds: float, workers: int) -> dict[str, Any]:
     """The line at `rate`: latency of the parts and each process's CPU per part over the same `seconds`, after
     two seconds of parts (the start-up's last imports and the sessions' first runs are the start-up's figure)."""
@@ -136,9 +189,9 @@ def census(tmp: Path, rate: float, seconds: float, workers: int) -> dict[str, An
         while P.count_rows(db) < 2 * rate and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)  # two seconds of parts: every worker has joined and warmed up
         sup = psutil.Process(proc.pid)
-        n0, cpu0 = P.count_rows(db), _cpu_by_process(sup)
+        n0, cpu0, woke0 = P.count_rows(db), _cpu_by_process(sup), _wakeups(sup)
         time.sleep(seconds)
-        n1, cpu1 = P.count_rows(db), _cpu_by_process(sup)
+        n1, cpu1, woke1 = P.count_rows(db), _cpu_by_process(sup), _wakeups(sup)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -147,6 +200,7 @@ def census(tmp: Path, rate: float, seconds: float, workers: int) -> dict[str, An
         raise SystemExit(f"the line recorded nothing: see {run / 'line.log'}")
     per_part = {k: round((cpu1[k] - cpu0.get(k, 0.0)) * 1e3 / parts, 3) for k in cpu1}
     return {"rate": rate, "parts": parts, "cpu_ms_per_part": per_part,
+            "wakeups_per_part": round((woke1 - woke0) / parts, 2),
             "summary": P.summarise(db, P.count_rows(db), rate, window=slice(n0, n1))}
 
 
@@ -200,6 +254,8 @@ def main() -> int:
         top, probes = P.max_rate(tmp, SIDE, a.seconds, a.steps, a.start, plan.workers)
         half = census(tmp, top / 2, a.census_seconds, plan.workers)
         print(f"at 50 %: {json.dumps(half)}", flush=True)
+        wake = {"at_census_rate": wakeup_cpu_us(tmp, top / 2), "at_10x": wakeup_cpu_us(tmp, top * 5)}
+        print(f"wake-up: {json.dumps(wake)}", flush=True)
         up = startup()
         print(f"start-up: {json.dumps(up)}", flush=True)
         info = Model(model, "cpu", 1).info
@@ -218,6 +274,9 @@ def main() -> int:
         "line_cpu_ms_per_part": round(sum(cpu.values()), 3),
         "line_cpu_ms_per_part_outside_model": round(outside, 3),
         "cpu_ms_per_part_by_process": cpu, "at_50pct": half, "probes": probes,
+        "wakeups_per_part": half["wakeups_per_part"],
+        "wakeup_cpu_us": wake,
+        "wakeups_cpu_ms_per_part": round(half["wakeups_per_part"] * wake["at_census_rate"] / 1e3, 3),
         "startup_first_verdict_s": up["median_s"], "startup": up, "goals": GOALS,
         "gpu": "no device machine was lent: the 512² GPU figure is not measured",
         "machine": {"cpus": os.cpu_count(), "loadavg_before_after": [load_before,
@@ -251,6 +310,10 @@ def table(r: dict[str, Any]) -> str:
         f"| CPU per part (ms) | {b['cpu_ms_per_frame']} (the model) | {r['line_cpu_ms_per_part']} "
         f"({r['line_cpu_ms_per_part_outside_model']} outside the model: "
         + ", ".join(f"{k} {v}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])) + ") |",
+        *([f"| thread wake-ups per part | | {r['wakeups_per_part']} (one costs "
+           f"{r['wakeup_cpu_us']['at_census_rate']} µs of CPU here at the 50 % rate, "
+           f"{r['wakeup_cpu_us']['at_10x']} µs at ten times it: ~{r['wakeups_cpu_ms_per_part']} ms a part) |"]
+          if "wakeups_per_part" in r else []),
         f"| first verdict after `linewatch run` (s) | | {r['startup_first_verdict_s']} |",
     ])
 

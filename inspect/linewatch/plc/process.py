@@ -46,7 +46,7 @@ from linewatch.wire import (
     decode_verdict_group,
 )
 from linewatch.wire.camera_client import CameraLink, CameraNoAnswer
-from linewatch.wire.channels import AlarmSender
+from linewatch.wire.channels import AlarmSender, EventFollower
 from linewatch.wire.ready import mark_ready
 
 log = logging.getLogger("plc")
@@ -86,11 +86,7 @@ class Plc(HandshakeCommands):
     async def _main(self) -> None:
         self.zctx = zmq.asyncio.Context()
         self.link_cameras()
-        self.sub = self.zctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.RCVHWM, 100_000)
-        self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.subscribe(b"")
-        self.sub.connect(self.endpoints.events)
+        self.events = EventFollower(self.endpoints.events, self._on_event)
         await asyncio.sleep(0.2)  # the subscription reaches record before the baseline is read
         self.state.load_baseline()
         host, port = self.pc.host, self.pc.port
@@ -103,26 +99,27 @@ class Plc(HandshakeCommands):
             raise PlcError(f"plc: cannot listen on {host}:{port} ({exc}); is the port in use? set plc.port") from None
         mark_ready(self.cfg.run_dir, "plc", modbus=f"{host}:{port}")
         log.info("Modbus TCP server on %s:%d (register map v%d)", host, port, pm.MAP_VERSION)
-        loops = [asyncio.create_task(self._follow_events(), name="events"),
-                 asyncio.create_task(self._refresh(), name="refresh"),
+        loops = [self.events.follow(), asyncio.create_task(self._refresh(), name="refresh"),
                  asyncio.create_task(self._heartbeat(), name="heartbeat"),
                  asyncio.create_task(self._watchdog(), name="watchdog")]
+        # Woken by the stop signal or by a loop that ended, not by a timer: an idle line costs no wake-ups here.
+        stopping = asyncio.ensure_future(asyncio.to_thread(self.stop.wait))
         try:
-            while not self.stop.is_set():
-                await asyncio.sleep(0.05)
-                for task in loops:
-                    if task.done():  # a loop that ended leaves stale registers: exit, the supervisor restarts us
-                        raise PlcError(f"plc: the {task.get_name()} loop stopped: {task.exception()!r}")
+            await asyncio.wait([*loops, stopping], return_when=asyncio.FIRST_COMPLETED)
+            for task in loops:
+                if task.done():  # a loop that ended leaves stale registers: exit, the supervisor restarts us
+                    raise PlcError(f"plc: the {task.get_name()} loop stopped: {task.exception()!r}")
         finally:
+            self.stop.set()  # also when leaving on an error: the thread waiting for it ends
             tasks = [*loops, *self.tasks]
             for task in tasks:
                 task.cancel()
             # A command still waiting on acquire closes its socket as it ends: the context's term waits for it
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, stopping, return_exceptions=True)
             await server.shutdown()  # type: ignore[no-untyped-call]
             self.alarms.close()
             self.unlink_cameras()
-            self.sub.close()
+            self.events.close()
             self.zctx.term()
 
     def link_cameras(self) -> None:
@@ -341,29 +338,30 @@ class Plc(HandshakeCommands):
 
     # -- following the line --
 
-    async def _follow_events(self) -> None:
-        while True:
-            parts = await self.sub.recv_multipart()
-            try:
-                if len(parts) != 2:
-                    raise ValueError(f"{len(parts)} parts")
-                kind = parts[0]
-                if kind == KIND_VERDICTS:
-                    for row in decode_verdict_group(parts[1], json_columns=False):
-                        self.state.on_verdict(row)
-                elif kind == b"alarm":
-                    self.state.on_alarm(orjson.loads(parts[1]))
-                elif kind == b"action":
-                    self.state.on_action(orjson.loads(parts[1]))
-            except (ValueError, KeyError, TypeError) as exc:
-                metrics.MESSAGES_REJECTED.labels("plc", "event").inc()
-                log.error("unreadable event from record: %s", exc)
+    def _on_event(self, parts: list[bytes]) -> None:
+        try:
+            if len(parts) != 2:
+                raise ValueError(f"{len(parts)} parts")
+            kind = parts[0]
+            if kind == KIND_VERDICTS:
+                for row in decode_verdict_group(parts[1], json_columns=False):
+                    self.state.on_verdict(row)
+            elif kind == b"alarm":
+                self.state.on_alarm(orjson.loads(parts[1]))
+            elif kind == b"action":
+                self.state.on_action(orjson.loads(parts[1]))
+        except (ValueError, KeyError, TypeError) as exc:
+            metrics.MESSAGES_REJECTED.labels("plc", "event").inc()
+            log.error("unreadable event from record: %s", exc)
 
     async def _refresh(self) -> None:
-        while True:
-            self.state.refresh_processes()
-            self.state.refresh_alarms()
-            await asyncio.sleep(self.pc.refresh_ms / 1e3)
+        try:
+            while True:
+                self.state.refresh_processes()
+                self.state.refresh_alarms()
+                await asyncio.sleep(self.pc.refresh_ms / 1e3)
+        finally:
+            self.state.close()
 
     async def _heartbeat(self) -> None:
         while True:

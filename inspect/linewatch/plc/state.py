@@ -65,6 +65,23 @@ class LineState:
         self.flags = dict.fromkeys(("line_running", "rules_only", "critical_alarm", "disk_low",
                                     "alarm_unacknowledged", "drift"), False)
         self._input_blocks = self._make_input_blocks()
+        self._alarm_reader: sqlite3.Connection | None = None  # kept open: a fresh one re-reads the schema each time
+
+    def close(self) -> None:
+        if self._alarm_reader is not None:
+            self._alarm_reader.close()
+            self._alarm_reader = None
+
+    def _alarm_rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        """A query of the alarm table on the kept reader (opened once the store exists)."""
+        if self._alarm_reader is None:
+            try:
+                self._alarm_reader = open_reader(self.cfg.data_dir)
+                return self._alarm_reader.execute(sql, params).fetchall()
+            except sqlite3.OperationalError:
+                self.close()
+                return []  # no store yet
+        return self._alarm_reader.execute(sql, params).fetchall()
 
     def load_baseline(self) -> None:
         """Counters, latest verdicts, lot and latched alarms as the store has them now."""
@@ -175,11 +192,10 @@ class LineState:
 
     def refresh_alarms(self) -> None:
         """Alarms missed as events, then what is unacknowledged or uncleared now."""
-        d = self.cfg.data_dir
-        for r in read_rows(d, "SELECT id, kind, severity, source FROM alarms WHERE id > ? ORDER BY id",
-                           (self.last_alarm_id,)):
+        for r in self._alarm_rows("SELECT id, kind, severity, source FROM alarms WHERE id > ? ORDER BY id",
+                                  (self.last_alarm_id,)):
             self.on_alarm(dict(r))
-        rows = read_rows(d, ALARM_FLAGS)
+        rows = self._alarm_rows(ALARM_FLAGS)
         if rows:
             self.flags["alarm_unacknowledged"] = rows[0]["unack"] > 0
             self.flags["critical_alarm"] = rows[0]["critical"] > 0

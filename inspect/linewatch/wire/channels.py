@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -34,3 +36,53 @@ class AlarmSender:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class EventFollower:
+    """record's event stream, handled on an asyncio loop from the socket's file descriptor: every message
+    waiting is handled in one wake-up, without a future per message. (zmq.asyncio's futures and I/O-state
+    callbacks cost the plc several times the CPU of decoding the events themselves.)"""
+
+    BURST = 1000  # messages handled before the loop's other work (Modbus requests) gets its turn
+
+    def __init__(self, endpoint: str, handle: Callable[[list[bytes]], None]):
+        self.handle = handle
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.sock = self.ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.RCVHWM, 100_000)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.subscribe(b"")
+        self.sock.connect(endpoint)
+
+    def follow(self) -> asyncio.Task[None]:
+        """Handle messages on the running loop from now on; the task ends only when `handle` raises."""
+        return asyncio.create_task(self._follow(), name="events")
+
+    async def _follow(self) -> None:
+        loop = asyncio.get_running_loop()
+        failed: asyncio.Future[None] = loop.create_future()
+
+        def drain() -> None:
+            try:
+                for _ in range(self.BURST):
+                    try:
+                        parts = self.sock.recv_multipart(flags=zmq.NOBLOCK)
+                    except zmq.Again:
+                        return  # drained: the descriptor signals the next arrival
+                    self.handle(parts)
+                loop.call_soon(drain)  # more waiting, which the descriptor will not signal again
+            except Exception as exc:  # a handler's bug ends the task: its owner sees it and exits
+                if not failed.done():
+                    failed.set_exception(exc)
+
+        fd = int(self.sock.getsockopt(zmq.FD))
+        loop.add_reader(fd, drain)
+        loop.call_soon(drain)  # what arrived before the reader was added
+        try:
+            await failed
+        finally:
+            loop.remove_reader(fd)
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()
