@@ -51,6 +51,7 @@ from linewatch.wire.ready import mark_ready
 
 log = logging.getLogger("plc")
 _READS = {1, 2, 3, 4}
+SUBSCRIPTION_S = 0.02  # after the handshake with record's PUB: its subscription has arrived and is applied
 _COIL_WRITES = {5, 15}
 
 
@@ -87,7 +88,9 @@ class Plc(HandshakeCommands):
         self.zctx = zmq.asyncio.Context()
         self.link_cameras()
         self.events = EventFollower(self.endpoints.events, self._on_event)
-        await asyncio.sleep(0.2)  # the subscription reaches record before the baseline is read
+        # The subscription, sent right behind the handshake, reaches record before the baseline is read; a
+        # fixed 0.2 s here was the last step before the first frame (acquire waits for the plc).
+        await asyncio.sleep(SUBSCRIPTION_S if self.events.connected else 0.2)
         self.state.load_baseline()
         host, port = self.pc.host, self.pc.port
         self.alarms = AlarmSender(zmq.Context.instance(), self.endpoints, "plc")

@@ -45,14 +45,22 @@ class EventFollower:
 
     BURST = 1000  # messages handled before the loop's other work (Modbus requests) gets its turn
 
-    def __init__(self, endpoint: str, handle: Callable[[list[bytes]], None]):
+    def __init__(self, endpoint: str, handle: Callable[[list[bytes]], None], connect_timeout_s: float = 1.0):
+        """Connect and wait (at most `connect_timeout_s`) for the handshake with record's PUB: the subscription
+        goes out right behind it (`connected` says whether it came)."""
         self.handle = handle
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.sock = self.ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.RCVHWM, 100_000)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.subscribe(b"")
-        self.sock.connect(endpoint)
+        monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        try:
+            self.sock.connect(endpoint)
+            self.connected = bool(monitor.poll(int(connect_timeout_s * 1000)))
+        finally:
+            self.sock.disable_monitor()
+            monitor.close(linger=0)
 
     def follow(self) -> asyncio.Task[None]:
         """Handle messages on the running loop from now on; the task ends only when `handle` raises."""
