@@ -51,8 +51,8 @@ from linewatch.wire.ready import mark_ready
 
 log = logging.getLogger("plc")
 _READS = {1, 2, 3, 4}
-SUBSCRIPTION_S = 0.02  # after the handshake with record's PUB: its subscription has arrived and is applied
 _COIL_WRITES = {5, 15}
+SUBSCRIPTION_S = 0.02  # after the handshake with record's PUB: its subscription has arrived and is applied
 
 
 class PlcError(Exception):
@@ -123,6 +123,7 @@ class Plc(HandshakeCommands):
             self.alarms.close()
             self.unlink_cameras()
             self.events.close()
+            self.state.close()
             self.zctx.term()
 
     def link_cameras(self) -> None:
@@ -358,13 +359,10 @@ class Plc(HandshakeCommands):
             log.error("unreadable event from record: %s", exc)
 
     async def _refresh(self) -> None:
-        try:
-            while True:
-                self.state.refresh_processes()
-                self.state.refresh_alarms()
-                await asyncio.sleep(self.pc.refresh_ms / 1e3)
-        finally:
-            self.state.close()
+        while True:
+            self.state.refresh_processes()
+            self.state.refresh_alarms()
+            await asyncio.sleep(self.pc.refresh_ms / 1e3)
 
     async def _heartbeat(self) -> None:
         while True:

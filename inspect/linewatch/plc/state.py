@@ -68,6 +68,7 @@ class LineState:
         self._alarm_reader: sqlite3.Connection | None = None  # kept open: a fresh one re-reads the schema each time
 
     def close(self) -> None:
+        """Close the kept alarm reader (it opens again on the next refresh)."""
         if self._alarm_reader is not None:
             self._alarm_reader.close()
             self._alarm_reader = None
